@@ -1,0 +1,102 @@
+"""Default recipe, gptkit vs nanoGPT, end to end on this machine: wall time and val loss.
+
+    python -m benchmarks.train_vs_nanogpt --nanogpt-dir /path/to/nanoGPT [--repeats 2]
+
+Both train nanoGPT's CPU recipe for Tiny Shakespeare (4 layers, 4 heads, 128 wide, context
+64, batch 12, 2000 steps). The two sides alternate, so drift in this machine's speed hits both
+alike. nanoGPT runs unmodified from its own checkout (never copied into gptkit), with the
+command line its README gives for CPUs; its data is prepared by its own prepare.py from the
+Tiny Shakespeare file in gptkit's data root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NANOGPT_CPU_ARGS = [
+    "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+    "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+    "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
+]
+
+
+def prepare_nanogpt(nanogpt: Path, data_root: Path) -> None:
+    folder = nanogpt / "data" / "shakespeare_char"
+    if (folder / "train.bin").exists():
+        return
+    shutil.copy(data_root / "tinyshakespeare" / "input.txt", folder / "input.txt")
+    # prepare.py imports requests only to download input.txt, which is already in place
+    stub = Path(tempfile.mkdtemp())
+    (stub / "requests.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(stub)}
+    subprocess.run([sys.executable, "prepare.py"], cwd=folder, env=env, check=True)
+
+
+def run_nanogpt(nanogpt: Path, steps: int) -> tuple[float, float]:
+    args = [a if not a.startswith(("--max_iters", "--lr_decay")) else
+            f"{a.split('=')[0]}={steps}" for a in NANOGPT_CPU_ARGS]
+    out_dir = tempfile.mkdtemp()
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "train.py", *args, f"--out_dir={out_dir}"],
+                          cwd=nanogpt, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    losses = re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", done.stdout)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return wall, float(losses[-1])
+
+
+def run_gptkit(steps: int) -> tuple[float, float]:
+    run_dir = Path(tempfile.mkdtemp()) / "run"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gptkit", "train", "--no-progress", "--out",
+                    str(run_dir), "--set", f"train.max_steps={steps}"], check=True)
+    wall = time.perf_counter() - start
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if r["kind"] == "eval"][-1]
+    shutil.rmtree(run_dir.parent, ignore_errors=True)
+    return wall, val
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nanogpt-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("GPTKIT_DATA_DIR", "../shared/data")))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--json", type=Path,
+                        default=Path("benchmarks/results/train_vs_nanogpt.json"))
+    args = parser.parse_args()
+    os.environ["GPTKIT_DATA_DIR"] = str(args.data_dir.resolve())
+    prepare_nanogpt(args.nanogpt_dir, args.data_dir)
+    rows = []
+    for i in range(args.repeats):
+        for side in ("gptkit", "nanogpt") if i % 2 == 0 else ("nanogpt", "gptkit"):
+            wall, val = run_gptkit(args.steps) if side == "gptkit" else run_nanogpt(
+                args.nanogpt_dir, args.steps)
+            rows.append({"side": side, "repeat": i, "wall_s": wall, "val_loss": val})
+            print(f"{side:>8} run {i}: {wall:7.1f} s, final val loss {val:.4f}", flush=True)
+    mean = lambda side, key: sum(r[key] for r in rows if r["side"] == side) / args.repeats  # noqa: E731
+    summary = {
+        "gptkit_wall_s": mean("gptkit", "wall_s"),
+        "nanogpt_wall_s": mean("nanogpt", "wall_s"),
+        "gptkit_val_loss": mean("gptkit", "val_loss"),
+        "nanogpt_val_loss": mean("nanogpt", "val_loss"),
+    }
+    summary["wall_ratio_gptkit_over_nanogpt"] = summary["gptkit_wall_s"] / summary["nanogpt_wall_s"]
+    print(json.dumps(summary, indent=2))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""Typed run configuration: dataclasses, YAML recipes and dotted command-line overrides.
+
+A run is described by one `RunConfig`. It starts from a recipe (a YAML file shipped in
+`gptkit/recipes/` or given by path), gets `--set section.key=value` overrides applied with
+type checks, and is saved resolved into the run directory as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from gptkit.errors import GptkitError
+
+# Shapes users ask for by name. A preset fills in the model fields a recipe does not set.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # nanoGPT's CPU recipe for Tiny Shakespeare (char level)
+    "nanogpt-cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
+    # nanoGPT's GPU recipe for Tiny Shakespeare (char level)
+    "nanogpt-gpu": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50257},
+    "gpt2-medium": {
+        "n_layer": 24, "n_head": 16, "n_embd": 1024, "block_size": 1024, "vocab_size": 50257,
+    },
+    "gpt2-large": {
+        "n_layer": 36, "n_head": 20, "n_embd": 1280, "block_size": 1024, "vocab_size": 50257,
+    },
+    "gpt2-xl": {
+        "n_layer": 48, "n_head": 25, "n_embd": 1600, "block_size": 1024, "vocab_size": 50257,
+    },
+}
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2 architecture hyper-parameters."""
+
+    preset: str | None = None
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    # None: the tokenizer's vocabulary size. A larger value pads the embedding table
+    # (e.g. 50304 for GPU-friendly shapes); padded ids are never produced by the tokenizer.
+    vocab_size: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token ids."""
+
+    # tinyshakespeare | wikitext2 | wikitext2-raw | a text file, folder, glob or .jsonl file
+    source: str = "tinyshakespeare"
+    tokenizer: str = "char"  # char | bpe | gpt2
+    vocab_size: int = 8192  # size of a trained BPE vocabulary (tokenizer: bpe)
+    tokenizer_path: str | None = None  # gpt2: tokenizer.json, or folder with vocab.json+merges.txt
+    train_split: str = "train"
+    eval_split: str = "val"
+    val_fraction: float = 0.1  # held-out share for text/JSONL sources that have no splits
+    text_field: str = "text"  # JSONL: the field holding each document's text
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision and bookkeeping of a training run."""
+
+    max_steps: int = 2000
+    micro_batch_size: int = 12  # sequences per forward pass on one process
+    # Tokens per optimizer step over all processes; None means one micro-batch per process.
+    # Gradient accumulation = batch_tokens / (micro_batch_size * block_size * world_size).
+    batch_tokens: int | None = None
+    optimizer: str = "adamw"  # adamw | adam | sgd | rmsprop | adagrad
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 100
+    decay_steps: int | None = None  # steps until min_lr is reached; None means max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd and rmsprop
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool | None = None  # None: compile on CUDA only
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 1337
+    eval_interval: int = 250
+    eval_tokens: int | None = None  # cap on validation tokens per evaluation; None: whole split
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
+
+
+@dataclass
+class EvalConfig:
+    """How `gptkit eval` scores a split."""
+
+    stride: int | None = None  # None: non-overlapping windows of block_size tokens
+    batch_size: int = 16  # windows per forward pass
+
+
+@dataclass
+class SampleConfig:
+    """Defaults of `gptkit sample`."""
+
+    prompt: str | None = None  # None: start from the end-of-text token
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int | None = 200
+    top_p: float = 1.0
+    num_samples: int = 1
+    seed: int = 1337
+
+
+@dataclass
+class RunConfig:
+    name: str = "shakespeare-char"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Reject settings that cannot work, naming the key and the fix."""
+        m, d, t, e, s = self.model, self.data, self.train, self.eval, self.sample
+        checks: list[tuple[bool, str]] = [
+            (m.n_layer >= 1, f"model.n_layer must be >= 1 (got {m.n_layer})"),
+            (m.n_head >= 1, f"model.n_head must be >= 1 (got {m.n_head})"),
+            (
+                m.n_embd >= 1 and m.n_embd % max(m.n_head, 1) == 0,
+                f"model.n_embd ({m.n_embd}) must be a positive multiple of model.n_head "
+                f"({m.n_head})",
+            ),
+            (m.block_size >= 1, f"model.block_size must be >= 1 (got {m.block_size})"),
+            (
+                m.vocab_size is None or m.vocab_size >= 1,
+                f"model.vocab_size must be >= 1 or null (got {m.vocab_size})",
+            ),
+            (0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})"),
+            (d.tokenizer in ("char", "bpe", "gpt2"),
+             f"data.tokenizer must be char, bpe or gpt2 (got {d.tokenizer!r})"),
+            (d.vocab_size >= 260, f"data.vocab_size must be >= 260 (got {d.vocab_size})"),
+            (0.0 < d.val_fraction < 1.0,
+             f"data.val_fraction must be in (0, 1) (got {d.val_fraction})"),
+            (t.max_steps >= 0, f"train.max_steps must be >= 0 (got {t.max_steps})"),
+            (t.micro_batch_size >= 1,
+             f"train.micro_batch_size must be >= 1 (got {t.micro_batch_size})"),
+            (t.batch_tokens is None or t.batch_tokens >= 1,
+             f"train.batch_tokens must be >= 1 or null (got {t.batch_tokens})"),
+            (t.optimizer in ("adamw", "adam", "sgd", "rmsprop", "adagrad"),
+             f"train.optimizer must be adamw, adam, sgd, rmsprop or adagrad "
+             f"(got {t.optimizer!r})"),
+            (t.lr > 0, f"train.lr must be > 0 (got {t.lr})"),
+            (0 <= t.min_lr <= t.lr, f"train.min_lr must be in [0, train.lr] (got {t.min_lr})"),
+            (t.schedule in ("cosine", "linear", "constant"),
+             f"train.schedule must be cosine, linear or constant (got {t.schedule!r})"),
+            (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0 (got {t.warmup_steps})"),
+            (t.decay_steps is None or t.decay_steps >= 1,
+             f"train.decay_steps must be >= 1 or null (got {t.decay_steps})"),
+            (t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})"),
+            (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1,
+             f"train.beta1 and train.beta2 must be in [0, 1) (got {t.beta1}, {t.beta2})"),
+            (t.eps > 0, f"train.eps must be > 0 (got {t.eps})"),
+            (t.momentum >= 0, f"train.momentum must be >= 0 (got {t.momentum})"),
+            (t.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {t.grad_clip})"),
+            (t.precision in ("auto", "fp32", "bf16", "fp16"),
+             f"train.precision must be auto, fp32, bf16 or fp16 (got {t.precision!r})"),
+            (t.eval_interval >= 1, f"train.eval_interval must be >= 1 (got {t.eval_interval})"),
+            (t.eval_tokens is None or t.eval_tokens >= 1,
+             f"train.eval_tokens must be >= 1 or null (got {t.eval_tokens})"),
+            (t.log_interval >= 1, f"train.log_interval must be >= 1 (got {t.log_interval})"),
+            (t.checkpoint_interval >= 1,
+             f"train.checkpoint_interval must be >= 1 (got {t.checkpoint_interval})"),
+            (t.keep_checkpoints >= 1,
+             f"train.keep_checkpoints must be >= 1 (got {t.keep_checkpoints})"),
+            (t.early_stopping_patience >= 0,
+             f"train.early_stopping_patience must be >= 0 (got {t.early_stopping_patience})"),
+            (e.stride is None or e.stride >= 1, f"eval.stride must be >= 1 (got {e.stride})"),
+            (e.stride is None or e.stride <= m.block_size,
+             f"eval.stride ({e.stride}) must not exceed model.block_size ({m.block_size})"),
+            (e.batch_size >= 1, f"eval.batch_size must be >= 1 (got {e.batch_size})"),
+        ]
+        checks += sample_checks(s)
+        for ok, message in checks:
+            if not ok:
+                raise GptkitError(message)
+        return self
+
+
+def sample_checks(s: SampleConfig, prefix: str = "sample.") -> list[tuple[bool, str]]:
+    """Checks on generation settings, shared by the config and the `sample` command."""
+    return [
+        (s.max_new_tokens >= 0, f"{prefix}max_new_tokens must be >= 0 (got {s.max_new_tokens})"),
+        (s.temperature >= 0, f"{prefix}temperature must be >= 0 (got {s.temperature})"),
+        (s.top_k is None or s.top_k >= 1, f"{prefix}top_k must be >= 1 (got {s.top_k})"),
+        (0 < s.top_p <= 1, f"{prefix}top_p must be in (0, 1] (got {s.top_p})"),
+        (s.num_samples >= 1, f"{prefix}num_samples must be >= 1 (got {s.num_samples})"),
+    ]
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "sample": SampleConfig,
+}
+TOP_LEVEL = ("name",)
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with gptkit."""
+    folder = resources.files("gptkit") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(recipe: str) -> dict[str, Any]:
+    """A shipped recipe by name, or a YAML file by path, as a raw nested dict."""
+    path = Path(recipe)
+    if recipe.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise GptkitError(f"recipe file {recipe!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+    else:
+        resource = resources.files("gptkit") / "recipes" / f"{recipe}.yaml"
+        if not resource.is_file():
+            names = ", ".join(recipe_names())
+            raise GptkitError(f"unknown recipe {recipe!r}; choose one of: {names}, or a .yaml path")
+        text = resource.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise GptkitError(f"recipe {recipe!r} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(raw, dict):
+        raise GptkitError(
+            f"recipe {recipe!r} must be a mapping of sections, got {type(raw).__name__}"
+        )
+    return raw
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_key(section: str | None, key: str) -> None:
+    if section is None:
+        valid = list(SECTIONS) + list(TOP_LEVEL)
+        if key not in valid:
+            raise GptkitError(
+                f"unknown setting {key!r}{_suggest(key, valid)}; "
+                f"sections are: {', '.join(valid)}"
+            )
+        return
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if key not in names:
+        raise GptkitError(
+            f"unknown setting '{section}.{key}'{_suggest(key, names)}; "
+            f"valid keys in {section!r}: {', '.join(names)}"
+        )
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings to a raw recipe dict (values stay strings here)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise GptkitError(f"--set needs key=value, got {item!r} (e.g. --set train.lr=3e-4)")
+        dotted, value = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) == 1:
+            _check_key(None, parts[0])
+            if parts[0] in SECTIONS:
+                raise GptkitError(f"--set {dotted} names a section; set one key, e.g. {dotted}.KEY")
+            out[parts[0]] = value
+            continue
+        if len(parts) != 2:
+            raise GptkitError(f"--set key {dotted!r} must look like section.key (e.g. train.lr)")
+        section, key = parts
+        _check_key(None, section)
+        if section not in SECTIONS:
+            raise GptkitError(f"{section!r} is not a section; sections are: {', '.join(SECTIONS)}")
+        _check_key(section, key)
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise GptkitError(f"recipe section {section!r} must be a mapping")
+        out[section][key] = value
+    return out
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or explain why not."""
+    origin = typing.get_origin(annotation)
+    if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("null", "none", "auto", "~")
+        ):
+            return None
+        return _coerce(where, value, inner[0])
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        if annotation is bool:
+            if isinstance(text, bool):
+                return text
+            if isinstance(text, str) and text.lower() in ("true", "yes", "on", "1"):
+                return True
+            if isinstance(text, str) and text.lower() in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(text, bool):
+                raise ValueError
+            if isinstance(text, float):
+                if not text.is_integer():
+                    raise ValueError
+                return int(text)
+            if isinstance(text, str):
+                number = float(text.replace("_", ""))
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(text)
+        if annotation is float:
+            if isinstance(text, bool):
+                raise ValueError
+            return float(text)
+        if annotation is str:
+            if isinstance(text, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        kind = getattr(annotation, "__name__", str(annotation))
+        raise GptkitError(f"{where} must be {kind}, got {value!r}") from None
+    raise GptkitError(f"{where}: unsupported type {annotation}")
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        _check_key(name, key)
+    if name == "model":
+        preset = values.get("preset")
+        if preset is not None:
+            if preset not in MODEL_PRESETS:
+                raise GptkitError(
+                    f"unknown model.preset {preset!r}; choose one of: {', '.join(MODEL_PRESETS)}"
+                )
+            values = {**MODEL_PRESETS[preset], **values}
+    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """Type-check a raw nested dict and turn it into a validated RunConfig."""
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        _check_key(None, key)
+        if key in SECTIONS:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise GptkitError(f"section {key!r} must be a mapping, got {value!r}")
+            sections[key] = _build_section(key, SECTIONS[key], value)
+    name = _coerce("name", raw.get("name", RunConfig.name), str)
+    return RunConfig(name=name, **sections).validate()
+
+
+def load_config(recipe: str = "shakespeare-char", overrides: list[str] | None = None) -> RunConfig:
+    """Recipe plus overrides, type-checked and validated."""
+    return build_config(apply_overrides(load_recipe(recipe), overrides or []))
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def read_config(path: Path) -> RunConfig:
+    """The resolved config saved in a run directory."""
+    if not path.is_file():
+        raise GptkitError(f"{path} not found: is {path.parent} a gptkit run directory?")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return build_config(raw)

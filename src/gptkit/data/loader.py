@@ -1,0 +1,107 @@
+"""Training batches drawn as random windows from a token memmap.
+
+A step's batch is a pure function of `(seed, step)`, so resuming at step N reproduces exactly
+the batches an uninterrupted run would have seen (LESSONS.md #12) without replaying the
+earlier steps. All processes draw the same global set of window starts and each takes its own
+chunks of it, so the windows of a step do not depend on how they are spread over processes and
+micro-batches: one process with 2 accumulation steps sees exactly what 2 processes with 1 see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gptkit.errors import GptkitError
+
+
+class RandomWindows:
+    """Training batches: random windows, a pure function of (seed, step) so resume is exact."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        micro_batch_size: int,
+        accum_steps: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        split: str = "train",
+    ) -> None:
+        if tokens.ndim != 1:
+            raise GptkitError(f"tokens of split {split!r} must be 1-D, got shape {tokens.shape}")
+        if len(tokens) < block_size + 1:
+            raise GptkitError(
+                f"split {split!r} has {len(tokens)} tokens, fewer than block_size + 1 = "
+                f"{block_size + 1}; use more text or a smaller model.block_size"
+            )
+        for name, value in (
+            ("block_size", block_size), ("micro_batch_size", micro_batch_size),
+            ("accum_steps", accum_steps), ("world_size", world_size),
+        ):
+            if value < 1:
+                raise GptkitError(f"{name} must be >= 1 (got {value})")
+        if not 0 <= rank < world_size:
+            raise GptkitError(f"rank must be in [0, {world_size}) (got {rank})")
+        if seed < 0:
+            raise GptkitError(f"train.seed must be >= 0 (got {seed})")
+        self.tokens = tokens
+        self.block_size = block_size
+        self.micro_batch_size = micro_batch_size
+        self.accum_steps = accum_steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.split = split
+        self.position = 0  # the next step to draw; saved so a resumed run knows where it was
+        # offsets 0..block_size of one window (x is the first block_size, y the last)
+        self._offsets = np.arange(block_size + 1, dtype=np.int64)
+
+    def global_starts(self, step: int) -> np.ndarray:
+        """All window starts of one optimizer step, over every process and micro-batch."""
+        count = self.micro_batch_size * self.accum_steps * self.world_size
+        rng = np.random.default_rng([self.seed, step])
+        # high is exclusive: the last window start is len - block_size - 1, whose y ends on
+        # the last token
+        return rng.integers(0, len(self.tokens) - self.block_size, count, dtype=np.int64)
+
+    def step_batches(self, step: int) -> list[tuple[Tensor, Tensor]]:
+        """This process's `accum_steps` (x, y) int64 CPU pairs of (micro_batch, block) for `step`.
+
+        Micro-batch m of rank r is chunk `m * world_size + r` of the step's global starts.
+        """
+        if step < 0:
+            raise GptkitError(f"step must be >= 0 (got {step})")
+        starts = self.global_starts(step).reshape(-1, self.micro_batch_size)
+        batches = []
+        for m in range(self.accum_steps):
+            chunk = starts[m * self.world_size + self.rank]
+            # one gather from the memmap reads each window once; x and y are views of it
+            windows = np.asarray(self.tokens[chunk[:, None] + self._offsets], dtype=np.int64)
+            x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
+            y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
+            batches.append((x, y))
+        self.position = step + 1
+        return batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resume needs: the seed and the next step (JSON-serialisable)."""
+        return {"seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            seed, position = int(state["seed"]), int(state["position"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GptkitError(
+                f"data-loader state {state!r} needs integer 'seed' and 'position'; "
+                "the checkpoint's state.json is damaged"
+            ) from exc
+        if seed < 0 or position < 0:
+            raise GptkitError(f"data-loader state {state!r} has a negative seed or position")
+        self.seed = seed
+        self.position = position

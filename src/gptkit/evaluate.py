@@ -1,0 +1,175 @@
+"""Loss, perplexity, WikiText word-level perplexity and bits per byte of a token stream.
+
+Windows follow Hugging Face's "perplexity of fixed-length models": every token after the
+first is scored exactly once, with up to `block_size` tokens of context, and windows advance
+by `stride`. With `stride == block_size` windows do not overlap (each window's inputs are
+disjoint, and the token after a window is its last target), the fastest mode; a smaller
+stride gives every scored token more context and a lower, fairer perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast
+
+
+@dataclass(frozen=True)
+class Window:
+    """Inputs tokens[start : start + length]; its targets are scored from position `first`."""
+
+    start: int
+    length: int
+    first: int
+
+
+@dataclass
+class Score:
+    """Summed negative log-likelihood (nats) and how many targets it covers."""
+
+    nll: float = 0.0
+    tokens: int = 0
+    text_nll: float = 0.0  # over targets that are not special tokens (for bits per byte)
+    text_tokens: int = 0
+
+
+@dataclass
+class EvalResult:
+    split: str
+    loss: float
+    perplexity: float
+    tokens: int
+    nll: float
+    block_size: int
+    stride: int
+    bits_per_byte: float | None = None
+    bytes: int | None = None
+    word_perplexity: float | None = None
+    words: int | None = None
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        return asdict(self)
+
+
+def windows(n_tokens: int, block_size: int, stride: int) -> list[Window]:
+    """Windows that score targets 1..n_tokens-1 once each, with up to block_size of context."""
+    if stride < 1 or stride > block_size:
+        raise ValueError(f"stride must be in [1, block_size], got {stride}")
+    out: list[Window] = []
+    scored_until = 0  # highest target index scored so far
+    start = 0
+    while scored_until < n_tokens - 1:
+        length = min(block_size, n_tokens - 1 - start)
+        last_target = start + length
+        # target at input position k is token start + k + 1
+        out.append(Window(start=start, length=length, first=scored_until - start))
+        scored_until = last_target
+        start += stride
+    return out
+
+
+def _batches(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
+    """Group windows of equal length so each batch is one dense forward pass."""
+    by_length: dict[int, list[Window]] = {}
+    for window in items:
+        by_length.setdefault(window.length, []).append(window)
+    for group in by_length.values():
+        for i in range(0, len(group), size):
+            yield group[i : i + size]
+
+
+@torch.no_grad()
+def score_tokens(
+    model: nn.Module,
+    tokens: np.ndarray,
+    *,
+    block_size: int,
+    stride: int | None = None,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+    max_windows: int | None = None,
+    special_ids: Sequence[int] = (),
+    env: DistEnv | None = None,
+) -> Score:
+    """Sum the model's NLL over a token stream (all ranks together when `env` is given).
+
+    `max_windows` keeps that many evenly spaced windows (a fixed subset, the same at every
+    evaluation) to bound the cost of evaluating during training.
+    """
+    stride = stride or block_size
+    device = device or next(model.parameters()).device
+    plan = windows(len(tokens), block_size, stride)
+    if max_windows is not None and len(plan) > max_windows:
+        keep = np.linspace(0, len(plan) - 1, max_windows).round().astype(int)
+        plan = [plan[i] for i in sorted(set(keep.tolist()))]
+    if env is not None and env.enabled:
+        plan = plan[env.rank :: env.world_size]
+    special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    for batch in _batches(plan, batch_size):
+        length = batch[0].length
+        idx = np.stack([np.asarray(tokens[w.start : w.start + length + 1]) for w in batch])
+        rows = torch.from_numpy(idx.astype(np.int64)).to(device)
+        x, y = rows[:, :-1], rows[:, 1:]
+        with autocast(device, precision):
+            logits, _ = model(x)
+        nll = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+        ).view_as(y)
+        positions = torch.arange(length, device=device)
+        first = torch.tensor([w.first for w in batch], device=device)
+        mask = positions[None, :] >= first[:, None]
+        text = mask & ~torch.isin(y, special) if len(special) else mask
+        totals += torch.stack(
+            [
+                (nll * mask).sum(dtype=torch.float64),
+                mask.sum(dtype=torch.float64),
+                (nll * text).sum(dtype=torch.float64),
+                text.sum(dtype=torch.float64),
+            ]
+        )
+    model.train(was_training)
+    values = totals.tolist()
+    if env is not None:
+        values = all_reduce_sum(values, env)
+    return Score(nll=values[0], tokens=int(values[1]), text_nll=values[2],
+                 text_tokens=int(values[3]))
+
+
+def summarize(
+    score: Score,
+    *,
+    split: str,
+    block_size: int,
+    stride: int,
+    n_bytes: int | None = None,
+    n_words: int | None = None,
+) -> EvalResult:
+    """Turn summed NLL into the figures users compare (DESIGN.md, "Numbers users compare")."""
+    loss = score.nll / max(score.tokens, 1)
+    result = EvalResult(
+        split=split,
+        loss=loss,
+        perplexity=math.exp(min(loss, 700.0)),
+        tokens=score.tokens,
+        nll=score.nll,
+        block_size=block_size,
+        stride=stride,
+    )
+    if n_bytes:
+        result.bytes = n_bytes
+        result.bits_per_byte = score.text_nll / (math.log(2) * n_bytes)
+    if n_words:
+        result.words = n_words
+        result.word_perplexity = math.exp(min(score.nll / n_words, 700.0))
+    return result

@@ -1,0 +1,282 @@
+"""GPT-2, the whole model in one file.
+
+Pre-LayerNorm transformer blocks (causal self-attention through
+`F.scaled_dot_product_attention`, a GELU MLP, residual connections), learned position
+embeddings, and an output layer tied to the token embedding. Module names follow Hugging
+Face's `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn`, ...) so that import and export are a
+key map plus a transpose: HF stores these layers as `Conv1D` (weight `(in, out)`), we use
+`nn.Linear` (weight `(out, in)`).
+
+The model knows nothing about parallelism, precision or compilation: the trainer wraps an
+unchanged module, and checkpoints hold this module's own state dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gptkit.config import ModelConfig
+from gptkit.errors import GptkitError
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for incremental decoding.
+
+    One slab per layer is allocated up front, so decoding a token writes into place instead
+    of concatenating (which would copy the whole cache at every step). `length` counts the
+    positions filled; `GPT.forward` advances it after all layers have written.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget every position (the memory is reused, not cleared)."""
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `k`, `v` (B, n_head, T, head_dim) after the filled positions of `layer`.
+
+        Returns the keys and values of all positions so far. A batch of 1 is broadcast to
+        every row, so one prompt can be prefilled once for many samples.
+        """
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention in which a position sees only itself and earlier positions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        start = 0 if kv_cache is None else kv_cache.length
+        mask = None
+        if kv_cache is not None:
+            cached_k, cached_v = kv_cache.update(layer, k, v)
+            if start > 0:
+                # New queries see every cached position plus the causal part of their chunk:
+                # query i (absolute position start+i) may attend to keys 0..start+i.
+                k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device)
+                    mask = mask.tril(diagonal=start)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=start == 0,  # a single new token after a cache attends to everything
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward layer, 4x wide, GELU with GPT-2's tanh approximation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.act = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer layer: x + attn(ln_1(x)), then x + mlp(ln_2(x)) (pre-LayerNorm)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """Embeddings, blocks and the final LayerNorm (HF's `GPT2Model`): ids -> hidden states."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+
+    def forward(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        start = 0 if kv_cache is None else kv_cache.length
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for layer, block in enumerate(self.h):
+            x = block(x, kv_cache, layer)
+        return self.ln_f(x)
+
+
+class GPT(nn.Module):
+    """GPT-2 language model: token ids in, next-token logits (and optionally the loss) out."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise GptkitError(
+                "model.vocab_size is None; build the model with "
+                "GPT.from_config(config, tokenizer.vocab_size)"
+            )
+        if config.n_embd % config.n_head != 0:
+            raise GptkitError(
+                f"model.n_embd ({config.n_embd}) must be a multiple of model.n_head "
+                f"({config.n_head})"
+            )
+        self.config = config
+        self.transformer = Transformer(config, config.vocab_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017, as in GPT-2): one matrix embeds and un-embeds.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(number of residual additions), so
+        # the residual stream's variance does not grow with depth.
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, vocab_size: int) -> GPT:
+        """A fresh model whose vocabulary is the tokenizer's, unless the config pads it."""
+        if config.vocab_size is None:
+            config = dataclasses.replace(config, vocab_size=vocab_size)
+        elif config.vocab_size < vocab_size:
+            raise GptkitError(
+                f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's "
+                f"vocabulary ({vocab_size}); set model.vocab_size to null or >= {vocab_size}"
+            )
+        return cls(config)
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, vocab) for ids `idx` (B, T); the mean loss over targets != -100.
+
+        With `kv_cache`, `idx` continues the cached positions, and the cache is advanced.
+        """
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise GptkitError(
+                f"model input must have shape (batch, tokens >= 1), got {tuple(idx.shape)}"
+            )
+        batch, tokens = idx.shape
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + tokens > self.config.block_size:
+            raise GptkitError(
+                f"sequence of {start + tokens} tokens exceeds model.block_size "
+                f"({self.config.block_size}); keep only the last {self.config.block_size} tokens"
+            )
+        if kv_cache is not None:
+            if start + tokens > kv_cache.max_len:
+                raise GptkitError(
+                    f"KV cache holds {kv_cache.max_len} positions, {start + tokens} needed"
+                )
+            if batch != kv_cache.batch_size and not (batch == 1 and start == 0):
+                raise GptkitError(
+                    f"batch of {batch} does not match the KV cache's batch of "
+                    f"{kv_cache.batch_size}"
+                )
+        x = self.transformer(idx, kv_cache)
+        logits = self.lm_head(x)
+        if kv_cache is not None:
+            kv_cache.length += tokens
+        loss = None
+        if targets is not None:
+            # The loss is taken in (at least) fp32 even under autocast: a bf16 log-softmax
+            # over a large vocabulary loses precision.
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty cache for `batch_size` sequences of up to block_size positions."""
+        weight = self.transformer.wte.weight
+        c = self.config
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.n_head,
+            c.block_size,
+            c.n_embd // c.n_head,
+            device=weight.device if device is None else device,
+            dtype=weight.dtype if dtype is None else dtype,
+        )
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count, tied weights once.
+
+        `non_embedding` leaves out the position embeddings only: the token embedding is also
+        the output layer, whose matrix multiply is real work (nanoGPT's convention).
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields shared ones once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, training: bool = True) -> int:
+        """Estimated FLOPs per token at full context (PaLM paper, appendix B).
+
+        Training (forward + backward) is 6N for the weights plus 12 * n_layer * n_embd *
+        block_size for attention scores and their use; inference is a third of that.
+        """
+        c = self.config
+        flops = 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+        return flops if training else flops // 3

@@ -1,0 +1,77 @@
+"""Open a finished (or running) run directory: its config, tokenizer and model weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptkit.config import RunConfig, read_config
+from gptkit.errors import GptkitError
+from gptkit.model import GPT
+from gptkit.tokenizers import Tokenizer
+from gptkit.train import checkpoint
+
+
+@dataclass
+class Run:
+    path: Path
+    config: RunConfig
+    tokenizer: Tokenizer
+    model: GPT
+    weights: Path  # the file the model's weights came from
+
+    def data_meta(self) -> dict[str, Any] | None:
+        """Token, word and byte counts of the data the run was trained on."""
+        path = self.path / "data.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def best(self) -> dict[str, Any] | None:
+        path = self.path / "best" / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(
+    path: str | Path, *, which: str = "best", device: str | torch.device = "cpu"
+) -> Run:
+    """The run's model in eval mode, from `best/` (default) or its newest valid checkpoint.
+
+    `which="best"` falls back to the newest checkpoint when no best model was saved yet.
+    """
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise GptkitError(f"run directory {run_dir} does not exist; train one with `gptkit train`")
+    config = read_config(run_dir / "config.yaml")
+    tokenizer_path = run_dir / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise GptkitError(f"{tokenizer_path} is missing; the run directory is incomplete")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    vocab = config.model.vocab_size
+    if vocab is not None and tokenizer.vocab_size > vocab:
+        raise GptkitError(
+            f"the tokenizer in {run_dir} has {tokenizer.vocab_size} tokens but the model only "
+            f"{vocab}; restore the run's own tokenizer.json"
+        )
+    if which not in ("best", "last"):
+        raise GptkitError(f"checkpoint choice must be best or last, got {which!r}")
+    best_weights = run_dir / "best" / "model.safetensors"
+    if which == "best" and best_weights.is_file():
+        weights = best_weights
+    else:
+        ckpt, _ = checkpoint.latest_valid_checkpoint(run_dir)
+        weights = ckpt / "model.safetensors"
+    model = GPT.from_config(config.model, tokenizer.vocab_size)
+    try:
+        checkpoint.load_weights(model, weights)
+    except GptkitError:
+        raise
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise GptkitError(
+            f"weights in {weights} do not fit the model in {run_dir / 'config.yaml'}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    model.to(device).eval()
+    return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)

@@ -1,0 +1,410 @@
+"""Checkpoints that survive crashes: atomic, checksummed, loaded without unpickling code.
+
+    run/checkpoints/step-000500/{model.safetensors, optimizer.pt, state.json}
+    run/best/{model.safetensors, config.json}
+
+A checkpoint is written into a temporary folder next to its final place, its files fsynced,
+and then renamed into place, so a crash leaves either the whole checkpoint or an ignored
+`.tmp-*` folder. `state.json` holds the caller's resume state plus SHA-256 checksums and sizes
+of the other files; resume walks back from the newest checkpoint to the first that verifies.
+Weights are safetensors (no pickle); the optimizer state is read with
+`torch.load(weights_only=True)` (LESSONS.md, anti-patterns).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from gptkit.errors import GptkitError
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+BEST_INFO_FILE = "config.json"
+# keys save_checkpoint adds to the caller's state; load_checkpoint takes them out again
+_BOOKKEEPING = ("checksums", "sizes")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# --- files ------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable; directories cannot be opened for syncing on Windows."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` to `dst`, replacing a `dst` that exists (rename cannot do that)."""
+    if dst.exists():
+        aside = dst.with_name(f".old-{dst.name}-{os.getpid()}")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(dst, aside)
+        os.replace(src, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# --- weights ----------------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DDP wrappers, so no prefixes reach disk."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+            if not isinstance(inner, nn.Module):
+                return model
+            model = inner
+
+
+def _storage_key(t: Tensor) -> tuple[Any, ...]:
+    """Equal for two state-dict entries that are the same memory (tied weights)."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            tuple(t.stride()), t.dtype)
+
+
+def _alias_groups(state: dict[str, Tensor]) -> dict[str, list[str]]:
+    """name -> every name of the same tensor (itself included), in state-dict order."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, tensor in state.items():
+        key = _storage_key(tensor) if tensor.numel() else ("empty", name)
+        groups.setdefault(key, []).append(name)
+    return {name: names for names in groups.values() for name in names}
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The module's state dict as safetensors, each tied tensor once, under its first name.
+
+    safetensors refuses tensors that share memory, so `lm_head.weight` (the same tensor as
+    `transformer.wte.weight`) is dropped here and filled again by the tie on load. The
+    dropped names are listed in the file's metadata. Written to a temp name, then renamed.
+    """
+    state = _unwrap(model).state_dict()
+    aliases = _alias_groups(state)
+    tensors: dict[str, Tensor] = {}
+    tied: dict[str, str] = {}
+    for name, tensor in state.items():
+        first = aliases[name][0]
+        if first != name:
+            tied[name] = first
+            continue
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    # distinct tensors may still be views of one buffer on CPU; give those their own memory
+    seen: set[int] = set()
+    for name, tensor in tensors.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and ptr in seen:
+            tensors[name] = tensor.clone()
+        seen.add(ptr)
+    metadata = {"format": "pt", "gptkit_tied": json.dumps(tied)}
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Copy safetensors weights into `model` in place (ties stay tied); GptkitError on a misfit.
+
+    A name missing from the file is fine only when the model ties it to a name that is present.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GptkitError(f"weights file {path} not found")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GptkitError(f"cannot read weights {path} ({exc}); the file is damaged") from exc
+    module = _unwrap(model)
+    expected = module.state_dict()
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise GptkitError(
+            f"{path} holds weights this model does not have: {', '.join(unexpected[:5])}; "
+            "do the weights come from another kind of model?"
+        )
+    aliases = _alias_groups(expected)
+    missing = [n for n in expected if n not in tensors
+               and not any(a in tensors for a in aliases[n])]
+    if missing:
+        raise GptkitError(f"{path} lacks weights for: {', '.join(missing[:5])}")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise GptkitError(
+                f"{path}: {name} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(expected[name].shape)}; the model config does not match these weights"
+            )
+    module.load_state_dict(tensors, strict=False)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def _checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _step_of(path: Path) -> int:
+    match = _STEP_DIR.match(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints `step-N`, oldest first; temporary folders are ignored."""
+    folder = _checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=_step_of)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write `checkpoints/step-{step:06d}` atomically, then keep only the newest `keep`.
+
+    `state` must be JSON-serialisable. Checkpoints of later steps than this one belong to a
+    timeline that was abandoned (resume fell back past them) and are removed, so they can
+    never shadow the new ones.
+    """
+    if keep < 1:
+        raise GptkitError(f"train.keep_checkpoints must be >= 1 (got {keep})")
+    clash = sorted(set(_BOOKKEEPING) & set(state))
+    if clash:
+        raise GptkitError(f"checkpoint state may not use the reserved keys {clash}")
+    folder = _checkpoints_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:06d}"
+    tmp = _fresh_dir(folder / f".tmp-{final.name}-{os.getpid()}")
+    save_weights(model, tmp / MODEL_FILE)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    _fsync_file(tmp / OPTIMIZER_FILE)
+    files = (MODEL_FILE, OPTIMIZER_FILE)
+    record = {
+        **state,
+        "checksums": {name: _sha256(tmp / name) for name in files},
+        "sizes": {name: (tmp / name).stat().st_size for name in files},
+    }
+    (tmp / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    _fsync_file(tmp / STATE_FILE)
+    _fsync_dir(tmp)
+    _replace_dir(tmp, final)
+    _prune(run_dir, final, keep)
+    return final
+
+
+def _prune(run_dir: Path, newest: Path, keep: int) -> None:
+    """Keep `newest` and the `keep - 1` checkpoints before it; drop leftovers of crashed writes."""
+    found = list_checkpoints(run_dir)
+    step = _step_of(newest)
+    older = [p for p in found if _step_of(p) < step]
+    doomed = [p for p in found if _step_of(p) > step] + older[: max(len(older) - (keep - 1), 0)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    for leftover in _checkpoints_dir(run_dir).glob(".*"):
+        if leftover.is_dir() and leftover.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """state.json of a checkpoint; GptkitError naming the problem if it cannot be used."""
+    file = path / STATE_FILE
+    if not file.is_file():
+        raise GptkitError(f"{STATE_FILE} is missing")
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GptkitError(f"{STATE_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(state, dict):
+        raise GptkitError(f"{STATE_FILE} is not a JSON object")
+    return state
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when the checkpoint is whole, else a short description of what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        return "the folder is missing"
+    try:
+        state = _read_state(path)
+    except GptkitError as exc:
+        return str(exc)
+    checksums, sizes = state.get("checksums"), state.get("sizes", {})
+    if not isinstance(checksums, dict) or MODEL_FILE not in checksums:
+        return f"{STATE_FILE} has no checksum for {MODEL_FILE}"
+    if not isinstance(sizes, dict):
+        sizes = {}
+    for name, digest in sorted(checksums.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size, expected_size = file.stat().st_size, sizes.get(name)
+        if isinstance(expected_size, int) and size != expected_size:
+            return f"{name} is truncated or padded ({size} bytes, expected {expected_size})"
+        if _sha256(file) != digest:
+            return f"{name} does not match its checksum (the file was modified or damaged)"
+    return None
+
+
+def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, list[str]]:
+    """The newest checkpoint that verifies, and a warning for each newer corrupt one skipped."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise GptkitError(
+            f"no checkpoint in {_checkpoints_dir(run_dir)}; train without --resume"
+        )
+    warnings: list[str] = []
+    for path in reversed(found):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, warnings
+        warnings.append(f"skipping corrupt checkpoint {path}: {problem}")
+    details = "; ".join(f"{p.name}: {verify_checkpoint(p)}" for p in reversed(found))
+    raise GptkitError(
+        f"every checkpoint in {_checkpoints_dir(run_dir)} is corrupt ({details}); "
+        "train without --resume (with --overwrite) to start over"
+    )
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: Optimizer | None = None
+) -> dict[str, Any]:
+    """Restore weights and optimizer state in place; return the state given to save.
+
+    Does not re-hash the files: pick `path` with `latest_valid_checkpoint`, which does.
+    """
+    path = Path(path)
+    try:
+        state = _read_state(path)
+    except GptkitError as exc:
+        raise GptkitError(f"checkpoint {path}: {exc}") from exc
+    load_weights(model, path / MODEL_FILE)
+    if optimizer is not None:
+        file = path / OPTIMIZER_FILE
+        try:
+            saved = torch.load(file, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise GptkitError(f"cannot read optimizer state {file} ({exc})") from exc
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GptkitError(
+                f"optimizer state in {file} does not fit this run's optimizer ({exc}); "
+                "resume with the run's own train.optimizer and model settings"
+            ) from exc
+    return {k: v for k, v in state.items() if k not in _BOOKKEEPING}
+
+
+def save_best(run_dir: Path, model: nn.Module, info: dict[str, Any]) -> None:
+    """`best/` = weights with the lowest validation loss so far plus `info`, replaced atomically."""
+    run_dir = Path(run_dir)
+    tmp = _fresh_dir(run_dir / f".tmp-best-{os.getpid()}")
+    save_weights(model, tmp / MODEL_FILE)
+    (tmp / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    _fsync_file(tmp / BEST_INFO_FILE)
+    _fsync_dir(tmp)
+    _replace_dir(tmp, run_dir / "best")
+
+
+# --- random number generators -----------------------------------------------------------------
+def _bytes_to_text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _text_to_byte_tensor(text: str) -> Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every generator training draws from, as JSON-serialisable values.
+
+    Python `random`, NumPy's global generator, torch on CPU, and torch on the current CUDA
+    device when CUDA is in use (each process saves its own device; untouched GPUs stay so).
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": {
+            "kind": kind,
+            "keys": _bytes_to_text(np.asarray(keys, dtype="<u4").tobytes()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": _bytes_to_text(torch.get_rng_state().numpy().tobytes()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = _bytes_to_text(torch.cuda.get_rng_state().numpy().tobytes())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved (CUDA only where saved and available)."""
+    try:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        saved = state["numpy"]
+        keys = np.frombuffer(base64.b64decode(saved["keys"]), dtype="<u4").astype(np.uint32)
+        np.random.set_state(
+            (saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+        )
+        torch.set_rng_state(_text_to_byte_tensor(state["torch"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(_text_to_byte_tensor(state["cuda"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise GptkitError(
+            f"random-generator state in the checkpoint cannot be restored ({exc}); "
+            "the checkpoint's state.json is damaged"
+        ) from exc

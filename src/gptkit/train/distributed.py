@@ -1,0 +1,177 @@
+"""Process-group set-up under torchrun, device choice and the precision policy.
+
+Everything that depends on the hardware or the number of processes lives here, so the model
+and the training loop stay unchanged between a laptop CPU and many GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gptkit.errors import GptkitError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: its rank, the world size and its device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; `cuda` under torchrun means this rank's GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptkitError(
+            f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GptkitError("train.device is cuda but no CUDA GPU is available; use auto or cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GptkitError("train.device is mps but MPS is not available; use auto or cpu")
+    return device
+
+
+def setup(device_name: str = "auto", timeout_s: float = 600.0) -> DistEnv:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Sum a few numbers over all ranks (one collective, float64 for exact token counts)."""
+    if not env.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device(env))
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    if not env.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's value on every rank (e.g. the decision to stop early)."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _collective_device(env: DistEnv) -> torch.device:
+    return env.device if env.device.type == "cuda" else torch.device("cpu")
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
+    if not env.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """Skip DDP's gradient all-reduce on every micro-step but the last of a step."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()  # type: ignore[operator]
+
+
+# --- precision policy --------------------------------------------------------------------
+# | device            | auto  | bf16            | fp16                    | fp32 |
+# | CUDA, sm80+       | bf16  | autocast bf16   | autocast fp16 + scaler  | fp32 |
+# | CUDA, older       | fp16  | error           | autocast fp16 + scaler  | fp32 |
+# | CPU / MPS         | fp32  | autocast bf16   | error                   | fp32 |
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if precision == "auto":
+            return "bf16" if bf16_ok else "fp16"
+        if precision == "bf16" and not bf16_ok:
+            raise GptkitError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
+        return precision
+    if precision == "auto":
+        return "fp32"
+    if precision == "fp16":
+        raise GptkitError(
+            f"train.precision=fp16 needs a CUDA GPU (device is {device.type}); use bf16 or fp32"
+        )
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed-precision region for forward passes; a no-op in fp32."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def resolve_compile(compile_setting: bool | None, device: torch.device) -> bool:
+    """Compile on CUDA by default; elsewhere only when asked (compile time dominates there)."""
+    return device.type == "cuda" if compile_setting is None else compile_setting

@@ -1,0 +1,495 @@
+"""The training loop: one readable `Trainer.fit` over an unchanged GPT.
+
+Order within the loop (LESSONS.md #9): decide whether this is the last step; evaluate and
+checkpoint first, so step 0 and the last step are covered; then the micro-steps of one
+optimizer step, gradients synchronised only on the last one; then unscale, clip, step, zero.
+Parallelism (DDP), precision (autocast) and compilation wrap the model; checkpoints always
+hold the unwrapped model's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gptkit.config import RunConfig, read_config, save_config
+from gptkit.data.loader import RandomWindows
+from gptkit.data.prepare import PreparedData, prepare
+from gptkit.data.sources import is_wikitext
+from gptkit.errors import GptkitError
+from gptkit.evaluate import score_tokens, summarize
+from gptkit.model import GPT
+from gptkit.tokenizers import Tokenizer
+from gptkit.train import checkpoint, distributed
+from gptkit.train.distributed import DistEnv
+from gptkit.train.optim import build_optimizer
+from gptkit.train.schedule import lr_at
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens_seen: int
+    best_val_loss: float | None
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+    interrupted: bool = False
+    wall_time_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Never touch a user's directory by accident (DESIGN.md, "A run directory")."""
+    if resume and overwrite:
+        raise GptkitError("--resume and --overwrite contradict each other; pick one")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise GptkitError(
+                f"cannot resume: {run_dir} is not a gptkit run (no config.yaml); "
+                "drop --resume to start a new run"
+            )
+        return
+    if exists and not overwrite:
+        raise GptkitError(
+            f"run directory {run_dir} already exists; use --resume to continue it, "
+            "--overwrite to replace it, or --out to choose another directory"
+        )
+    if exists and overwrite and not (run_dir / "config.yaml").is_file():
+        raise GptkitError(
+            f"refusing to overwrite {run_dir}: it is not a gptkit run (no config.yaml); "
+            "choose another --out"
+        )
+
+
+def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
+    """Gradient accumulation derived from the total batch in tokens (LESSONS.md #6)."""
+    per_pass = cfg.train.micro_batch_size * cfg.model.block_size * world_size
+    total = cfg.train.batch_tokens
+    if total is None:
+        return 1
+    if total % per_pass:
+        raise GptkitError(
+            f"train.batch_tokens ({total}) must be a multiple of micro_batch_size x block_size "
+            f"x processes = {cfg.train.micro_batch_size} x {cfg.model.block_size} x "
+            f"{world_size} = {per_pass}; e.g. --set "
+            f"train.batch_tokens={per_pass * max(1, round(total / per_pass))}"
+        )
+    return total // per_pass
+
+
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+
+
+def check_same_shape(saved: RunConfig, cfg: RunConfig) -> None:
+    """A resumed run keeps its model's shape: the checkpoint's tensors are that shape."""
+    for key in SHAPE_KEYS:
+        old, new = getattr(saved.model, key), getattr(cfg.model, key)
+        if key == "vocab_size" and new is None:
+            continue
+        if old != new:
+            raise GptkitError(
+                f"cannot resume with model.{key}={new}: the run's checkpoints were trained with "
+                f"model.{key}={old}; drop that --set, or start a new run with --out"
+            )
+
+
+def build_model(cfg: RunConfig, tokenizer: Tokenizer) -> GPT:
+    """A fresh GPT sized for the tokenizer; errors when the vocabulary does not fit."""
+    vocab = cfg.model.vocab_size
+    if vocab is not None and vocab < tokenizer.vocab_size:
+        raise GptkitError(
+            f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
+            f"({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size} or null"
+        )
+    return GPT.from_config(cfg.model, tokenizer.vocab_size)
+
+
+def environment_info(env: DistEnv, precision: str, compiled: bool) -> dict[str, Any]:
+    """What a run directory needs to explain itself later (LESSONS.md #7)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    from gptkit import __version__
+
+    return {
+        "argv": sys.argv,
+        "gptkit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(env.device),
+        "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else
+        platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "world_size": env.world_size,
+        "precision": precision,
+        "compile": compiled,
+        "git_commit": commit or None,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class Trainer:
+    """Owns one run: data, model, optimizer, the loop, evaluation and checkpoints."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        data_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+        self.env = distributed.setup(cfg.train.device)
+        try:
+            self._setup(overwrite, data_dir)
+        except BaseException:
+            distributed.teardown(self.env)
+            raise
+
+    # --- set-up ---------------------------------------------------------------------------
+    def _setup(self, overwrite: bool, data_dir: str | Path | None) -> None:
+        cfg, env = self.cfg, self.env
+        if env.is_main:
+            check_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite)
+        distributed.barrier(env)
+        if self.resume:
+            check_same_shape(read_config(self.run_dir / "config.yaml"), cfg)
+        self.accum = accumulation_steps(cfg, env.world_size)
+        self.data = self._prepare_data(data_dir)
+        self.tokenizer = self.data.tokenizer
+        self.precision = distributed.resolve_precision(cfg.train.precision, env.device)
+        self.compiled = distributed.resolve_compile(cfg.train.compile, env.device)
+
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+        self.model = build_model(cfg, self.tokenizer).to(env.device)
+        cfg.model.vocab_size = self.model.config.vocab_size
+        torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
+        self.optimizer = build_optimizer(self.model, cfg.train, env.device.type)
+        self.scaler = torch.amp.GradScaler(
+            env.device.type, enabled=self.precision == "fp16" and env.device.type == "cuda"
+        )
+        train_tokens = self.data.tokens(cfg.data.train_split)
+        self.loader = RandomWindows(
+            train_tokens,
+            block_size=cfg.model.block_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            accum_steps=self.accum,
+            seed=cfg.train.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+        self.tokens_per_step = (
+            cfg.train.micro_batch_size * cfg.model.block_size * self.accum * env.world_size
+        )
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss: float | None = None
+        self.bad_evals = 0
+        if self.resume:
+            self._restore()
+        elif env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in ("checkpoints", "best", "metrics.jsonl", "tb"):
+                path = self.run_dir / stale
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        if env.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            self.tokenizer.save(self.run_dir / "tokenizer.json")
+            (self.run_dir / "data.json").write_text(json.dumps(self.data.meta, indent=2))
+            info = environment_info(env, self.precision, self.compiled)
+            (self.run_dir / "environment.json").write_text(json.dumps(info, indent=2))
+        if env.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        compiled: torch.nn.Module = torch.compile(self.model) if self.compiled else self.model  # type: ignore[assignment]
+        self.train_model = distributed.wrap_ddp(compiled, env)
+
+    def _prepare_data(self, data_dir: str | Path | None) -> PreparedData:
+        """Rank 0 tokenises (and trains the tokenizer); the others then read its cache."""
+        cfg, env = self.cfg, self.env
+        tokenizer = Tokenizer.load(self.run_dir / "tokenizer.json") if self.resume else None
+        data = None
+        if env.is_main:
+            data = prepare(cfg.data, data_dir=data_dir, tokenizer=tokenizer, progress=self.progress)
+        distributed.barrier(env)
+        if data is None:
+            data = prepare(cfg.data, data_dir=data_dir, tokenizer=tokenizer)
+        for split in (cfg.data.train_split, cfg.data.eval_split):
+            n = data.split_meta(split)["tokens"]
+            if n < cfg.model.block_size + 1:
+                raise GptkitError(
+                    f"split {split!r} has {n} tokens, fewer than model.block_size + 1 = "
+                    f"{cfg.model.block_size + 1}; use more text or a smaller model.block_size"
+                )
+        return data
+
+    def _restore(self) -> None:
+        path, warnings = checkpoint.latest_valid_checkpoint(self.run_dir)
+        for warning in warnings:
+            if self.env.is_main:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
+        state = checkpoint.load_checkpoint(path, self.model, self.optimizer)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.best_val_loss = state.get("best_val_loss")
+        self.bad_evals = int(state.get("bad_evals", 0))
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        rng = state["rng"]
+        checkpoint.set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
+        if self.env.is_main:
+            self._truncate_metrics(self.step)
+        self._say(f"resumed from {path} at step {self.step}")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records an interrupted attempt logged after the checkpoint we resume from."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [
+            line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        if self.env.is_main and self.progress:
+            tqdm.write(message)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.env.is_main:
+            with (self.run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation loss on a fixed set of windows (the same every time) and train loss."""
+        cfg, data = self.cfg, self.data
+        block = cfg.model.block_size
+        cap = None if cfg.train.eval_tokens is None else math.ceil(cfg.train.eval_tokens / block)
+        special = [] if self.tokenizer.eot_id is None else [self.tokenizer.eot_id]
+        common: dict[str, Any] = dict(
+            block_size=block, batch_size=max(cfg.eval.batch_size, cfg.train.micro_batch_size),
+            device=self.env.device, precision=self.precision, special_ids=special, env=self.env,
+        )
+        val_tokens = data.tokens(cfg.data.eval_split)
+        val = score_tokens(self.model, val_tokens, max_windows=cap, **common)
+        val_windows = math.ceil((min(len(val_tokens), (cap or 10**18) * block) - 1) / block)
+        train = score_tokens(
+            self.model, data.tokens(cfg.data.train_split), max_windows=val_windows, **common
+        )
+        full = cap is None or cap * block >= len(val_tokens) - 1
+        split_meta = data.split_meta(cfg.data.eval_split)
+        result = summarize(
+            val,
+            split=cfg.data.eval_split,
+            block_size=block,
+            stride=block,
+            n_bytes=split_meta["bytes"] if full else None,
+            n_words=split_meta["words"] if full and is_wikitext(cfg.data.source) else None,
+        )
+        record = {
+            "step": self.step,
+            "kind": "eval",
+            "tokens": self.tokens_seen,
+            "train_loss": train.nll / max(train.tokens, 1),
+            "val_loss": result.loss,
+            "val_perplexity": result.perplexity,
+            "val_tokens": result.tokens,
+        }
+        if result.bits_per_byte is not None:
+            record["val_bits_per_byte"] = result.bits_per_byte
+        if result.word_perplexity is not None:
+            record["val_word_perplexity"] = result.word_perplexity
+        return record
+
+    def _save_checkpoint(self) -> None:
+        rngs = distributed.all_gather_objects(checkpoint.rng_state(), self.env)
+        if self.env.is_main:
+            state: dict[str, Any] = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "best_val_loss": self.best_val_loss,
+                "bad_evals": self.bad_evals,
+                "loader": self.loader.state_dict(),
+                "rng": rngs,
+                "world_size": self.env.world_size,
+            }
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
+            checkpoint.save_checkpoint(
+                self.run_dir, self.step, self.model, self.optimizer, state,
+                keep=self.cfg.train.keep_checkpoints,
+            )
+        distributed.barrier(self.env)
+
+    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg, env = self.cfg, self.env
+        lr = lr_at(self.step, cfg.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = self.loader.step_batches(self.step)
+        total = torch.zeros((), device=env.device)
+        for i, (x, y) in enumerate(batches):
+            x = x.to(env.device, non_blocking=True)
+            y = y.to(env.device, non_blocking=True)
+            with distributed.no_sync(self.train_model, sync=i == len(batches) - 1):
+                with distributed.autocast(env.device, self.precision):
+                    _, loss = self.train_model(x, y)
+                # every micro-batch holds the same number of targets, so this mean over
+                # micro-batches is the mean over all the step's tokens
+                loss = loss / len(batches)
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        grad_norm = None
+        if cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, grad_norm
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg, env = self.cfg, self.env
+        interrupted = False
+        stop_early = False
+        last_eval: dict[str, Any] = {}
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            nonlocal interrupted
+            if interrupted:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            interrupted = True
+
+        previous_handler = None
+        if not env.enabled:
+            previous_handler = signal.signal(signal.SIGINT, on_sigint)
+        bar = tqdm(
+            total=cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+            disable=not (self.progress and env.is_main),
+        )
+        start_step, started = self.step, time.perf_counter()
+        window_start, window_steps = started, 0
+        try:
+            while True:
+                last = self.step >= cfg.train.max_steps or interrupted or stop_early
+                resumed_here = self.resume and self.step == start_step
+                if (self.step % cfg.train.eval_interval == 0 or last) and not resumed_here:
+                    last_eval = self.evaluate()
+                    best = self.best_val_loss
+                    improved = best is None or last_eval["val_loss"] < best
+                    if improved:
+                        self.best_val_loss = last_eval["val_loss"]
+                        self.bad_evals = 0
+                        if env.is_main:
+                            checkpoint.save_best(self.run_dir, self.model, {
+                                "step": self.step, "val_loss": self.best_val_loss,
+                                "tokens_seen": self.tokens_seen, "model": asdict(cfg.model),
+                            })
+                    else:
+                        self.bad_evals += 1
+                    self._log(last_eval)
+                    self._say(
+                        f"step {self.step}: train loss {last_eval['train_loss']:.4f}, "
+                        f"val loss {last_eval['val_loss']:.4f} "
+                        f"(ppl {last_eval['val_perplexity']:.2f})" + (" *best" if improved else "")
+                    )
+                    patience = cfg.train.early_stopping_patience
+                    if patience and self.bad_evals >= patience and not last:
+                        stop_early = True
+                        self._say(f"early stopping: no improvement in {patience} evaluations")
+                        last = True
+                saving_step = self.step % cfg.train.checkpoint_interval == 0 and self.step > 0
+                if (saving_step or last) and not resumed_here:
+                    self._save_checkpoint()
+                if last:
+                    break
+                loss, grad_norm = self._train_step()
+                self.step += 1
+                self.tokens_seen += self.tokens_per_step
+                window_steps += 1
+                bar.update(1)
+                if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
+                    now = time.perf_counter()
+                    tok_s = window_steps * self.tokens_per_step / max(now - window_start, 1e-9)
+                    window_start, window_steps = now, 0
+                    record = {
+                        "step": self.step, "kind": "train", "tokens": self.tokens_seen,
+                        "loss": loss.item(), "lr": lr_at(self.step - 1, cfg.train),
+                        "tokens_per_s": tok_s, "elapsed_s": now - started,
+                    }
+                    if grad_norm is not None:
+                        record["grad_norm"] = grad_norm.item()
+                    self._log(record)
+                    bar.set_postfix_str(
+                        f"loss {record['loss']:.4f} lr {record['lr']:.2e} {tok_s:,.0f} tok/s"
+                    )
+        finally:
+            bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            distributed.teardown(env)
+        wall = time.perf_counter() - started
+        if interrupted:
+            self._say(f"interrupted: saved step {self.step}; continue with --resume")
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            tokens_seen=self.tokens_seen,
+            best_val_loss=self.best_val_loss,
+            last_eval=last_eval,
+            stopped_early=stop_early,
+            interrupted=interrupted,
+            wall_time_s=wall,
+            tokens_per_s=(self.step - start_step) * self.tokens_per_step / max(wall, 1e-9),
+        )
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) the run described by `cfg` into `run_dir`."""
+    trainer = Trainer(
+        cfg, Path(run_dir), resume=resume, overwrite=overwrite, data_dir=data_dir, progress=progress
+    )
+    return trainer.fit()

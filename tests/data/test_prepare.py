@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gptkit.config import DataConfig
+from gptkit.data import prepare as prepare_module
+from gptkit.data.prepare import cache_dir, count_words, prepare
+from gptkit.errors import GptkitError
+from gptkit.tokenizers import UNK, Tokenizer
+
+DOCS = ["First doc.\nTwo lines\n", "second  one 中文 😀\n", "third\n\n", "fourth, the val doc\n"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i, doc in enumerate(DOCS):
+        (folder / f"{i}.txt").write_text(doc, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wikitext_bpe(tmp_path_factory):
+    """BPE trained on WikiText-2 valid (the offline protocol), prepared once for the module."""
+    if not os.path.isfile(os.path.join(os.environ["GPTKIT_DATA_DIR"], "wikitext-2",
+                                       "wiki.valid.tokens")):
+        pytest.skip("reference data not found; set GPTKIT_DATA_DIR")
+    cfg = DataConfig(source="wikitext2", tokenizer="bpe", vocab_size=2048, train_split="valid",
+                     eval_split="test")
+    return cfg, prepare(cfg, cache=tmp_path_factory.mktemp("cache"))
+
+
+def test_counts_and_token_stream(corpus, tmp_path):
+    cfg = DataConfig(source=str(corpus), val_fraction=0.25)
+    data = prepare(cfg, cache=tmp_path / "cache")
+    tok, eot = data.tokenizer, data.tokenizer.eot_id
+    assert (data.meta["format"], data.meta["source"], data.meta["tokenizer_kind"]) == (
+        1, str(corpus), "char")
+    assert (data.meta["vocab_size"], data.meta["eot_id"], data.meta["dtype"]) == (
+        tok.vocab_size, eot, "uint16")
+    for split, docs in (("train", DOCS[:3]), ("val", DOCS[3:])):
+        expected = [i for doc in docs for i in [eot, *tok.encode(doc)]]
+        assert data.tokens(split).tolist() == expected
+        assert data.tokens(split).dtype == np.uint16
+        assert data.split_meta(split) == {
+            "tokens": sum(len(tok.encode(doc)) + 1 for doc in docs),
+            "words": sum(len(doc.split()) + doc.count("\n") for doc in docs),
+            "bytes": sum(len(doc.encode("utf-8")) for doc in docs),
+            "characters": sum(len(doc) for doc in docs),
+            "documents": len(docs),
+        }
+    meta = json.loads((data.path / "meta.json").read_text())
+    assert meta["key"] == data.path.name and meta["splits"]["val"]["file"] == "val.bin"
+    assert Tokenizer.load(data.path / "tokenizer.json").sha256() == tok.sha256()
+
+
+def test_count_words_wikitext_convention():
+    assert count_words([" = A = \n \n b c\n", "d"]) == 6 + 3
+
+
+def test_uint32_for_large_vocabularies(corpus, tmp_path):
+    alphabet = "".join(chr(c) for c in range(0x10000, 0x10000 + 70_000))  # beyond uint16
+    big = Tokenizer.train_char([alphabet, *DOCS])
+    assert big.vocab_size > 65536
+    data = prepare(DataConfig(source=str(corpus)), tokenizer=big, cache=tmp_path / "cache")
+    assert data.meta["dtype"] == "uint32" and data.tokens("train").dtype == np.uint32
+    assert big.decode(data.tokens("val").tolist()) == "<|endoftext|>" + DOCS[-1]
+    text = alphabet[-5:]
+    assert max(big.encode(text)) > 65535 and big.decode(big.encode(text)) == text
+
+
+def test_chunked_encoding_equals_whole_text(wikitext_bpe, data_dir, tmp_path, monkeypatch):
+    cfg, data = wikitext_bpe
+    tok = data.tokenizer
+    text = (data_dir / "wikitext-2" / "wiki.valid.tokens").read_text(encoding="utf-8")
+    whole = [tok.eot_id, *tok.encode(text)]
+    assert data.tokens("valid").tolist() == whole
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 1000)  # many pieces and batches
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 100_000)
+    assert len(tok.split_text(text, 1000)) > 500
+    again = prepare(cfg, splits=["valid"], tokenizer=tok, cache=tmp_path)
+    assert again.path.name == data.path.name  # same source and tokenizer: same key
+    assert again.tokens("valid").tolist() == whole
+    assert again.split_meta("valid")["words"] == 217_646
+
+
+def test_wikitext_meta(wikitext_bpe):
+    _, data = wikitext_bpe
+    assert data.split_meta("valid")["words"] == 217_646
+    assert data.split_meta("test")["words"] == 245_569
+    assert data.split_meta("test")["bytes"] == 1_256_449
+    assert data.meta["tokenizer_kind"] == "bpe" and data.meta["vocab_size"] == 2048
+
+
+def test_cache_is_reused(corpus, tmp_path, monkeypatch):
+    cfg = DataConfig(source=str(corpus), tokenizer="bpe", vocab_size=300)
+    first = prepare(cfg, cache=tmp_path)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first.path.iterdir()}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(Tokenizer, "encode_batch", forbidden)
+    monkeypatch.setattr(Tokenizer, "train_bpe", forbidden)
+    second = prepare(cfg, cache=tmp_path)
+    assert second.path == first.path and second.meta == first.meta
+    assert second.tokenizer.sha256() == first.tokenizer.sha256()
+    assert {p.name: p.stat().st_mtime_ns for p in second.path.iterdir()} == mtimes
+    assert prepare(cfg, splits=["val"], cache=tmp_path).path == first.path
+    # a run's own tokenizer (resume, eval) finds the data prepared when it was trained
+    assert prepare(cfg, tokenizer=Tokenizer.load(first.path / "tokenizer.json"),
+                   cache=tmp_path).path == first.path
+
+
+def test_missing_splits_are_added_and_changed_files_rebuilt(data_dir, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "wikitext-2").mkdir(parents=True)
+    for split in ("valid", "test"):
+        (root / "wikitext-2" / f"wiki.{split}.tokens").write_text(f" = {split} = \n words \n")
+    cfg = DataConfig(source="wikitext2", train_split="valid", eval_split="test")
+    encoded: list[list[str]] = []
+    real = Tokenizer.encode_batch
+    monkeypatch.setattr(Tokenizer, "encode_batch",
+                        lambda self, texts: encoded.append(list(texts)) or real(self, texts))
+    first = prepare(cfg, splits=["valid"], data_dir=root, cache=tmp_path)
+    assert list(first.meta["splits"]) == ["valid"] and len(encoded) == 1
+    both = prepare(cfg, data_dir=root, cache=tmp_path)
+    assert both.path == first.path and list(both.meta["splits"]) == ["valid", "test"]
+    assert encoded[1] == [" = test = \n words \n"]  # only the missing split was encoded
+    (root / "wikitext-2" / "wiki.test.tokens").write_text(" = changed = \n")
+    changed = prepare(cfg, data_dir=root, cache=tmp_path)
+    assert changed.path == first.path and encoded[2] == [" = changed = \n"]
+    assert changed.split_meta("test")["words"] == 4
+
+
+def test_tokenizer_learns_from_the_train_split_only(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\n" * 90 + "zyzzyva Ω zyzzyva\n" * 10)
+    cfg = DataConfig(source=str(corpus), tokenizer="char")
+    char = prepare(cfg, cache=tmp_path / "cache")
+    assert not {"Ω", "z"} & set(char.tokenizer.backend.get_vocab())
+    unk = char.tokenizer.backend.token_to_id(UNK)
+    assert unk in char.tokens("val").tolist() and unk not in char.tokens("train").tolist()
+    bpe = prepare(DataConfig(source=str(corpus), tokenizer="bpe", vocab_size=400),
+                  cache=tmp_path / "cache")
+    vocab = bpe.tokenizer.backend.get_vocab()
+    assert "Ġcat" in vocab and not any("zz" in token for token in vocab)
+    assert bpe.tokenizer.decode(bpe.tokens("val").tolist()).endswith("zyzzyva Ω zyzzyva\n")
+
+
+def test_given_tokenizer_and_gpt2_files(corpus, tmp_path):
+    tok = Tokenizer.train_bpe(DOCS, 300)
+    tok.save(tmp_path / "gpt2" / "tokenizer.json")
+    given = prepare(DataConfig(source=str(corpus)), splits=["val"], tokenizer=tok,
+                    cache=tmp_path / "cache")
+    assert given.tokenizer is tok and list(given.meta["splits"]) == ["val"]
+    cfg = DataConfig(source=str(corpus), tokenizer="gpt2", tokenizer_path=str(tmp_path / "gpt2"))
+    gpt2 = prepare(cfg, cache=tmp_path / "cache")
+    assert gpt2.path == given.path  # same tokenizer, same source: same cache folder
+    assert gpt2.tokens("val").tolist() == given.tokens("val").tolist()
+
+
+def test_errors(corpus, tmp_path):
+    data = prepare(DataConfig(source=str(corpus)), splits=["train"], cache=tmp_path)
+    with pytest.raises(GptkitError, match="split 'val' was not prepared"):
+        data.tokens("val")
+    with pytest.raises(GptkitError, match="no split 'test'"):
+        prepare(DataConfig(source=str(corpus)), splits=["test"], cache=tmp_path)
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert cache_dir() == tmp_path / "env"
+    monkeypatch.delenv("GPTKIT_CACHE_DIR")
+    assert cache_dir().parts[-3:] == (".cache", "gptkit", "prepared")

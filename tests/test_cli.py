@@ -1,0 +1,168 @@
+"""The command line: every command's help, the happy paths, and every bad input (exit 2)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gptkit.tokenizers import Tokenizer
+
+from gptkit.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def expect_error(capsys, *argv: str, match: str) -> str:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptkit: error: "), err
+    assert "Traceback" not in err
+    assert match.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+def test_help_explains_every_command():
+    top = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("prepare", "train", "eval", "sample", "info"):
+        assert command in top
+        text = subprocess.run([sys.executable, "-m", "gptkit", command, "--help"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "--data-dir" in text and "--debug" in text
+
+
+def test_eval_reports_loss_perplexity_and_bits_per_byte(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", str(tiny_run), "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["split"] == "val" and result["tokens"] == 111540
+    assert result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
+    assert 0 < result["bits_per_byte"] < 8 and result["word_perplexity"] is None
+    code, out, _ = run_cli(capsys, "eval", str(tiny_run), "--stride", "16")
+    assert code == 0 and "stride 16" in out and "bits per byte" in out
+
+
+def test_eval_wikitext_reports_word_perplexity(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", str(tiny_run), "--data", "wikitext2", "--split",
+                           "test", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["words"] == 245569 and result["word_perplexity"] > result["perplexity"]
+
+
+def test_sample_is_reproducible_and_streams(tiny_run, capsys):
+    args = ("sample", str(tiny_run), "--prompt", "ROMEO:", "--max-new-tokens", "30",
+            "--seed", "7", "--num-samples", "2")
+    _, first, _ = run_cli(capsys, *args)
+    _, second, _ = run_cli(capsys, *args)
+    assert first == second and first.startswith("ROMEO:")
+    _, streamed, _ = run_cli(capsys, *args, "--stream")
+    assert streamed == first
+    _, greedy1, _ = run_cli(capsys, "sample", str(tiny_run), "--temperature", "0", "--seed", "1")
+    _, greedy2, _ = run_cli(capsys, "sample", str(tiny_run), "--temperature", "0", "--seed", "2")
+    assert greedy1 == greedy2
+
+
+def test_info_describes_a_run_and_a_recipe(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "info", str(tiny_run), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["model"]["n_layer"] == 2 and info["parameters"] > 0
+    assert info["data"]["splits"]["train"]["tokens"] > 0 and "val_loss" in info["best"]
+    code, out, _ = run_cli(capsys, "info", "--recipe", "shakespeare-char")
+    assert code == 0 and "FLOPs/token" in out and "parameters" in out
+
+
+# --- bad input: one line, exit 2, nothing modified ----------------------------------------
+
+
+def test_data_missing_offline(capsys, tmp_path):
+    expect_error(capsys, "train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"),
+                 match="tinyshakespeare")
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_corpus(capsys, tmp_path):
+    corpus = tmp_path / "blank.txt"
+    corpus.write_text("   \n\t\n")
+    expect_error(capsys, "train", "--set", f"data.source={corpus}", "--out",
+                 str(tmp_path / "r"), match="empty")
+
+
+def test_corpus_not_utf8(capsys, tmp_path):
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    line = expect_error(capsys, "prepare", "--set", f"data.source={corpus}", match="UTF-8")
+    assert "latin1.txt" in line and "offset 3" in line
+
+
+def test_unknown_recipe_and_bad_overrides(capsys):
+    expect_error(capsys, "train", "--recipe", "nope", match="unknown recipe")
+    expect_error(capsys, "train", "--set", "train.lrr=1", match="unknown setting")
+    expect_error(capsys, "train", "--set", "train.max_steps=many", match="must be int")
+    expect_error(capsys, "train", "--set", "train.lr=-0.1", match="train.lr must be > 0")
+    expect_error(capsys, "train", "--set", "train.micro_batch_size=0", match="micro_batch_size")
+
+
+def test_existing_run_without_flag_is_untouched(tiny_run, capsys):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    expect_error(capsys, "train", "--out", str(tiny_run), match="already exists")
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")} == before
+
+
+def test_resume_without_a_run(capsys, tmp_path):
+    expect_error(capsys, "train", "--resume", "--out", str(tmp_path / "none"),
+                 match="cannot resume")
+
+
+def test_resume_with_only_corrupt_checkpoints(tiny_run, capsys, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    for ckpt in (copy / "checkpoints").iterdir():
+        (ckpt / "optimizer.pt").write_bytes(b"")
+    expect_error(capsys, "train", "--resume", "--out", str(copy), match="corrupt")
+
+
+def test_context_longer_than_positions(tiny_run, capsys, tmp_path):
+    expect_error(capsys, "eval", str(tiny_run), "--stride", "64", match="block_size")
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    expect_error(capsys, "train", "--resume", "--out", str(copy), "--set",
+                 "model.block_size=64", match="block_size")
+
+
+def test_tokenizer_that_does_not_fit_the_checkpoint(tiny_run, capsys, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    Tokenizer.train_char(["".join(chr(c) for c in range(0x4E00, 0x4F00))]).save(
+        copy / "tokenizer.json")
+    expect_error(capsys, "sample", str(copy), match="tokenizer")
+
+
+def test_prompt_that_encodes_to_nothing(tiny_run, capsys):
+    expect_error(capsys, "sample", str(tiny_run), "--prompt", "", match="prompt")
+
+
+def test_nonsensical_sampling_numbers(tiny_run, capsys):
+    expect_error(capsys, "sample", str(tiny_run), "--top-p", "1.5", match="top-p")
+    expect_error(capsys, "sample", str(tiny_run), "--temperature", "-1", match="temperature")
+    expect_error(capsys, "sample", str(tiny_run), "--num-samples", "0", match="num-samples")
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(Exception, match="unknown recipe"):
+        main(["train", "--recipe", "nope", "--debug"])
+
+
+def test_missing_run_directory(capsys, tmp_path: Path):
+    expect_error(capsys, "sample", str(tmp_path / "nothing"), match="does not exist")

@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from gptkit.config import (
+    MODEL_PRESETS,
+    RunConfig,
+    apply_overrides,
+    build_config,
+    load_config,
+    load_recipe,
+    read_config,
+    recipe_names,
+    save_config,
+)
+from gptkit.errors import GptkitError
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    assert {"shakespeare-char", "shakespeare-char-gpu", "wikitext2", "gpt2-124m"} <= set(
+        recipe_names()
+    )
+    for name in recipe_names():
+        cfg = load_config(name)
+        assert cfg.name == name
+        assert cfg.model.n_embd % cfg.model.n_head == 0
+
+
+def test_default_recipe_is_nanogpt_cpu_shape():
+    cfg = load_config()
+    m, t = cfg.model, cfg.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (4, 4, 128, 64, 0.0)
+    assert (t.micro_batch_size, t.max_steps, t.lr, t.min_lr) == (12, 2000, 1e-3, 1e-4)
+    assert cfg.data.tokenizer == "char" and cfg.data.source == "tinyshakespeare"
+
+
+def test_overrides_are_typed():
+    cfg = load_config("shakespeare-char", [
+        "train.lr=3e-4", "model.n_layer=6", "model.bias=true", "train.compile=auto",
+        "train.batch_tokens=1536", "name=mine", "sample.top_k=none",
+    ])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.n_layer == 6 and cfg.model.bias is True
+    assert cfg.train.compile is None and cfg.train.batch_tokens == 1536
+    assert cfg.name == "mine" and cfg.sample.top_k is None
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.lrr=1", "did you mean 'lr'"),
+        ("trian.lr=1", "did you mean 'train'"),
+        ("train.max_steps=abc", "train.max_steps must be int"),
+        ("train.max_steps=1.5", "train.max_steps must be int"),
+        ("model.bias=maybe", "model.bias must be bool"),
+        ("train.lr", "key=value"),
+        ("train.lr=-1", "train.lr must be > 0"),
+        ("train.micro_batch_size=0", "micro_batch_size must be >= 1"),
+        ("sample.top_p=1.5", "top_p must be in (0, 1]"),
+        ("sample.top_p=0", "top_p must be in (0, 1]"),
+        ("model.n_embd=130", "multiple of model.n_head"),
+        ("model.preset=gpt5", "unknown model.preset"),
+        ("data.tokenizer=words", "data.tokenizer must be char, bpe or gpt2"),
+        ("train.optimizer=lion", "train.optimizer must be"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, fragment):
+    with pytest.raises(GptkitError, match=None) as info:
+        load_config("shakespeare-char", [override])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(GptkitError, match="unknown recipe 'nope'.*shakespeare-char"):
+        load_recipe("nope")
+
+
+def test_recipe_from_path_and_unknown_key_in_yaml(tmp_path: Path):
+    good = tmp_path / "r.yaml"
+    good.write_text("name: custom\nmodel:\n  n_layer: 2\ntrain:\n  lr: 1.0e-2\n")
+    cfg = load_config(str(good))
+    assert cfg.name == "custom" and cfg.model.n_layer == 2 and cfg.train.lr == 1e-2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: 1\n")
+    with pytest.raises(GptkitError, match="unknown setting 'train.learning_rate'"):
+        load_config(str(bad))
+
+
+def test_preset_fills_fields_and_explicit_values_win():
+    raw = apply_overrides({"model": {"preset": "gpt2", "n_layer": 2}}, [])
+    cfg = build_config(raw)
+    assert cfg.model.n_layer == 2
+    assert (cfg.model.n_embd, cfg.model.block_size) == (768, 1024)
+    assert set(MODEL_PRESETS) >= {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+
+
+def test_save_and_read_round_trip(tmp_path: Path):
+    cfg = load_config("wikitext2", ["train.max_steps=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert read_config(tmp_path / "config.yaml") == cfg
+    assert RunConfig().validate() == RunConfig()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gptkit.config import TrainConfig
+from gptkit.errors import GptkitError
+from gptkit.train.schedule import lr_at
+
+LR, MIN_LR = 1e-3, 1e-4
+
+
+def cfg(**kw: object) -> TrainConfig:
+    base: dict[str, object] = dict(
+        lr=LR, min_lr=MIN_LR, warmup_steps=10, max_steps=110, schedule="cosine"
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_warmup_is_linear_from_above_zero_to_lr(schedule: str) -> None:
+    c = cfg(schedule=schedule)
+    assert lr_at(0, c) == pytest.approx(LR / 11)
+    assert lr_at(4, c) == pytest.approx(LR * 5 / 11)
+    assert lr_at(9, c) == pytest.approx(LR * 10 / 11)
+    assert lr_at(10, c) == pytest.approx(LR)  # warmup ends at the full rate
+
+
+def test_cosine_midpoint_end_and_after() -> None:
+    c = cfg()
+    assert lr_at(60, c) == pytest.approx((LR + MIN_LR) / 2)
+    assert lr_at(35, c) == pytest.approx(MIN_LR + 0.5 * (1 + math.cos(math.pi / 4)) * (LR - MIN_LR))
+    assert lr_at(110, c) == pytest.approx(MIN_LR)
+    assert lr_at(111, c) == pytest.approx(MIN_LR)
+    assert lr_at(10_000, c) == pytest.approx(MIN_LR)
+
+
+def test_cosine_never_increases_after_warmup() -> None:
+    c = cfg()
+    rates = [lr_at(s, c) for s in range(10, 200)]
+    assert all(a >= b for a, b in zip(rates[:-1], rates[1:], strict=True))
+
+
+def test_decay_steps_overrides_max_steps() -> None:
+    c = cfg(decay_steps=60)
+    assert lr_at(35, c) == pytest.approx((LR + MIN_LR) / 2)
+    assert lr_at(60, c) == pytest.approx(MIN_LR)
+    assert lr_at(100, c) == pytest.approx(MIN_LR)
+
+
+def test_linear() -> None:
+    c = cfg(schedule="linear")
+    assert lr_at(10, c) == pytest.approx(LR)
+    assert lr_at(35, c) == pytest.approx(LR - 0.25 * (LR - MIN_LR))
+    assert lr_at(60, c) == pytest.approx((LR + MIN_LR) / 2)
+    assert lr_at(110, c) == pytest.approx(MIN_LR)
+    assert lr_at(500, c) == pytest.approx(MIN_LR)
+
+
+def test_constant_after_warmup() -> None:
+    c = cfg(schedule="constant")
+    assert [lr_at(s, c) for s in (10, 60, 110, 5000)] == [LR] * 4
+
+
+def test_no_warmup_starts_at_lr() -> None:
+    assert lr_at(0, cfg(warmup_steps=0)) == pytest.approx(LR)
+
+
+def test_decay_ending_before_warmup_gives_min_lr() -> None:
+    c = cfg(warmup_steps=10, decay_steps=5)
+    assert lr_at(9, c) == pytest.approx(LR * 10 / 11)
+    assert lr_at(10, c) == pytest.approx(MIN_LR)
+    assert lr_at(0, cfg(warmup_steps=0, max_steps=0)) == pytest.approx(MIN_LR)
+
+
+def test_unknown_schedule_is_an_error() -> None:
+    with pytest.raises(GptkitError, match="'step'"):
+        lr_at(0, cfg(schedule="step", warmup_steps=0))

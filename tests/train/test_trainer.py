@@ -1,0 +1,165 @@
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptkit.config import load_config
+from gptkit.errors import GptkitError
+from gptkit.train.trainer import accumulation_steps, train
+from tests.conftest import TINY
+
+
+def cfg(*overrides: str):
+    return load_config("shakespeare-char", [*TINY, *overrides])
+
+
+def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.mark.slow
+def test_hundred_steps_on_tiny_shakespeare_lower_val_loss(data_dir, tmp_path):
+    config = load_config("shakespeare-char", [
+        "train.max_steps=100", "train.warmup_steps=10", "train.eval_interval=50",
+        "train.eval_tokens=16384",
+    ])
+    result = train(config, tmp_path / "run", progress=False)
+    evals = records(tmp_path / "run", "eval")
+    assert [e["step"] for e in evals] == [0, 50, 100]
+    assert evals[0]["val_loss"] > 4.0  # ~ln(vocab) at initialisation
+    assert evals[-1]["val_loss"] < 2.9
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.2
+    assert result.best_val_loss == pytest.approx(evals[-1]["val_loss"])
+
+
+def test_run_directory_contents(tiny_run):
+    for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "data.json",
+                 "environment.json", "best/model.safetensors", "best/config.json"):
+        assert (tiny_run / name).is_file(), name
+    saved = load_config(str(tiny_run / "config.yaml"))
+    assert saved.model.vocab_size == 67  # 65 characters + end-of-text + unknown
+    steps = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert steps == ["step-000010", "step-000020"]
+    train_records = records(tiny_run, "train")
+    assert [r["step"] for r in train_records] == [5, 10, 15, 20]
+    assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in train_records)
+
+
+def test_resume_is_bit_for_bit(data_dir, tmp_path):
+    config = cfg("model.dropout=0.1", "train.checkpoint_interval=6", "train.eval_interval=6",
+                 "train.max_steps=12", "train.keep_checkpoints=5")
+    straight = tmp_path / "straight"
+    train(config, straight, progress=False)
+    # "interrupt" after step 6: keep only what existed then
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000012")
+    train(config, resumed, resume=True, progress=False)
+    a, b = weights(straight, 12), weights(resumed, 12)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    losses = lambda d: [r["loss"] for r in records(d, "train")]  # noqa: E731
+    assert losses(straight) == losses(resumed)
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint(data_dir, tmp_path, capsys):
+    config = cfg("train.max_steps=20")
+    run = tmp_path / "run"
+    train(config, run, progress=False)
+    (run / "checkpoints" / "step-000020" / "model.safetensors").write_bytes(b"garbage")
+    result = train(cfg("train.max_steps=20"), run, resume=True, progress=True)
+    assert result.step == 20
+    assert "step-000020" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_or_with_changed_shape_is_an_error(tiny_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(tiny_run / "config.yaml", empty / "config.yaml")
+    shutil.copy(tiny_run / "tokenizer.json", empty / "tokenizer.json")
+    with pytest.raises(GptkitError, match="no checkpoint"):
+        train(cfg(), empty, resume=True, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    with pytest.raises(GptkitError, match="block_size|positions|shape"):
+        train(cfg("model.block_size=48"), copy, resume=True, progress=False)
+
+
+def test_existing_run_is_never_touched_without_a_flag(tiny_run):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    with pytest.raises(GptkitError, match="already exists.*--resume.*--overwrite"):
+        train(cfg(), tiny_run, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")} == before
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(GptkitError, match="not a gptkit run"):
+        train(cfg(), precious, overwrite=True, progress=False)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_early_stopping_stops_a_diverging_run(data_dir, tmp_path):
+    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr=200", "train.grad_clip=0",
+                 "train.eval_interval=2", "train.max_steps=40",
+                 "train.early_stopping_patience=2")
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.stopped_early
+    assert result.step < 40
+
+
+def test_accumulation_is_derived_from_batch_tokens():
+    assert accumulation_steps(cfg("train.batch_tokens=1024"), world_size=2) == 2
+    assert accumulation_steps(cfg(), world_size=1) == 1
+    with pytest.raises(GptkitError, match="multiple of"):
+        accumulation_steps(cfg("train.batch_tokens=1000"), world_size=1)
+
+
+def test_vocab_size_smaller_than_tokenizer_is_an_error(data_dir, tmp_path):
+    with pytest.raises(GptkitError, match="smaller than the tokenizer"):
+        train(cfg("model.vocab_size=10"), tmp_path / "run", progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
+    common = ["train.max_steps=6", "train.eval_interval=3", "train.checkpoint_interval=6",
+              "train.micro_batch_size=4", "train.batch_tokens=256"]
+    single = tmp_path / "single"
+    train(cfg(*common), single, progress=False)  # accumulation 2 in one process
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+            "-m", "gptkit", "train", "--no-progress", "--out", str(tmp_path / "ddp")]
+    for item in [*TINY, *common]:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(single, 6), weights(tmp_path / "ddp", 6)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    single_evals = records(single, "eval")
+    ddp_evals = records(tmp_path / "ddp", "eval")
+    assert [e["step"] for e in ddp_evals] == [e["step"] for e in single_evals]
+    for x, y in zip(single_evals, ddp_evals, strict=True):
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-5)
