@@ -308,9 +308,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         from gptkit.data.prepare import prepare
 
         cfg = _config_from(args)
-        data = prepare(cfg.data, data_dir=args.data_dir)
-        info = describe(cfg, data.tokenizer.vocab_size)
-        info["data"] = data.meta
+        prepared = prepare(cfg.data, data_dir=args.data_dir)
+        info = describe(cfg, prepared.tokenizer.vocab_size)
+        info["data"] = prepared.meta
     if args.json:
         print(json.dumps(info, indent=2))
         return
