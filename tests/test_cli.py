@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from gptkit.tokenizers import Tokenizer
 
 from gptkit.cli import main
+from gptkit.tokenizers import Tokenizer
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
