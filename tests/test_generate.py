@@ -1,19 +1,29 @@
-"""Generation: processors, greedy and sampled decoding, KV cache, sliding window, streaming."""
+"""Generation: processors, greedy, sampled and beam decoding, batches, KV cache, sliding
+window, stop strings, streaming, settings. Parity with `transformers` is in
+test_generate_hf_parity.py."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import pytest
 import torch
 
-from gptkit.config import ModelConfig, SampleConfig
+from gptkit.config import ModelConfig, SampleConfig, load_config
 from gptkit.errors import GptkitError
 from gptkit.generate import (
+    MinNewTokensLengthLogitsProcessor,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
+    bad_words_ids,
+    beam_search,
     build_processors,
     generate,
     generate_tokens,
@@ -270,7 +280,7 @@ class ScriptedGPT(GPT):
         super().__init__(ModelConfig(n_layer=1, n_head=1, n_embd=4, block_size=64, vocab_size=257))
         self.script, self.prompt_len = script, prompt_len
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, **_):
         start = 0 if kv_cache is None else kv_cache.length
         logits = torch.zeros(idx.size(0), idx.size(1), 257)
         for t in range(idx.size(1)):
@@ -347,3 +357,291 @@ def test_streaming_flushes_an_unfinished_character_at_the_end():
     texts = sample_text(model, ByteTokenizer(), "x", cfg, stream=lambda i, p: pieces.append(p))
     assert texts == ["xa\ufffd"]
     assert "".join(pieces) == texts[0] and pieces[:2] == ["x", "a"]
+
+
+# ---------------------------------------------------------------- more processors
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_scores():
+    scores = torch.tensor([[2.0, -2.0, 4.0, -1.0]])
+    seen = torch.tensor([[0, 1, 1]])  # id 0 twice: penalised once
+    out = RepetitionPenaltyLogitsProcessor(2.0)(seen, scores)
+    assert out.tolist() == [[1.0, -4.0, 4.0, -1.0]]
+    assert RepetitionPenaltyLogitsProcessor(0.5)(seen, scores).tolist() == [[4.0, -1.0, 4.0, -1.0]]
+    skip_first = RepetitionPenaltyLogitsProcessor(2.0, torch.tensor([2]))(seen, scores)
+    assert skip_first.tolist() == [[2.0, -4.0, 4.0, -1.0]]  # the padding (id 0) is not penalised
+
+
+def test_no_repeat_ngram_bans_what_would_repeat_an_ngram():
+    ids = torch.tensor([[1, 2, 3, 2, 1, 2]])
+    scores = torch.zeros(1, 5)
+    assert keep(NoRepeatNGramLogitsProcessor(3)(ids, scores)) == [0, 1, 2, 4]  # not 1 2 3 again
+    assert keep(NoRepeatNGramLogitsProcessor(2)(ids, scores)) == [0, 2, 4]  # not 2 3, not 2 1
+    assert keep(NoRepeatNGramLogitsProcessor(1)(ids, scores)) == [0, 4]  # nothing seen
+    assert keep(NoRepeatNGramLogitsProcessor(7)(ids, scores)) == [0, 1, 2, 3, 4]
+
+
+def test_bad_words_ban_tokens_and_phrase_endings_but_never_eos():
+    words = [[3], [1, 2], [4]]
+    scores = torch.zeros(2, 5)
+    ids = torch.tensor([[0, 1], [1, 0]])
+    out = NoBadWordsLogitsProcessor(words, eos_token_id=4)(ids, scores)
+    assert keep(out[:1]) == [0, 1, 4] and keep(out[1:]) == [0, 1, 2, 4]
+    with pytest.raises(GptkitError, match="outside the vocabulary"):
+        NoBadWordsLogitsProcessor([[7]])(ids, scores)
+    with pytest.raises(GptkitError, match="non-empty"):
+        NoBadWordsLogitsProcessor([[]])
+
+
+def test_min_new_tokens_hides_eot_until_enough_new_tokens():
+    processor = MinNewTokensLengthLogitsProcessor(3, 2, eos_token_id=1)
+    scores = torch.zeros(1, 3)
+    assert keep(processor(torch.zeros(1, 4, dtype=torch.long), scores)) == [0, 2]
+    assert keep(processor(torch.zeros(1, 5, dtype=torch.long), scores)) == [0, 1, 2]
+
+
+def test_typical_keeps_tokens_closest_to_the_entropy():
+    # p = 0.5, 0.25, 0.125, 0.125: entropy 1.75 bits; surprises 1, 2, 3, 3 bits
+    scores = torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()
+    assert keep(TypicalLogitsWarper(0.2)(None, scores)) == [1]  # 2 bits is closest, not the top
+    assert keep(TypicalLogitsWarper(0.5)(None, scores)) == [0, 1]
+    with pytest.raises(GptkitError, match="typical_p"):
+        TypicalLogitsWarper(1.0)
+
+
+def test_full_chain_follows_transformers_order():
+    chain = build_processors(
+        0.5, 3, 0.9, typical_p=0.9, repetition_penalty=1.1, no_repeat_ngram_size=2,
+        bad_words_ids=[[1]], min_new_tokens=2, eos_token_id=0,
+    )
+    assert [type(p).__name__ for p in chain] == [
+        "RepetitionPenaltyLogitsProcessor", "NoRepeatNGramLogitsProcessor",
+        "NoBadWordsLogitsProcessor", "MinNewTokensLengthLogitsProcessor",
+        "TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "TypicalLogitsWarper",
+    ]
+    greedy = build_processors(0.0, 3, 0.9, typical_p=0.9, repetition_penalty=1.1)
+    assert [type(p).__name__ for p in greedy] == ["RepetitionPenaltyLogitsProcessor"]
+    assert len(build_processors(min_new_tokens=3)) == 0  # needs an end-of-text token
+
+
+# ---------------------------------------------------------------- batches and constraints
+
+
+def strip(row: list[int], pad: int) -> list[int]:
+    """A row without its left padding."""
+    i = 0
+    while row[i] == pad:
+        i += 1
+    return row[i:]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"repetition_penalty": 1.5, "bad_words_ids": [[3, 3]], "min_new_tokens": 4}],
+    ids=str,
+)
+def test_left_padded_batch_equals_prompts_one_by_one(model, settings):
+    prompts = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10]]
+    eot = VOCAB - 1  # also the padding
+    batch = run(model, prompts, max_new_tokens=8, temperature=0, eot_id=eot, **settings)
+    for prompt, row in zip(prompts, batch, strict=True):
+        alone = run(model, prompt, max_new_tokens=8, temperature=0, eot_id=eot, **settings)[0]
+        assert strip(row, eot)[: len(alone)] == alone
+        assert all(t == eot for t in strip(row, eot)[len(alone) :])
+
+
+def test_batched_samples_stay_with_their_prompt_and_reproduce(model):
+    args = {"max_new_tokens": 6, "num_samples": 3, "seed": 4}
+    out = run(model, [[1, 2], [3, 4, 5]], **args)
+    assert len(out) == 6 and [r[:3] for r in out] == [[0, 1, 2]] * 3 + [[3, 4, 5]] * 3
+    assert run(model, [[1, 2], [3, 4, 5]], **args) == out
+    steps = list(generate_tokens(model, [[1, 2], [3, 4, 5]], **args))
+    assert len(steps) == 6 and steps[0].shape == (6,)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_output_has_no_repeated_ngram(model, n):
+    out = run(model, [5, 6], max_new_tokens=12, temperature=0, no_repeat_ngram_size=n)[0]
+    ngrams = [tuple(out[i : i + n]) for i in range(len(out) - n + 1)]
+    assert len(ngrams) == len(set(ngrams))
+    free = run(model, [5, 6], max_new_tokens=12, temperature=0)[0]
+    assert len({tuple(free[i : i + n]) for i in range(len(free) - n + 1)}) < len(free) - n + 1
+
+
+def test_bad_words_never_appear_and_min_new_tokens_delays_eot(model):
+    free = run(model, [5], max_new_tokens=12, temperature=0)[0][1:]
+    banned = run(model, [5], max_new_tokens=12, temperature=0, bad_words_ids=[[free[0]]])[0]
+    assert free[0] not in banned[1:]
+    eot = free[0]
+    assert run(model, [5], max_new_tokens=12, temperature=0, eot_id=eot) == [[5, eot]]
+    late = run(model, [5], max_new_tokens=12, temperature=0, eot_id=eot, min_new_tokens=4)[0]
+    assert eot not in late[1:5]
+
+
+def test_repetition_penalty_reduces_repeats(model):
+    free = run(model, [5], max_new_tokens=15, temperature=0)[0]
+    penalised = run(model, [5], max_new_tokens=15, temperature=0, repetition_penalty=3.0)[0]
+    assert len(set(penalised)) > len(set(free))
+
+
+# ---------------------------------------------------------------- beam search
+
+
+@pytest.mark.parametrize("max_new_tokens", [6, 30], ids=["in-context", "sliding"])
+def test_beam_search_cached_equals_uncached(model, max_new_tokens):
+    args = {"max_new_tokens": max_new_tokens, "num_beams": 3, "num_samples": 2,
+            "length_penalty": 0.7, "eot_id": 0}
+    cached = beam_search(model, [[1, 2, 3], [4]], **args)
+    uncached = beam_search(model, [[1, 2, 3], [4]], use_cache=False, **args)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.scores, uncached.scores)
+
+
+def test_beam_search_returns_best_first_and_beats_greedy(model):
+    out = beam_search(model, [7, 8], max_new_tokens=6, num_beams=4, num_samples=4)
+    assert out.sequences.shape == (4, 8)
+    assert out.scores.tolist() == sorted(out.scores.tolist(), reverse=True)
+    greedy = run(model, [7, 8], max_new_tokens=6, temperature=0)[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([greedy[:-1]]))[0][0].log_softmax(-1)
+    greedy_score = sum(float(logits[i + 1, greedy[i + 2]]) for i in range(6)) / 6
+    assert float(out.scores[0]) >= greedy_score - 1e-6
+    assert out.new_tokens == [row[2:] for row in out.sequences.tolist()]
+
+
+def test_beam_sampling_reproduces_and_explains_too_narrow_filters(model):
+    args = {"max_new_tokens": 6, "num_beams": 2, "num_samples": 2, "temperature": 1.0}
+    first = beam_search(model, [[1, 2], [3]], seed=3, **args)
+    assert torch.equal(first.sequences, beam_search(model, [[1, 2], [3]], seed=3, **args).sequences)
+    with pytest.raises(GptkitError, match="2 x num_beams"):
+        beam_search(model, [1, 2], max_new_tokens=4, num_beams=3, temperature=1.0, top_k=2)
+
+
+def test_beam_search_stop_rule_finishes_hypotheses(model):
+    seen: list[list[int]] = []
+
+    def three(ids: list[int]) -> bool:
+        seen.append(ids)
+        return len(ids) >= 3
+
+    out = beam_search(model, [[7, 8], [1]], max_new_tokens=8, num_beams=2, num_samples=2,
+                      stop=three)
+    assert [len(t) for t in out.new_tokens] == [3] * 4 and out.sequences.shape == (4, 5)
+    assert {len(ids) for ids in seen} == {1, 2, 3}  # told each candidate's new tokens
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_beams": 0}, "num_beams"),
+        ({"num_beams": 2, "num_samples": 3}, "num_samples"),
+        ({"num_beams": 2, "early_stopping": "sometimes"}, "early_stopping"),
+        ({"num_beams": 2, "length_penalty": math.inf}, "length_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+        ({"typical_p": 0.0}, "typical_p"),
+        ({"min_new_tokens": -2}, "min_new_tokens"),
+    ],
+)
+def test_bad_generation_settings_are_errors(model, kwargs, match):
+    with pytest.raises(GptkitError, match=match):
+        generate(model, [1], **{"max_new_tokens": 2, **kwargs})
+
+
+# ---------------------------------------------------------------- text: batches, stops, beams
+
+
+def test_sample_text_takes_a_batch_of_prompts():
+    tok = CharTokenizer(ALPHABET)
+    cfg = SampleConfig(max_new_tokens=12, temperature=0, top_k=None, num_samples=2)
+    texts = sample_text(text_model(), tok, ["bad", "h", "ace ace"], cfg)
+    alone = [sample_text(text_model(), tok, p, cfg)[0] for p in ("bad", "h", "ace ace")]
+    assert texts == [t for t in alone for _ in range(2)]
+
+
+def test_stop_strings_cut_the_text_before_them():
+    tok = CharTokenizer(ALPHABET)
+    cfg = SampleConfig(max_new_tokens=20, temperature=0, top_k=None)
+    free = sample_text(text_model(), tok, "bad", cfg)[0][3:]
+    stop = free[4:6]
+    cut = free[: free.index(stop)]
+    cfg.stop = [stop, "zz"]
+    pieces: list[str] = []
+    texts = sample_text(text_model(), tok, "bad", cfg, stream=lambda i, p: pieces.append(p))
+    assert texts == ["bad" + cut] and "".join(pieces) == texts[0]
+
+
+def test_streaming_holds_back_what_may_start_a_stop_string():
+    script = [ord(c) for c in "ab\ncd\n"] + [ord("\n"), ord("e"), 256]
+    model = ScriptedGPT(script, prompt_len=1)
+    pieces: list[str] = []
+    cfg = SampleConfig(max_new_tokens=50, temperature=0, top_k=None, stop=["\n\n"])
+    texts = sample_text(model, ByteTokenizer(), "x", cfg, stream=lambda i, p: pieces.append(p))
+    assert texts == ["xab\ncd"]
+    assert pieces == ["x", "a", "b", "\nc", "d"]  # each "\n" waited for the next character
+
+
+def test_sample_text_bans_words():
+    tok = CharTokenizer(ALPHABET)
+    cfg = SampleConfig(max_new_tokens=30, temperature=1.5, top_k=None, num_samples=4, seed=1)
+    free = "".join(sample_text(text_model(), tok, "a", cfg))
+    word = max(set(free[1:]) - {"\n", " "}, key=free.count)
+    cfg.bad_words = [word, "hh"]
+    texts = sample_text(text_model(), tok, "a", cfg)
+    assert all(word not in t[1:] and "hh" not in t for t in texts)
+    assert bad_words_ids(tok, ["ab", " c"]) == [[0, 1], [8, 0, 1], [8, 2]]
+    with pytest.raises(GptkitError, match="encodes to no tokens"):
+        bad_words_ids(tok, ["XYZ"])
+
+
+def test_sample_text_with_beams_stops_and_streams():
+    tok = CharTokenizer(ALPHABET)
+    cfg = SampleConfig(max_new_tokens=12, temperature=0, top_k=None, num_beams=3, num_samples=2)
+    texts = sample_text(text_model(), tok, ["bad", "ce"], cfg)
+    assert len(texts) == 4 and texts[0].startswith("bad") and texts[2].startswith("ce")
+    cfg.stop = [texts[0][4:6]]
+    pieces: dict[int, list[str]] = {i: [] for i in range(4)}
+    stopped = sample_text(text_model(), tok, ["bad", "ce"], cfg,
+                          stream=lambda i, p: pieces[i].append(p))
+    heads = ["bad"] * 2 + ["ce"] * 2
+    assert all(cfg.stop[0] not in t[len(h) :] for t, h in zip(stopped, heads, strict=True))
+    assert stopped[0] != texts[0]  # whose continuation held the stop string
+    assert ["".join(pieces[i]) for i in range(4)] == stopped
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_sample_settings_parse_from_recipes_and_overrides():
+    cfg = load_config("shakespeare-char", [
+        "sample.min_new_tokens=3", "sample.typical_p=0.9", "sample.repetition_penalty=1.2",
+        "sample.no_repeat_ngram_size=3", "sample.bad_words=[foo, bar baz]", "sample.stop=END",
+        "sample.num_beams=4", "sample.num_samples=2", "sample.length_penalty=-0.5",
+        "sample.early_stopping=never",
+    ]).sample
+    assert (cfg.min_new_tokens, cfg.typical_p, cfg.repetition_penalty) == (3, 0.9, 1.2)
+    assert cfg.bad_words == ["foo", "bar baz"] and cfg.stop == ["END"]
+    assert (cfg.num_beams, cfg.length_penalty, cfg.early_stopping) == (4, -0.5, "never")
+    for text, value in [("true", True), ("false", False), ("never", "never")]:
+        cfg = load_config(overrides=[f"sample.early_stopping={text}"]).sample
+        assert cfg.early_stopping == value
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sample.min_new_tokens=-1", "sample.min_new_tokens must be >= 0"),
+        ("sample.typical_p=1.5", "sample.typical_p must be in (0, 1]"),
+        ("sample.repetition_penalty=0", "sample.repetition_penalty must be > 0"),
+        ("sample.no_repeat_ngram_size=-3", "sample.no_repeat_ngram_size must be >= 0"),
+        ("sample.num_beams=0", "sample.num_beams must be >= 1"),
+        ("sample.early_stopping=maybe", "sample.early_stopping must be true, false or never"),
+        ("sample.length_penalty=nan", "sample.length_penalty must be a finite number"),
+        ("sample.stop=['']", "sample.stop must be a list of non-empty strings"),
+        ("sample.bad_words=[a, '']", "sample.bad_words must be a list of non-empty strings"),
+        ("sample.stop=[a", "sample.stop must be a list"),
+    ],
+)
+def test_bad_sample_settings_name_the_key_and_range(override, message):
+    with pytest.raises(GptkitError, match=re.escape(message)):
+        load_config(overrides=[override])

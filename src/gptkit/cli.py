@@ -15,6 +15,7 @@ from gptkit.config import (
     SampleConfig,
     apply_overrides,
     build_config,
+    inherit_init_model,
     load_recipe,
     recipe_names,
     sample_checks,
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--set overrides apply on top of its saved config)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from this run's weights, model shape and tokenizer, e.g. an "
+                   "imported GPT-2 (sets train.init_from; optimizer and schedule start fresh)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
     _common(p)
 
@@ -109,16 +113,51 @@ def build_parser() -> argparse.ArgumentParser:
         "settings.",
     )
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--prompt", help="text to continue (default: the run's sample.prompt; "
-                   "none = start from the end-of-text token)")
+    p.add_argument("--prompt", action="append",
+                   help="text to continue; repeat it for a batch of prompts generated together "
+                   "(default: the run's sample.prompt; none = start from the end-of-text token)")
+    p.add_argument("--prompts-file", metavar="FILE",
+                   help="a batch of prompts, one per line (blank lines skipped), added after "
+                   "any --prompt")
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, help="0 = greedy; higher = more random")
+    p.add_argument("--min-new-tokens", type=int,
+                   help="forbid the end-of-text token until this many new tokens (0 = off)")
+    p.add_argument("--temperature", type=float,
+                   help="0 = greedy (or plain beam search); higher = more random")
     p.add_argument("--top-k", type=int, help="sample among the K most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with this "
                    "probability mass, in (0, 1]")
-    p.add_argument("--num-samples", type=int, help="number of samples")
+    p.add_argument("--typical-p", type=float,
+                   help="typical sampling: keep the tokens whose surprise is closest to the "
+                   "entropy, up to this probability mass, in (0, 1] (1 = off)")
+    p.add_argument("--repetition-penalty", type=float,
+                   help="> 1 makes tokens already in the text (prompt included) less likely, "
+                   "< 1 more likely (1 = off; 1.2 is a common choice)")
+    p.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                   help="never repeat a sequence of N tokens, prompt included (0 = off)")
+    p.add_argument("--bad-words", action="append", metavar="TEXT",
+                   help="a word or phrase never to generate, e.g. to filter unwanted or toxic "
+                   "text (also banned after a space); repeatable. It bans these token sequences: "
+                   "a model could still spell the word with other tokens")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="stop a sample once its new text contains TEXT; the text ends before it "
+                   "(repeatable; e.g. --stop $'\\n\\n' in bash for a blank line)")
+    p.add_argument("--num-samples", "--num-return-sequences", dest="num_samples", type=int,
+                   help="samples per prompt; with beam search, how many of the best beams to "
+                   "show (at most --num-beams)")
+    p.add_argument("--num-beams", type=int,
+                   help="> 1: beam search with this many beams (with --temperature > 0: beam "
+                   "sampling); 1 = off")
+    p.add_argument("--length-penalty", type=float,
+                   help="beam search: a text's score is its log-probability / new tokens ** "
+                   "this; > 0 favours longer texts, < 0 shorter (default 1)")
+    p.add_argument("--early-stopping", choices=("true", "false", "never"),
+                   help="beam search: true = stop once --num-beams texts have ended; false = "
+                   "once the best open beam, scored at its current length, cannot beat them; "
+                   "never = only once no open beam could (default: false)")
     p.add_argument("--seed", type=int, help="random seed (same seed, same text)")
-    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated "
+                   "(beam search: when the search ends)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights to load (default: best)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -132,6 +171,32 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     _common(p)
+
+    p = commands.add_parser(
+        "export", help="write a run as a Hugging Face model folder",
+        description="Write a run's model and tokenizer as a folder that transformers loads "
+        "(AutoModelForCausalLM / AutoTokenizer.from_pretrained(OUT)).",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--format", choices=("hf",), default="hf",
+                   help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which weights to export (default: best)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    _common(p)
+
+    p = commands.add_parser(
+        "import", help="make a run from a Hugging Face GPT-2",
+        description="Turn a Hugging Face GPT-2 (a local folder, or a hub id such as gpt2 or "
+        "distilgpt2, downloaded unless offline) into a run directory that eval, sample, info "
+        "and train --init-from accept.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="folder with config.json, weights and "
+                   "tokenizer files, or a hub id")
+    p.add_argument("--out", metavar="RUN", help="run directory (default: runs/<source name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _common(p)
     return parser
 
 
@@ -140,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args: argparse.Namespace) -> RunConfig:
     raw = load_recipe(args.recipe or DEFAULT_RECIPE)
-    return build_config(apply_overrides(raw, args.overrides))
+    overrides = list(args.overrides)
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={args.init_from}")
+    return build_config(inherit_init_model(raw, overrides))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -159,6 +227,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from gptkit.config import read_config
     from gptkit.train.trainer import train
 
+    if args.resume and args.init_from:
+        raise GptkitError("--init-from starts a new run; drop it to --resume (a resumed run "
+                          "continues from its own checkpoint)")
     if args.resume:
         out = Path(args.out) if args.out else Path("runs") / _config_from(args).name
         saved = read_config(out / "config.yaml") if (out / "config.yaml").is_file() else None
@@ -232,14 +303,30 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from gptkit.run import load_run
     from gptkit.train.distributed import resolve_device
 
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise GptkitError(f"--prompts-file {path} does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts += [line for line in lines if line.strip()]
+        if not prompts:
+            raise GptkitError(f"--prompts-file {path} holds no prompts; write one per line")
     run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
     base = run.config.sample
     chosen: dict[str, Any] = {
-        "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
+        "prompt": prompts[0] if len(prompts) == 1 else None,
+        "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "num_samples": args.num_samples, "seed": args.seed,
+        "typical_p": args.typical_p, "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size, "bad_words": args.bad_words,
+        "stop": args.stop, "num_samples": args.num_samples, "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty, "seed": args.seed,
+        "early_stopping": {"true": True, "false": False}.get(args.early_stopping,
+                                                             args.early_stopping),
     }
     settings: SampleConfig = replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
     if args.top_k == 0:
         settings.top_k = None
     for ok, message in sample_checks(settings, prefix="--"):
@@ -257,12 +344,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
             else:
                 later.setdefault(index, []).append(piece)
 
-        sample_text(run.model, run.tokenizer, settings.prompt, settings, stream=show)
+        sample_text(run.model, run.tokenizer, prompt, settings, stream=show)
         for index in sorted(later):
             sys.stdout.write(separator + "".join(later[index]))
         sys.stdout.write("\n")
         return
-    texts = sample_text(run.model, run.tokenizer, settings.prompt, settings)
+    texts = sample_text(run.model, run.tokenizer, prompt, settings)
     print(separator.join(texts))
 
 
@@ -329,9 +416,28 @@ def cmd_info(args: argparse.Namespace) -> None:
             print(f"    {name:>6}: {split['tokens']:>11,} tokens {split['words']:>11,} words "
                   f"{split['bytes']:>12,} bytes")
     best = info.get("best")
-    if best:
+    if best and best.get("val_loss") is None:
+        print(f"  imported     from {best.get('imported_from')}")
+    elif best:
         print(f"  best         val loss {best['val_loss']:.4f} at step {best['step']} "
               f"({best['tokens_seen']:,} tokens seen)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from gptkit.interop.hf import export_hf
+
+    out = export_hf(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
+    print(f"exported {args.run} to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from gptkit.interop.hf import import_hf
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.source).resolve().name
+    import_hf(args.source, out, overwrite=args.overwrite)
+    print(f"imported {args.source} into {out}")
+    print(f"next: gptkit sample {out}   |   gptkit train --init-from {out} ...")
 
 
 COMMANDS = {
@@ -340,6 +446,8 @@ COMMANDS = {
     "eval": cmd_eval,
     "sample": cmd_sample,
     "info": cmd_info,
+    "export": cmd_export,
+    "import": cmd_import,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
+    # A run directory whose best weights, model shape and tokenizer a new run starts from
+    # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
+    init_from: str | None = None
 
 
 @dataclass
@@ -113,14 +117,24 @@ class EvalConfig:
 
 @dataclass
 class SampleConfig:
-    """Defaults of `gptkit sample`."""
+    """Defaults of `gptkit sample`; each setting means what it means in `transformers`'
+    `generate` (see `gptkit.generate`)."""
 
     prompt: str | None = None  # None: start from the end-of-text token
     max_new_tokens: int = 500
-    temperature: float = 0.8  # 0 means greedy
+    min_new_tokens: int = 0  # end-of-text is forbidden before this many new tokens
+    temperature: float = 0.8  # 0 means greedy (with num_beams > 1: beam search, else sampled)
     top_k: int | None = 200
     top_p: float = 1.0
-    num_samples: int = 1
+    typical_p: float = 1.0  # typical sampling; 1 = off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text; 1 = off
+    no_repeat_ngram_size: int = 0  # no n-gram of this many tokens occurs twice; 0 = off
+    bad_words: list[str] = field(default_factory=list)  # words/phrases never generated
+    stop: list[str] = field(default_factory=list)  # stop strings: the text ends before one
+    num_samples: int = 1  # per prompt (transformers' num_return_sequences)
+    num_beams: int = 1  # > 1: beam search
+    length_penalty: float = 1.0  # beam score = log-prob / length ** length_penalty
+    early_stopping: bool | str = False  # beam search: true, false or "never"
     seed: int = 1337
 
 
@@ -191,6 +205,8 @@ class RunConfig:
              f"train.keep_checkpoints must be >= 1 (got {t.keep_checkpoints})"),
             (t.early_stopping_patience >= 0,
              f"train.early_stopping_patience must be >= 0 (got {t.early_stopping_patience})"),
+            (t.init_from is None or t.init_from.strip() != "",
+             "train.init_from must name a run directory, or be null"),
             (e.stride is None or e.stride >= 1, f"eval.stride must be >= 1 (got {e.stride})"),
             (e.stride is None or e.stride <= m.block_size,
              f"eval.stride ({e.stride}) must not exceed model.block_size ({m.block_size})"),
@@ -211,6 +227,24 @@ def sample_checks(s: SampleConfig, prefix: str = "sample.") -> list[tuple[bool, 
         (s.top_k is None or s.top_k >= 1, f"{prefix}top_k must be >= 1 (got {s.top_k})"),
         (0 < s.top_p <= 1, f"{prefix}top_p must be in (0, 1] (got {s.top_p})"),
         (s.num_samples >= 1, f"{prefix}num_samples must be >= 1 (got {s.num_samples})"),
+        (s.min_new_tokens >= 0, f"{prefix}min_new_tokens must be >= 0 (got {s.min_new_tokens})"),
+        (0 < s.typical_p <= 1, f"{prefix}typical_p must be in (0, 1] (got {s.typical_p})"),
+        (s.repetition_penalty > 0,
+         f"{prefix}repetition_penalty must be > 0, 1 = off (got {s.repetition_penalty})"),
+        (s.no_repeat_ngram_size >= 0,
+         f"{prefix}no_repeat_ngram_size must be >= 0, 0 = off (got {s.no_repeat_ngram_size})"),
+        (all(isinstance(w, str) and w for w in s.bad_words),
+         f"{prefix}bad_words must be a list of non-empty strings (got {s.bad_words!r})"),
+        (all(isinstance(w, str) and w for w in s.stop),
+         f"{prefix}stop must be a list of non-empty strings (got {s.stop!r})"),
+        (s.num_beams >= 1, f"{prefix}num_beams must be >= 1 (got {s.num_beams})"),
+        (s.num_beams == 1 or s.num_samples <= s.num_beams,
+         f"{prefix}num_samples ({s.num_samples}) must be <= {prefix}num_beams ({s.num_beams}) "
+         "with beam search: the best beams are returned"),
+        (math.isfinite(s.length_penalty),
+         f"{prefix}length_penalty must be a finite number (got {s.length_penalty})"),
+        (s.early_stopping in (True, False, "never"),
+         f"{prefix}early_stopping must be true, false or never (got {s.early_stopping!r})"),
     ]
 
 
@@ -308,12 +342,29 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     """Convert a YAML or command-line value to the field's type, or explain why not."""
     origin = typing.get_origin(annotation)
     if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (
+        args = typing.get_args(annotation)
+        inner = [a for a in args if a is not type(None)]
+        if type(None) in args and (value is None or (
             isinstance(value, str) and value.strip().lower() in ("null", "none", "auto", "~")
-        ):
+        )):
             return None
-        return _coerce(where, value, inner[0])
+        for kind in inner[:-1]:  # e.g. bool | str: a boolean if it reads as one, else text
+            try:
+                return _coerce(where, value, kind)
+            except GptkitError:
+                pass
+        return _coerce(where, value, inner[-1])
+    if origin is list:  # a YAML list, or on the command line [a, b] or one bare item
+        items = value
+        if isinstance(value, str) and value.startswith("["):
+            try:
+                items = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise GptkitError(f"{where} must be a list like [a, b], got {value!r}") from None
+        if not isinstance(items, list):
+            items = [value]
+        return [_coerce(f"{where}[{i}]", item, typing.get_args(annotation)[0])
+                for i, item in enumerate(items)]
     text = value.strip() if isinstance(value, str) else value
     try:
         if annotation is bool:
@@ -384,7 +435,50 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
 
 def load_config(recipe: str = "shakespeare-char", overrides: list[str] | None = None) -> RunConfig:
     """Recipe plus overrides, type-checked and validated."""
-    return build_config(apply_overrides(load_recipe(recipe), overrides or []))
+    return build_config(inherit_init_model(load_recipe(recipe), overrides or []))
+
+
+INIT_SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+
+
+def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Recipe plus overrides; with `train.init_from`, the model and tokenizer are that run's.
+
+    A run started from another keeps its shape: only `model.dropout` may change. Model keys
+    of a recipe that does not itself name `init_from` are about a fresh model and give way;
+    shape keys set next to `init_from` (in that recipe, or by --set) must agree with the run.
+    Without the run's config.yaml nothing changes here (the trainer reports the missing run).
+    """
+    raw = apply_overrides(recipe, overrides)
+    train = raw.get("train")
+    hint = typing.get_type_hints(TrainConfig)["init_from"]
+    init_from = _coerce("train.init_from", train.get("init_from"), hint) if isinstance(
+        train, dict) else None
+    if not init_from or not (Path(init_from) / "config.yaml").is_file():
+        return raw
+    base = read_config(Path(init_from) / "config.yaml")
+    explicit: dict[str, Any] = {}
+    recipe_train, recipe_model = recipe.get("train"), recipe.get("model")
+    if isinstance(recipe_train, dict) and recipe_train.get("init_from") is not None and isinstance(
+            recipe_model, dict):
+        explicit.update(recipe_model)
+    model_sets = [o for o in overrides if o.split("=", 1)[0].strip().startswith("model.")]
+    explicit.update(apply_overrides({}, model_sets).get("model", {}))
+    given = _build_section("model", ModelConfig, explicit)
+    keys = set(explicit) | set(MODEL_PRESETS.get(given.preset or "", {}))
+    for key in INIT_SHAPE:
+        mine, theirs = getattr(given, key), getattr(base.model, key)
+        if key in keys and mine != theirs and not (key == "vocab_size" and mine is None):
+            raise GptkitError(
+                f"model.{key}={mine} conflicts with train.init_from={init_from}, whose model has "
+                f"{key}={theirs}; a run started from another keeps its shape (only "
+                "model.dropout may change): drop that setting"
+            )
+    model = {**dataclasses.asdict(base.model), "preset": None}
+    if "dropout" in explicit:
+        model["dropout"] = given.dropout
+    tokenizer = {k: getattr(base.data, k) for k in ("tokenizer", "vocab_size", "tokenizer_path")}
+    return {**raw, "model": model, "data": {**(raw.get("data") or {}), **tokenizer}}
 
 
 def save_config(config: RunConfig, path: Path) -> None:

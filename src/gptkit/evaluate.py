@@ -1,10 +1,14 @@
 """Loss, perplexity, WikiText word-level perplexity and bits per byte of a token stream.
 
-Windows follow Hugging Face's "perplexity of fixed-length models": every token after the
-first is scored exactly once, with up to `block_size` tokens of context, and windows advance
-by `stride`. With `stride == block_size` windows do not overlap (each window's inputs are
-disjoint, and the token after a window is its last target), the fastest mode; a smaller
-stride gives every scored token more context and a lower, fairer perplexity.
+Windows are exactly those of Hugging Face's "perplexity of fixed-length models" guide, so
+the figures agree with what users compute with `transformers`: a window holds up to
+`block_size` tokens and starts `stride` after the previous one; it scores only the tokens
+that no earlier window scored, each predicted from the window's tokens before it (so with up
+to block_size - 1 of context). With `stride == block_size` windows do not overlap, the
+fastest mode, and the first token of each window goes unscored; a smaller stride gives every
+token more context and a lower, fairer perplexity. Token loss and perplexity are the exact
+mean over the scored tokens (the guide's own loop weights each window by one token too few).
+Word-level perplexity and bits per byte spread that mean over the whole split.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ class Score:
     tokens: int = 0
     text_nll: float = 0.0  # over targets that are not special tokens (for bits per byte)
     text_tokens: int = 0
+    # targets (text targets) in the whole split, scored or not: what per-word and per-byte
+    # figures are spread over when some windows are left out or some tokens go unscored
+    split_tokens: int = 0
+    split_text_tokens: int = 0
 
 
 @dataclass
@@ -59,19 +67,23 @@ class EvalResult:
 
 
 def windows(n_tokens: int, block_size: int, stride: int) -> list[Window]:
-    """Windows that score targets 1..n_tokens-1 once each, with up to block_size of context."""
+    """Hugging Face's sliding windows over n_tokens: each scores the targets no earlier one did.
+
+    A window of tokens [begin, end) feeds tokens[begin : end - 1] and predicts
+    tokens[begin + 1 : end]; of those it scores the ones at or after the previous window's end.
+    """
     if stride < 1 or stride > block_size:
         raise ValueError(f"stride must be in [1, block_size], got {stride}")
     out: list[Window] = []
-    scored_until = 0  # highest target index scored so far
-    start = 0
-    while scored_until < n_tokens - 1:
-        length = min(block_size, n_tokens - 1 - start)
-        last_target = start + length
-        # target at input position k is token start + k + 1
-        out.append(Window(start=start, length=length, first=scored_until - start))
-        scored_until = last_target
-        start += stride
+    prev_end = 0
+    for begin in range(0, max(n_tokens - 1, 0), stride):
+        end = min(begin + block_size, n_tokens)
+        first_target = max(prev_end, begin + 1)  # token index of the first target scored
+        # target at input position k is token begin + k + 1
+        out.append(Window(start=begin, length=end - begin - 1, first=first_target - begin - 1))
+        prev_end = end
+        if end == n_tokens:
+            break
     return out
 
 
@@ -142,8 +154,11 @@ def score_tokens(
     values = totals.tolist()
     if env is not None:
         values = all_reduce_sum(values, env)
+    targets = np.asarray(tokens[1:])
+    split_special = int(np.isin(targets, np.asarray(sorted(set(special_ids)))).sum())
     return Score(nll=values[0], tokens=int(values[1]), text_nll=values[2],
-                 text_tokens=int(values[3]))
+                 text_tokens=int(values[3]), split_tokens=len(targets),
+                 split_text_tokens=len(targets) - split_special)
 
 
 def summarize(
@@ -155,8 +170,16 @@ def summarize(
     n_bytes: int | None = None,
     n_words: int | None = None,
 ) -> EvalResult:
-    """Turn summed NLL into the figures users compare (DESIGN.md, "Numbers users compare")."""
+    """Turn summed NLL into the figures users compare (DESIGN.md, "Numbers users compare").
+
+    Word perplexity and bits per byte need the NLL of the whole split; where some targets
+    went unscored (each window's first with stride == block_size), the scored mean stands
+    in for them: total = mean x all targets.
+    """
     loss = score.nll / max(score.tokens, 1)
+    text_loss = score.text_nll / max(score.text_tokens, 1)
+    total_nll = loss * (score.split_tokens or score.tokens)
+    total_text_nll = text_loss * (score.split_text_tokens or score.text_tokens)
     result = EvalResult(
         split=split,
         loss=loss,
@@ -168,8 +191,8 @@ def summarize(
     )
     if n_bytes:
         result.bytes = n_bytes
-        result.bits_per_byte = score.text_nll / (math.log(2) * n_bytes)
+        result.bits_per_byte = total_text_nll / (math.log(2) * n_bytes)
     if n_words:
         result.words = n_words
-        result.word_perplexity = math.exp(min(score.nll / n_words, 700.0))
+        result.word_perplexity = math.exp(min(total_nll / n_words, 700.0))
     return result

@@ -64,6 +64,12 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def reorder(self, rows: Tensor) -> None:
+        """Row i takes over what row `rows[i]` held: beam search follows surviving beams."""
+        filled = slice(0, self.length)
+        self.k[:, :, :, filled] = self.k[:, rows, :, filled]
+        self.v[:, :, :, filled] = self.v[:, rows, :, filled]
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head attention in which a position sees only itself and earlier positions."""
@@ -76,29 +82,28 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(
+        self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """`mask` (bool, True = may attend) replaces the plain causal rule when given."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         start = 0 if kv_cache is None else kv_cache.length
-        mask = None
         if kv_cache is not None:
             cached_k, cached_v = kv_cache.update(layer, k, v)
             if start > 0:
-                # New queries see every cached position plus the causal part of their chunk:
-                # query i (absolute position start+i) may attend to keys 0..start+i.
                 k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
-                if T > 1:
-                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device)
-                    mask = mask.tril(diagonal=start)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=start == 0,  # a single new token after a cache attends to everything
+            # without a mask: causal from position 0; one new token after a cache sees all
+            is_causal=mask is None and start == 0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -128,9 +133,38 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(
+        self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
+
+
+def attention_rule(
+    tokens: int, start: int, attention_mask: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """Which keys each new query may see (bool, broadcastable to (B, heads, T, keys)).
+
+    None where SDPA's own causal rule suffices. `attention_mask` (B, start + T), 1 for real
+    tokens and 0 for padding, hides padded keys as in Hugging Face. A padded query keeps
+    itself so that its (unused) row never becomes NaN; real tokens never see padding.
+    """
+    if attention_mask is None and (start == 0 or tokens == 1):
+        return None
+    keys = start + tokens
+    query_pos = torch.arange(start, keys, device=device)[:, None]
+    key_pos = torch.arange(keys, device=device)[None, :]
+    causal = key_pos <= query_pos  # (T, keys)
+    if attention_mask is None:
+        return causal
+    if attention_mask.dim() != 2 or attention_mask.size(1) != keys:
+        raise GptkitError(
+            f"attention_mask must have shape (batch, {keys}): one entry per cached and new "
+            f"position, got {tuple(attention_mask.shape)}"
+        )
+    visible = causal[None] & attention_mask.bool()[:, None, :]
+    return (visible | (key_pos == query_pos)[None])[:, None]
 
 
 class Transformer(nn.Module):
@@ -144,12 +178,20 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
 
-    def forward(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
         start = 0 if kv_cache is None else kv_cache.length
-        pos = torch.arange(start, start + idx.size(1), device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        if position_ids is None:
+            position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))
+        mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
         for layer, block in enumerate(self.h):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, mask)
         return self.ln_f(x)
 
 
@@ -202,11 +244,20 @@ class GPT(nn.Module):
         return cls(config)
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab) for ids `idx` (B, T); the mean loss over targets != -100.
 
         With `kv_cache`, `idx` continues the cached positions, and the cache is advanced.
+        `attention_mask` and `position_ids` mean what they mean in Hugging Face's GPT-2:
+        the mask (B, cached + T) marks real tokens with 1 and padding with 0; positions
+        default to 0, 1, ... from the first cached position (left-padded batches pass
+        `attention_mask.cumsum(-1) - 1`, as `generate` does).
         """
         if idx.dim() != 2 or idx.size(1) == 0:
             raise GptkitError(
@@ -229,7 +280,7 @@ class GPT(nn.Module):
                     f"batch of {batch} does not match the KV cache's batch of "
                     f"{kv_cache.batch_size}"
                 )
-        x = self.transformer(idx, kv_cache)
+        x = self.transformer(idx, kv_cache, attention_mask, position_ids)
         logits = self.lm_head(x)
         if kv_cache is not None:
             kv_cache.length += tokens

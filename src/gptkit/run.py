@@ -39,7 +39,8 @@ def load_run(
 ) -> Run:
     """The run's model in eval mode, from `best/` (default) or its newest valid checkpoint.
 
-    `which="best"` falls back to the newest checkpoint when no best model was saved yet.
+    `which="best"` falls back to the newest checkpoint when no best model was saved yet, and
+    `which="last"` to `best/` in a run without checkpoints (an imported one).
     """
     run_dir = Path(path)
     if not run_dir.is_dir():
@@ -58,7 +59,8 @@ def load_run(
     if which not in ("best", "last"):
         raise GptkitError(f"checkpoint choice must be best or last, got {which!r}")
     best_weights = run_dir / "best" / "model.safetensors"
-    if which == "best" and best_weights.is_file():
+    has_checkpoints = bool(checkpoint.list_checkpoints(run_dir))
+    if best_weights.is_file() and (which == "best" or not has_checkpoints):
         weights = best_weights
     else:
         ckpt, _ = checkpoint.latest_valid_checkpoint(run_dir)

@@ -16,9 +16,11 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: weight decay on the weight matrices of nn.Linear layers, none elsewhere.
 
-    Biases, LayerNorm parameters and embeddings are not decayed: pulling them toward zero
-    only hurts (GPT-2/nanoGPT practice). A tied parameter (lm_head.weight is wte.weight)
-    counts as an embedding and is listed once, under its first name. Frozen parameters are
+    Biases, LayerNorm parameters and embeddings are not decayed: they are not the matrices
+    whose growth weight decay is meant to hold back. (nanoGPT also decays its embeddings; on
+    the default recipe that made no difference beyond seed noise.) A tied parameter
+    (lm_head.weight is wte.weight) counts as an embedding and is listed once, under its
+    first name. Frozen parameters are
     left out. Each group carries `param_names` (PyTorch's own key), so optimizer state
     dicts say which tensor is which. Empty groups are dropped.
     """

@@ -33,6 +33,7 @@ from gptkit.data.sources import is_wikitext
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
 from gptkit.model import GPT
+from gptkit.run import Run, load_run
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint, distributed
 from gptkit.train.distributed import DistEnv
@@ -180,8 +181,9 @@ class Trainer:
         distributed.barrier(env)
         if self.resume:
             check_same_shape(read_config(self.run_dir / "config.yaml"), cfg)
+        init = self._init_run() if cfg.train.init_from and not self.resume else None
         self.accum = accumulation_steps(cfg, env.world_size)
-        self.data = self._prepare_data(data_dir)
+        self.data = self._prepare_data(data_dir, None if init is None else init.tokenizer)
         self.tokenizer = self.data.tokenizer
         self.precision = distributed.resolve_precision(cfg.train.precision, env.device)
         self.compiled = distributed.resolve_compile(cfg.train.compile, env.device)
@@ -190,6 +192,8 @@ class Trainer:
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         self.model = build_model(cfg, self.tokenizer).to(env.device)
+        if init is not None:  # only at step 0: a resumed run continues from its checkpoint
+            self.model.load_state_dict(init.model.state_dict())
         cfg.model.vocab_size = self.model.config.vocab_size
         torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
         self.optimizer = build_optimizer(self.model, cfg.train, env.device.type)
@@ -235,10 +239,38 @@ class Trainer:
         compiled: torch.nn.Module = torch.compile(self.model) if self.compiled else self.model  # type: ignore[assignment]
         self.train_model = distributed.wrap_ddp(compiled, env)
 
-    def _prepare_data(self, data_dir: str | Path | None) -> PreparedData:
-        """Rank 0 tokenises (and trains the tokenizer); the others then read its cache."""
+    def _init_run(self) -> Run:
+        """The run named by train.init_from, whose shape this run's model must have."""
+        path, model = Path(str(self.cfg.train.init_from)), self.cfg.model
+        if not (path / "config.yaml").is_file():
+            raise GptkitError(
+                f"train.init_from: {path} is not a gptkit run (no config.yaml); import one "
+                f"(gptkit import gpt2 --out {path}) or train one first"
+            )
+        if path.resolve() == self.run_dir.resolve():
+            raise GptkitError(f"train.init_from ({path}) must be another run than --out")
+        init = load_run(path)
+        if model.vocab_size is None:
+            model.vocab_size = init.model.config.vocab_size
+        for key in SHAPE_KEYS:
+            mine, theirs = getattr(model, key), getattr(init.model.config, key)
+            if mine != theirs:
+                raise GptkitError(
+                    f"model.{key}={mine} does not match train.init_from={path} ({key}={theirs}); "
+                    "a run started from another keeps its shape: drop that setting"
+                )
+        return init
+
+    def _prepare_data(
+        self, data_dir: str | Path | None, tokenizer: Tokenizer | None = None
+    ) -> PreparedData:
+        """Rank 0 tokenises (and trains the tokenizer); the others then read its cache.
+
+        `tokenizer` (train.init_from's) is used as is; a resumed run reads its own.
+        """
         cfg, env = self.cfg, self.env
-        tokenizer = Tokenizer.load(self.run_dir / "tokenizer.json") if self.resume else None
+        if self.resume:
+            tokenizer = Tokenizer.load(self.run_dir / "tokenizer.json")
         data = None
         if env.is_main:
             data = prepare(cfg.data, data_dir=data_dir, tokenizer=tokenizer, progress=self.progress)

@@ -1,0 +1,393 @@
+"""Hugging Face GPT-2 <-> gptkit: configs and weights.
+
+The two models are the same network under the same names (`transformer.h.0.attn.c_attn`,
+...); HF stores the attention and MLP matrices as `Conv1D`, weight `(in, out)`, where gptkit
+uses `nn.Linear`, weight `(out, in)`: converting is a key map plus a transpose. HF GPT-2
+always has biases, so a gptkit model without them exports zeros, which computes the same.
+`transformers` is needed only by `to_transformers` / `from_transformers` (extra `hf`).
+
+`export_hf` writes a run as a folder `transformers` loads (`AutoModelForCausalLM`,
+`AutoTokenizer`); `import_hf` turns such a folder, or a hub id, into an ordinary run. Both
+build their output in a temporary sibling folder and rename it into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from gptkit.config import DataConfig, ModelConfig, RunConfig, save_config
+from gptkit.errors import GptkitError
+from gptkit.model import GPT
+from gptkit.tokenizers import EOT, Tokenizer
+from gptkit.train import checkpoint
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
+
+SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+# GPT-2's GELU is the tanh approximation; HF names it in several ways.
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Biases HF always has; a bias-free gptkit model exports them as zeros.
+BIASES = ("ln_1.bias", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias",
+          "mlp.c_proj.bias")
+
+
+def hf_config(config: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
+    """`config.json` of a `GPT2LMHeadModel` with this shape."""
+    if config.vocab_size is None:
+        raise GptkitError("model.vocab_size is not set; export a built model, not a recipe")
+    token = 0 if eot_id is None else eot_id
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": token,
+        "eos_token_id": token,
+        "use_cache": True,
+    }
+
+
+def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    """gptkit's ModelConfig for an HF `config.json`, or an error naming what differs."""
+    model_type = cfg.get("model_type")
+    architectures = cfg.get("architectures") or ["GPT2LMHeadModel"]
+    unsupported = [a for a in architectures if a not in SUPPORTED_ARCHITECTURES]
+    if model_type != "gpt2" or unsupported:
+        name = unsupported[0] if unsupported else f"model_type {model_type!r}"
+        raise GptkitError(
+            f"unsupported architecture {name}; gptkit imports GPT-2 checkpoints "
+            f"(model_type 'gpt2', architectures {' or '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    n_embd = int(cfg.get("n_embd", 768))
+    checks = [
+        (cfg.get("activation_function", "gelu_new") in TANH_GELU,
+         f"activation_function {cfg.get('activation_function')!r} (GPT-2 uses gelu_new)"),
+        (cfg.get("n_inner") in (None, 4 * n_embd), f"n_inner {cfg.get('n_inner')} (4 x n_embd)"),
+        (abs(float(cfg.get("layer_norm_epsilon", 1e-5)) - 1e-5) < 1e-12,
+         f"layer_norm_epsilon {cfg.get('layer_norm_epsilon')} (1e-5)"),
+        (cfg.get("scale_attn_weights", True), "scale_attn_weights false"),
+        (not cfg.get("scale_attn_by_inverse_layer_idx", False),
+         "scale_attn_by_inverse_layer_idx true"),
+        (cfg.get("tie_word_embeddings", True), "untied word embeddings"),
+        (not cfg.get("add_cross_attention", False), "cross-attention"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise GptkitError(f"this GPT-2 checkpoint has {what}, which gptkit does not support")
+    dropout = float(cfg.get("resid_pdrop", 0.1))
+    return ModelConfig(
+        n_layer=int(cfg.get("n_layer", 12)),
+        n_head=int(cfg.get("n_head", 12)),
+        n_embd=n_embd,
+        block_size=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
+        vocab_size=int(cfg.get("vocab_size", 50257)),
+        dropout=dropout,
+        bias=True,
+    )
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
+    """The model's weights under HF names and layouts (tied head stored once, as HF does)."""
+    out: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        tensor = tensor.detach()
+        out[name] = tensor.t().contiguous() if name.endswith(TRANSPOSED) else tensor.clone()
+    if not model.config.bias:
+        n_embd = model.config.n_embd
+        width = {"attn.c_attn.bias": 3 * n_embd, "mlp.c_fc.bias": 4 * n_embd}
+        dtype = model.transformer.wte.weight.dtype
+        for layer in range(model.config.n_layer):
+            for bias in BIASES:
+                out[f"transformer.h.{layer}.{bias}"] = torch.zeros(width.get(bias, n_embd),
+                                                                   dtype=dtype)
+        out["transformer.ln_f.bias"] = torch.zeros(n_embd, dtype=dtype)
+    return out
+
+
+def from_hf_state_dict(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """HF GPT-2 weights (with or without the `transformer.` prefix) as gptkit's state dict.
+
+    HF's causal-mask buffers (`attn.bias`, `attn.masked_bias`) are dropped; a stored
+    `lm_head.weight` must equal the token embedding, since both models tie them.
+    """
+    out: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")) and tensor.dim() != 1:
+            continue  # causal-mask buffers of older checkpoints, not weights
+        if name == "lm_head.weight":
+            continue
+        key = name if name.startswith("transformer.") else f"transformer.{name}"
+        out[key] = tensor.t().contiguous() if key.endswith(TRANSPOSED) else tensor
+    head = state.get("lm_head.weight")
+    wte = out.get("transformer.wte.weight")
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise GptkitError("lm_head.weight differs from the token embedding; gptkit ties them")
+    expected = GPT(config).state_dict()
+    expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(out))
+    unexpected = sorted(set(out) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise GptkitError(f"the weights do not fit a GPT-2 of this config.json: {what}")
+    for key, tensor in out.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise GptkitError(
+                f"weight {key} has shape {tuple(tensor.shape)}, config.json implies "
+                f"{tuple(expected[key].shape)}"
+            )
+    out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+def to_transformers(model: GPT, eot_id: int | None = None) -> GPT2LMHeadModel:
+    """An HF `GPT2LMHeadModel` computing exactly what `model` computes (eval mode)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config, eot_id)))
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    # lm_head.weight is tied to wte and filled through it
+    if [k for k in missing if k != "lm_head.weight"] or unexpected:
+        raise GptkitError(f"export left weights unmatched: {missing} {unexpected}")
+    return hf.eval()
+
+
+def from_transformers(hf_model: GPT2LMHeadModel) -> GPT:
+    """A gptkit GPT with the weights of an HF `GPT2LMHeadModel`."""
+    config = model_config_from_hf(hf_model.config.to_dict())
+    model = GPT(config)
+    model.load_state_dict(from_hf_state_dict(hf_model.state_dict(), config))
+    return model.eval()
+
+
+# --- folders: export and import -----------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# What a GPT-2 import needs from a hub repository (weights in safetensors when it has them).
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@contextmanager
+def _new_folder(out: Path, *, overwrite: bool, marker: str, what: str) -> Iterator[Path]:
+    """A temporary sibling of `out` to fill; renamed to `out` only if the block succeeds.
+
+    An existing non-empty `out` is replaced only with `overwrite`, and only when it holds
+    `marker` (so that a typo cannot replace an unrelated folder).
+    """
+    out = out.resolve()
+    _check_target(out, overwrite=overwrite, marker=marker, what=what)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        checkpoint._replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_target(out: Path, *, overwrite: bool, marker: str, what: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise GptkitError(f"{out} exists and is not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise GptkitError(f"{out} already exists; use --overwrite to replace it, or another --out")
+    if not (out / marker).is_file():
+        raise GptkitError(
+            f"refusing to overwrite {out}: it is not a {what} (no {marker}); choose another --out"
+        )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]:
+    """tokenizer_config.json for our tokenizer.json: AutoTokenizer then encodes as we do.
+
+    No BOS/EOS is added and `<|endoftext|>` is special (it is an added token already). Only
+    EOT is named: transformers turns every named special token into an added token, so
+    naming the char tokenizer's `<unk>` would make a literal "<unk>" in text one token for
+    transformers but five characters for gptkit. Unknown characters still map to `<unk>`.
+    """
+    special = {}
+    if tokenizer.eot_id is not None:
+        special = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
+        if tokenizer.kind == "bpe":
+            special["unk_token"] = EOT  # as GPT-2's own tokenizer (byte-level BPE never needs it)
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_length,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+
+
+def export_hf(
+    run_dir: str | Path, out: str | Path, *, which: str = "best", overwrite: bool = False
+) -> Path:
+    """Write a run as a Hugging Face GPT-2 folder (`from_pretrained(out)` loads it)."""
+    from gptkit.run import load_run
+
+    run = load_run(run_dir, which=which)
+    eot = run.tokenizer.eot_id
+    tokens = {} if eot is None else {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size)
+    special = {k: v for k, v in tokenizer_config.items() if k.endswith("_token")}
+    with _new_folder(Path(out), overwrite=overwrite, marker="config.json",
+                     what="Hugging Face model folder") as tmp:
+        save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        _write_json(tmp / "config.json", hf_config(run.model.config, eot))
+        _write_json(tmp / "generation_config.json", tokens)
+        run.tokenizer.save(tmp / "tokenizer.json")
+        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
+        _write_json(tmp / "special_tokens_map.json", special)
+    return Path(out)
+
+
+def _hub_offline() -> bool:
+    from gptkit.data.sources import offline
+
+    return offline() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true",
+                                                                                 "yes", "on")
+
+
+def hf_folder(source: str) -> Path:
+    """`source` as a local folder: itself, or a hub id downloaded (needed files only)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not HUB_ID.match(source):
+        raise GptkitError(
+            f"{source} is neither a folder in Hugging Face layout (config.json, weights, "
+            "tokenizer files) nor a hub id like gpt2 or openai-community/gpt2-medium"
+        )
+    fix = (f"download it where there is a network (e.g. `hf download {source}`) and pass "
+           "the folder: gptkit import FOLDER --out RUN")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise GptkitError(
+            f"{source!r} is not a local folder, and downloading it needs huggingface_hub: "
+            f"pip install 'gptkit[hf]', or {fix}"
+        ) from None
+    offline = _hub_offline()
+    try:
+        folder = Path(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=offline))
+        if not (folder / "model.safetensors").is_file():
+            folder = Path(snapshot_download(source, allow_patterns=["pytorch_model.bin"],
+                                            local_files_only=offline))
+    except Exception as exc:
+        if offline:
+            raise GptkitError(
+                f"{source!r} is not a local folder and downloads are off (GPTKIT_OFFLINE or "
+                f"HF_HUB_OFFLINE); {fix}"
+            ) from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GptkitError(
+            f"cannot download {source!r} from the Hugging Face hub ({reason}); check the id "
+            f"and the network, or {fix}"
+        ) from exc
+    return folder
+
+
+def _read_hf_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
+    """The weights file of an HF folder and its tensors (pickles only as weights_only)."""
+    file = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if file is None:
+        raise GptkitError(
+            f"no weights in {folder}: expected {' or '.join(WEIGHT_FILES)}; download the "
+            "model's weights file into that folder"
+        )
+    try:
+        if file.suffix == ".safetensors":
+            return file, load_file(str(file))
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError,
+            pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GptkitError(f"cannot read weights {file} ({reason}); is the file complete?") from exc
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise GptkitError(f"{file} does not hold a state dict of tensors")
+    return file, state
+
+
+def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Make a gptkit run directory from an HF GPT-2 folder or hub id.
+
+    The run looks like a trained one (config.yaml, tokenizer.json, best/) without
+    checkpoints, so `load_run`, eval, sample, info and `train.init_from` accept it.
+    """
+    out = Path(out)
+    _check_target(out.resolve(), overwrite=overwrite, marker="config.yaml",
+                  what="gptkit run")  # before a download, which may be long
+    folder = hf_folder(source)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise GptkitError(f"{config_file} not found; a Hugging Face model folder has one")
+    try:
+        config = model_config_from_hf(json.loads(config_file.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise GptkitError(f"{config_file} is not a valid GPT-2 config ({exc})") from exc
+    if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
+        raise GptkitError(
+            f"no tokenizer in {folder}: expected tokenizer.json, or vocab.json and merges.txt"
+        )
+    tokenizer = Tokenizer.from_gpt2_files(folder)
+    assert config.vocab_size is not None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise GptkitError(
+            f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model's "
+            f"embedding only {config.vocab_size} rows; use the model's own tokenizer files"
+        )
+    file, state = _read_hf_weights(folder)
+    try:
+        weights = from_hf_state_dict(state, config)
+    except GptkitError as exc:
+        raise GptkitError(f"{file}: {exc}") from exc
+    model = GPT(config)
+    model.load_state_dict(weights)
+    cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2")).validate()
+    info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": asdict(config),
+            "imported_from": source}
+    with _new_folder(out, overwrite=overwrite, marker="config.yaml", what="gptkit run") as tmp:
+        save_config(cfg, tmp / "config.yaml")
+        tokenizer.save(tmp / "tokenizer.json")
+        checkpoint.save_best(tmp, model, info)
+    return out
