@@ -213,7 +213,7 @@ def _new_folder(out: Path, *, overwrite: bool, marker: str, what: str) -> Iterat
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        checkpoint._replace_dir(tmp, out)
+        checkpoint.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -70,7 +70,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move folder `src` to `dst`, replacing a `dst` that exists (rename cannot do that)."""
     if dst.exists():
         aside = dst.with_name(f".old-{dst.name}-{os.getpid()}")
@@ -239,7 +239,7 @@ def save_checkpoint(
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
     _fsync_file(tmp / STATE_FILE)
     _fsync_dir(tmp)
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
     _prune(run_dir, final, keep)
     return final
 
@@ -354,7 +354,7 @@ def save_best(run_dir: Path, model: nn.Module, info: dict[str, Any]) -> None:
     (tmp / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     _fsync_file(tmp / BEST_INFO_FILE)
     _fsync_dir(tmp)
-    _replace_dir(tmp, run_dir / "best")
+    replace_dir(tmp, run_dir / "best")
 
 
 # --- random number generators -----------------------------------------------------------------
