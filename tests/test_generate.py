@@ -14,6 +14,13 @@ import torch
 from gptkit.config import ModelConfig, SampleConfig, load_config
 from gptkit.errors import GptkitError
 from gptkit.generate import (
+    bad_words_ids,
+    beam_search,
+    generate,
+    generate_tokens,
+    sample_text,
+)
+from gptkit.logits_process import (
     MinNewTokensLengthLogitsProcessor,
     NoBadWordsLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
@@ -22,12 +29,7 @@ from gptkit.generate import (
     TopKLogitsWarper,
     TopPLogitsWarper,
     TypicalLogitsWarper,
-    bad_words_ids,
-    beam_search,
     build_processors,
-    generate,
-    generate_tokens,
-    sample_text,
 )
 from gptkit.model import GPT, KVCache
 

@@ -28,40 +28,8 @@ from torch import Tensor
 
 from gptkit.config import SampleConfig, sample_checks
 from gptkit.errors import GptkitError
-from gptkit.logits_process import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    TypicalLogitsWarper,
-    build_processors,
-)
+from gptkit.logits_process import LogitsProcessorList, build_processors
 from gptkit.model import GPT, KVCache
-
-__all__ = [
-    "BeamSearchOutput",
-    "LogitsProcessor",
-    "LogitsProcessorList",
-    "MinNewTokensLengthLogitsProcessor",
-    "NoBadWordsLogitsProcessor",
-    "NoRepeatNGramLogitsProcessor",
-    "RepetitionPenaltyLogitsProcessor",
-    "TemperatureLogitsWarper",
-    "TopKLogitsWarper",
-    "TopPLogitsWarper",
-    "TypicalLogitsWarper",
-    "bad_words_ids",
-    "beam_search",
-    "build_processors",
-    "generate",
-    "generate_tokens",
-    "sample_text",
-]
 
 # One prompt (token ids) or a batch of prompts.
 Prompts = Sequence[int] | Sequence[Sequence[int]] | Tensor
