@@ -13,6 +13,7 @@ from gptkit.tokenizers import Tokenizer
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # what earlier set-up printed (e.g. transformers' progress bars)
     try:
         main(list(argv))
         code = 0

@@ -438,7 +438,8 @@ def load_config(recipe: str = "shakespeare-char", overrides: list[str] | None = 
     return build_config(inherit_init_model(load_recipe(recipe), overrides or []))
 
 
-INIT_SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+# What fixes the shapes of a model's tensors (resume and init_from must keep them).
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 
 
 def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -466,7 +467,7 @@ def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str
     explicit.update(apply_overrides({}, model_sets).get("model", {}))
     given = _build_section("model", ModelConfig, explicit)
     keys = set(explicit) | set(MODEL_PRESETS.get(given.preset or "", {}))
-    for key in INIT_SHAPE:
+    for key in SHAPE_KEYS:
         mine, theirs = getattr(given, key), getattr(base.model, key)
         if key in keys and mine != theirs and not (key == "vocab_size" and mine is None):
             raise GptkitError(

@@ -154,11 +154,15 @@ def score_tokens(
     values = totals.tolist()
     if env is not None:
         values = all_reduce_sum(values, env)
-    targets = np.asarray(tokens[1:])
-    split_special = int(np.isin(targets, np.asarray(sorted(set(special_ids)))).sum())
+    split_tokens = len(tokens) - 1
+    if max_windows is None:  # every window was read anyway: count the split's text targets
+        specials = np.isin(np.asarray(tokens[1:]), np.asarray(sorted(set(special_ids))))
+        split_text_tokens = split_tokens - int(specials.sum())
+    else:  # a subset (evaluation during training): estimate rather than read the whole split
+        split_text_tokens = round(split_tokens * values[3] / max(values[1], 1))
     return Score(nll=values[0], tokens=int(values[1]), text_nll=values[2],
-                 text_tokens=int(values[3]), split_tokens=len(targets),
-                 split_text_tokens=len(targets) - split_special)
+                 text_tokens=int(values[3]), split_tokens=split_tokens,
+                 split_text_tokens=split_text_tokens)
 
 
 def summarize(

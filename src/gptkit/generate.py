@@ -28,7 +28,7 @@ from torch import Tensor
 
 from gptkit.config import SampleConfig, sample_checks
 from gptkit.errors import GptkitError
-from gptkit.logits_process import LogitsProcessorList, build_processors
+from gptkit.logits_process import build_processors
 from gptkit.model import GPT, KVCache
 
 # One prompt (token ids) or a batch of prompts.
@@ -141,34 +141,14 @@ class _Decoder:
             self.cache.reorder(rows)
 
 
-def _processors(
-    ids: Tensor,
-    mask: Tensor | None,
-    eot_id: int | None,
-    *,
-    temperature: float,
-    top_k: int | None,
-    top_p: float,
-    typical_p: float,
-    repetition_penalty: float,
-    no_repeat_ngram_size: int,
-    bad_words_ids: Sequence[Sequence[int]] | None,
-    min_new_tokens: int,
-    min_tokens_to_keep: int = 1,
-) -> LogitsProcessorList:
-    """`build_processors` for prompt rows `ids` (left-padded where `mask` has zeros)."""
-    return build_processors(
-        temperature, top_k, top_p,
-        typical_p=typical_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        bad_words_ids=bad_words_ids,
-        min_new_tokens=min_new_tokens,
-        prompt_length=ids.size(1),
-        eos_token_id=eot_id,
-        padding_lengths=None if mask is None else mask.argmax(dim=1),  # first real token
-        min_tokens_to_keep=min_tokens_to_keep,
-    )
+def _prompt_facts(ids: Tensor, mask: Tensor | None, eot_id: int | None) -> dict[str, Any]:
+    """What `build_processors` needs to know of prompt rows `ids` (left-padded where `mask`
+    has zeros): their width, the end-of-text id and each row's padding length."""
+    return {
+        "prompt_length": ids.size(1),
+        "eos_token_id": eot_id,
+        "padding_lengths": None if mask is None else mask.argmax(dim=1),  # first real token
+    }
 
 
 @torch.no_grad()
@@ -205,11 +185,10 @@ def generate_tokens(
     seq, mask = _prompt_rows(model, prompt, num_samples, pad_id)
     if max_new_tokens == 0:
         return
-    processors = _processors(
-        seq, mask, eot_id, temperature=temperature, top_k=top_k, top_p=top_p,
-        typical_p=typical_p, repetition_penalty=repetition_penalty,
+    processors = build_processors(
+        temperature, top_k, top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
-        min_new_tokens=min_new_tokens,
+        min_new_tokens=min_new_tokens, **_prompt_facts(seq, mask, eot_id),
     )
     generator = _generator(seed, seq.device)
     decoder = _Decoder(model, seq.size(0), mask, use_cache)
@@ -290,11 +269,10 @@ def beam_search(
     batch, beams, device = rows // num_beams, num_beams, ids.device
     max_len = prompt_len + max_new_tokens
     keep = 2 * beams  # enough candidates for num_beams to run on even if num_beams finish
-    processors = _processors(
-        ids, mask, eot_id, temperature=temperature, top_k=top_k, top_p=top_p,
-        typical_p=typical_p, repetition_penalty=repetition_penalty,
+    processors = build_processors(
+        temperature, top_k, top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
-        min_new_tokens=min_new_tokens, min_tokens_to_keep=2,
+        min_new_tokens=min_new_tokens, min_tokens_to_keep=2, **_prompt_facts(ids, mask, eot_id),
     )
     generator = _generator(seed, device)
     decoder = _Decoder(model, rows, mask, use_cache)

@@ -28,6 +28,7 @@ from gptkit.model import GPT
 from gptkit.run import load_run
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint
+from tests.test_cli import run_cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -126,17 +127,6 @@ def transformers_log() -> Iterator[list[logging.LogRecord]]:
         yield records
     finally:
         logger.removeHandler(handler)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()  # what earlier set-up printed (e.g. transformers' progress bars)
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def expect_error(capsys: pytest.CaptureFixture[str], *argv: str, match: str) -> None:

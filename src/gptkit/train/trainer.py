@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gptkit.config import RunConfig, read_config, save_config
+from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, prepare
 from gptkit.data.sources import is_wikitext
@@ -93,8 +93,6 @@ def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
         )
     return total // per_pass
 
-
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 
 
 def check_same_shape(saved: RunConfig, cfg: RunConfig) -> None:
