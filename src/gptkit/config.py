@@ -69,6 +69,13 @@ class DataConfig:
     eval_split: str = "val"
     val_fraction: float = 0.1  # held-out share for text/JSONL sources that have no splits
     text_field: str = "text"  # JSONL: the field holding each document's text
+    # text: language modelling on the whole text. sft: JSONL of {"prompt", "response"} or
+    # {"messages": [...]} records, loss on responses only (gptkit.finetune.sft)
+    format: str = "text"
+    packing: bool = False  # sft: pack examples into full windows instead of padding each one
+    # augmentations of training examples (sft, classification), e.g. [word_swap=0.1];
+    # see gptkit.finetune.augment
+    augment: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +112,41 @@ class TrainConfig:
     # A run directory whose best weights, model shape and tokenizer a new run starts from
     # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
     init_from: str | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Which parameters learn and how fast, when adapting a model (gptkit.finetune)."""
+
+    freeze_embeddings: bool = False  # token and position embeddings (and so the tied LM head)
+    freeze_layers: int = 0  # the lowest N transformer blocks
+    unfreeze_every: int = 0  # gradual unfreezing: one more frozen block (top first) per K steps
+    layer_lr_decay: float = 1.0  # block i learns at lr * decay ** (n_layer - i); 1 = off
+    lora_r: int = 0  # LoRA rank (through peft); 0 = full fine-tuning
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a teacher run sharing the student's tokenizer."""
+
+    teacher: str | None = None  # the teacher's run directory; None: no distillation
+    alpha: float = 0.5  # loss = alpha * KL * T^2 + (1 - alpha) * cross-entropy
+    temperature: float = 2.0
+
+
+@dataclass
+class ClassifyConfig:
+    """`gptkit finetune-classify`: a head on the GPT for sequence or token classification."""
+
+    task: str = "sequence"  # sequence (text -> label) | token (tokens -> tags, e.g. NER)
+    pooling: str = "last"  # sequence: last token's hidden state, or mean over tokens
+    text_field: str = "text"
+    label_field: str = "label"
+    tokens_field: str = "tokens"
+    tags_field: str = "tags"
 
 
 @dataclass
@@ -146,6 +188,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,6 +198,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Reject settings that cannot work, naming the key and the fix."""
         m, d, t, e, s = self.model, self.data, self.train, self.eval, self.sample
+        f, k, c = self.finetune, self.distill, self.classify
         checks: list[tuple[bool, str]] = [
             (m.n_layer >= 1, f"model.n_layer must be >= 1 (got {m.n_layer})"),
             (m.n_head >= 1, f"model.n_head must be >= 1 (got {m.n_head})"),
@@ -211,6 +257,30 @@ class RunConfig:
             (e.stride is None or e.stride <= m.block_size,
              f"eval.stride ({e.stride}) must not exceed model.block_size ({m.block_size})"),
             (e.batch_size >= 1, f"eval.batch_size must be >= 1 (got {e.batch_size})"),
+            (d.format in ("text", "sft"), f"data.format must be text or sft (got {d.format!r})"),
+            (all(isinstance(a, str) and a for a in d.augment),
+             f"data.augment must be a list of non-empty strings (got {d.augment!r})"),
+            (0 <= f.freeze_layers <= m.n_layer,
+             f"finetune.freeze_layers must be in [0, model.n_layer={m.n_layer}] "
+             f"(got {f.freeze_layers})"),
+            (f.unfreeze_every >= 0,
+             f"finetune.unfreeze_every must be >= 0, 0 = off (got {f.unfreeze_every})"),
+            (0 < f.layer_lr_decay <= 1,
+             f"finetune.layer_lr_decay must be in (0, 1], 1 = off (got {f.layer_lr_decay})"),
+            (f.lora_r >= 0, f"finetune.lora_r must be >= 0, 0 = off (got {f.lora_r})"),
+            (f.lora_alpha > 0, f"finetune.lora_alpha must be > 0 (got {f.lora_alpha})"),
+            (0 <= f.lora_dropout < 1,
+             f"finetune.lora_dropout must be in [0, 1) (got {f.lora_dropout})"),
+            (f.lora_r == 0 or bool(f.lora_targets),
+             "finetune.lora_targets must name at least one layer, e.g. [c_attn]"),
+            (k.teacher is None or k.teacher.strip() != "",
+             "distill.teacher must name a run directory, or be null"),
+            (0 <= k.alpha <= 1, f"distill.alpha must be in [0, 1] (got {k.alpha})"),
+            (k.temperature > 0, f"distill.temperature must be > 0 (got {k.temperature})"),
+            (c.task in ("sequence", "token"),
+             f"classify.task must be sequence or token (got {c.task!r})"),
+            (c.pooling in ("last", "mean"),
+             f"classify.pooling must be last or mean (got {c.pooling!r})"),
         ]
         checks += sample_checks(s)
         for ok, message in checks:
@@ -254,6 +324,9 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "sample": SampleConfig,
+    "finetune": FinetuneConfig,
+    "distill": DistillConfig,
+    "classify": ClassifyConfig,
 }
 TOP_LEVEL = ("name",)
 
