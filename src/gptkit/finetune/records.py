@@ -52,12 +52,11 @@ def read_records(path: str | Path) -> list[Record]:
         if not reader.fieldnames:
             raise GptkitError(f"{path} has no header row; the first line must name the columns")
         for row in reader:
-            line = reader.line_num
             if None in row or any(v is None for v in row.values()):
                 raise GptkitError(
-                    f"{path}:{line} has a different number of columns than the header"
+                    f"{path}:{reader.line_num} has a different number of columns than the header"
                 )
-            records.append(Record(dict(row), f"{path}:{line}"))
+            records.append(Record(dict(row), f"{path}:{reader.line_num}"))
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
