@@ -37,16 +37,24 @@ def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
                         **default)
 
 
-def _recipe_args(parser: argparse.ArgumentParser) -> None:
+def _recipe_args(parser: argparse.ArgumentParser, default: str = DEFAULT_RECIPE) -> None:
     parser.add_argument(
-        "--recipe", default=None, metavar="NAME",
+        "--recipe", default=None if default == DEFAULT_RECIPE else default, metavar="NAME",
         help=f"a shipped recipe ({', '.join(recipe_names())}) or a .yaml path "
-        f"(default: {DEFAULT_RECIPE})",
+        f"(default: {default})",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.lr=3e-4 --set model.n_layer=6 (repeatable)",
     )
+
+
+def _run_out_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run directory")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar or eval lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this run's weights, model shape and tokenizer, e.g. an "
                    "imported GPT-2 (sets train.init_from; optimizer and schedule start fresh)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
+    _common(p)
+
+    p = commands.add_parser(
+        "finetune", help="supervised fine-tuning on prompt/response or chat JSONL",
+        description="Fine-tune a run on JSONL records {\"prompt\", \"response\"} or "
+        "{\"messages\": [...]}, with the loss on responses only (docs/finetuning.md). Same as "
+        "`gptkit train --recipe sft --init-from RUN --set data.source=FILE`.",
+    )
+    p.add_argument("run", metavar="RUN", help="the run to start from (e.g. an imported GPT-2)")
+    p.add_argument("--data", required=True, metavar="FILE", help="JSONL training records")
+    _recipe_args(p, default="sft")
+    _run_out_args(p)
+    _common(p)
+
+    p = commands.add_parser(
+        "distill", help="train a small student on a teacher run's predictions",
+        description="Knowledge distillation: train the student a recipe describes with loss "
+        "= alpha * KL(teacher || student at temperature T) * T^2 + (1 - alpha) * "
+        "cross-entropy (distill.alpha, distill.temperature). The student takes the teacher's "
+        "tokenizer.",
+    )
+    p.add_argument("--teacher", required=True, metavar="RUN", help="the teacher's run directory")
+    p.add_argument("--student-recipe", dest="recipe", required=True, metavar="NAME",
+                   help="recipe of the student (a shipped name or a .yaml path)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting of the student's recipe (repeatable)")
+    _run_out_args(p)
     _common(p)
 
     p = commands.add_parser(
@@ -197,6 +232,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN", help="run directory (default: runs/<source name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     _common(p)
+    p = commands.add_parser(
+        "eval-generate", help="BLEU, ROUGE and exact match of a run's generated answers",
+        description="Generate the run's answer to every record of a JSONL task file "
+        "(prompt/response, prompt + reference, or chat messages) and score it against the "
+        "reference: corpus BLEU (sacrebleu, 0-100), ROUGE-1/2/L F-measure (rouge-score, "
+        "mean, 0-1) and exact match after stripping whitespace (0-1).",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="JSONL task file, e.g. examples/tasks.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="longest answer in tokens (default 64); answers end at end-of-text")
+    p.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (default 1)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="prompts generated together (default 16)")
+    p.add_argument("--limit", type=int, metavar="N", help="score only the first N records")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="write one JSON line per example: prompt, reference, prediction, exact")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which weights to load (default: best)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _common(p)
+
+    p = commands.add_parser(
+        "examples", help="write small synthetic example data files",
+        description="Write generated example files (question answering, summarisation, "
+        "translation, chat, arithmetic, evaluation tasks, sentiment CSV, NER) to try "
+        "fine-tuning on; the same seed gives the same files.",
+    )
+    p.add_argument("--out", default="examples", metavar="DIR",
+                   help="folder to write into (default: examples)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing example files")
+    _common(p)
+
+    p = commands.add_parser(
+        "finetune-classify", help="train a classifier (text -> label, or word -> tag) on a GPT",
+        description="Put a classification head on a GPT and train it on labelled records: "
+        "CSV/JSONL with text and label fields (classify.task=sequence, recipe sentiment), or "
+        "JSONL {\"tokens\": [...], \"tags\": [...]} for tagging such as NER "
+        "(classify.task=token, recipe ner). The last data.val_fraction of the records is "
+        "held out; prints accuracy, macro-F1 and the confusion matrix, or entity-level F1.",
+    )
+    p.add_argument("--data", metavar="FILE",
+                   help="CSV or JSONL records (sets data.source; default: the recipe's)")
+    _recipe_args(p, default="sentiment")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from this run's weights, model shape and tokenizer (sets "
+                   "train.init_from; default: a fresh model from the recipe)")
+    _run_out_args(p)
+    _common(p)
+
+    p = commands.add_parser(
+        "classify", help="label texts (or tag their words) with a finetune-classify run",
+        description="Print the label and its probability for each --text; for a token "
+        "(tagging) run, each --text is split on whitespace into words and printed as "
+        "word/TAG pairs.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory written by finetune-classify")
+    p.add_argument("--text", action="append", required=True, metavar="TEXT",
+                   help="a text to classify (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    _common(p)
     return parser
 
 
@@ -225,7 +327,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from gptkit.config import read_config
-    from gptkit.train.trainer import train
 
     if args.resume and args.init_from:
         raise GptkitError("--init-from starts a new run; drop it to --resume (a resumed run "
@@ -242,8 +343,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = _config_from(args)
         out = Path(args.out) if args.out else Path("runs") / cfg.name
+    _train_and_report(cfg, out, args, resume=args.resume)
+
+
+def _train_and_report(
+    cfg: RunConfig, out: Path, args: argparse.Namespace, *, resume: bool = False
+) -> None:
+    from gptkit.train.trainer import train
+
     result = train(
-        cfg, out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir,
+        cfg, out, resume=resume, overwrite=args.overwrite, data_dir=args.data_dir,
         progress=not args.no_progress,
     )
     if not args.no_progress and (result.run_dir / "config.yaml").exists():
@@ -252,6 +361,19 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"{result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tok/s); "
               f"best val loss {best}; run in {result.run_dir}")
         print(f"next: gptkit sample {result.run_dir}   |   gptkit eval {result.run_dir}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    overrides = [*args.overrides, f"train.init_from={args.run}", f"data.source={args.data}"]
+    cfg = build_config(inherit_init_model(load_recipe(args.recipe), overrides))
+    _train_and_report(cfg, Path(args.out or Path("runs") / f"{Path(args.run).name}-{cfg.name}"),
+                      args)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    overrides = [*args.overrides, f"distill.teacher={args.teacher}"]
+    cfg = build_config(inherit_init_model(load_recipe(args.recipe), overrides))
+    _train_and_report(cfg, Path(args.out or Path("runs") / cfg.name), args)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -267,6 +389,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     source = args.data or cfg.data.source
     split = args.split or cfg.data.eval_split
     data_cfg = replace(cfg.data, source=source)
+    if cfg.data.format == "sft":
+        _eval_responses(run, data_cfg, split, args, device)
+        return
     data = prepare(data_cfg, splits=[split], data_dir=args.data_dir, tokenizer=run.tokenizer)
     block = cfg.model.block_size
     stride = args.stride or cfg.eval.stride or block
@@ -296,6 +421,33 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"  bits per byte   {result.bits_per_byte:.4f}   ({result.bytes:,} bytes)")
     if result.word_perplexity is not None:
         print(f"  word perplexity {result.word_perplexity:.3f}   ({result.words:,} words)")
+
+
+def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespace,
+                    device: Any) -> None:
+    """An SFT run is scored on what it learnt: the responses of the split's records."""
+    import math
+
+    from gptkit.finetune import sft
+
+    examples = sft.encode_records(sft.load_split(data_cfg, split), run.tokenizer,
+                                  run.config.model.block_size)
+    totals = sft.response_loss(
+        run.model, examples, batch_size=args.batch_size or run.config.eval.batch_size,
+        pad_id=int(run.tokenizer.eot_id or 0), device=device,
+    )
+    loss = totals["nll"] / max(totals["tokens"], 1)
+    result = {"split": split, "examples": len(examples), "response_tokens": int(totals["tokens"]),
+              "loss": loss, "perplexity": math.exp(min(loss, 700)),
+              "token_accuracy": totals["correct"] / max(totals["tokens"], 1)}
+    if args.json:
+        print(json.dumps({"run": str(run.path), "source": data_cfg.source, **result}, indent=2))
+        return
+    print(f"{run.path} on the responses of {data_cfg.source} [{split}]: {len(examples)} "
+          f"examples, {result['response_tokens']:,} response tokens")
+    print(f"  loss            {loss:.4f}")
+    print(f"  perplexity      {result['perplexity']:.3f}")
+    print(f"  token accuracy  {result['token_accuracy']:.4f}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -440,14 +592,105 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(f"next: gptkit sample {out}   |   gptkit train --init-from {out} ...")
 
 
+def cmd_eval_generate(args: argparse.Namespace) -> None:
+    from gptkit.finetune.eval_generate import check_options, evaluate_generation
+    from gptkit.finetune.records import read_records
+    from gptkit.run import load_run
+    from gptkit.train.distributed import resolve_device
+
+    options = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
+               "temperature": args.temperature, "batch_size": args.batch_size,
+               "limit": args.limit}
+    check_options(**options, prefix="--")
+    if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
+        raise GptkitError(f"--predictions {args.predictions}: its folder does not exist; "
+                          "create it first")
+    records = read_records(args.data)
+    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    scores = evaluate_generation(run, records, **options)
+    if args.predictions:
+        lines = [json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in scores.examples]
+        Path(args.predictions).write_text("".join(lines), encoding="utf-8")
+    if args.json:
+        print(json.dumps({"run": str(run.path), "data": args.data, **scores.to_dict()}, indent=2))
+        return
+    print(f"{run.path} on {args.data}, {scores.n} examples")
+    print(f"  BLEU         {scores.bleu:.2f}")
+    print(f"  ROUGE-1      {scores.rouge1:.4f}")
+    print(f"  ROUGE-2      {scores.rouge2:.4f}")
+    print(f"  ROUGE-L      {scores.rougeL:.4f}")
+    print(f"  exact match  {scores.exact_match:.4f}")
+    if args.predictions:
+        print(f"predictions in {args.predictions}")
+
+
+def cmd_examples(args: argparse.Namespace) -> None:
+    from gptkit.finetune.examples import EXAMPLES, write_examples
+
+    paths = write_examples(args.out, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {len(paths)} example files to {args.out}:")
+    for path, (_, purpose) in zip(paths, EXAMPLES.values(), strict=True):
+        print(f"  {path.name:<17} {purpose}")
+
+
+def cmd_finetune_classify(args: argparse.Namespace) -> None:
+    from gptkit.finetune.classify import finetune_classifier, print_report
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
+    cfg = build_config(inherit_init_model(load_recipe(args.recipe), overrides))
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    result = finetune_classifier(cfg, out, overwrite=args.overwrite, data_dir=args.data_dir,
+                                 progress=not args.no_progress)
+    print(f"held-out {result.task} classification, best model at step {result.best_step} "
+          f"of {result.steps}, {result.metrics['examples']} examples; run in {result.run_dir}")
+    print_report(result.metrics)
+    print(f"next: gptkit classify {result.run_dir} --text \"...\"")
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from gptkit.finetune.classify import load_classifier
+    from gptkit.train.distributed import resolve_device
+
+    classifier = load_classifier(args.run, device=resolve_device(args.device))
+    if classifier.task == "token":
+        sentences = [text.split() for text in args.text]
+        if not all(sentences):
+            raise GptkitError("--text must hold at least one word to tag")
+        tagged = classifier.predict_tokens(sentences)
+        if args.json:
+            print(json.dumps([{"text": text, "words": [vars(w) for w in words]}
+                              for text, words in zip(args.text, tagged, strict=True)], indent=2))
+            return
+        for words in tagged:
+            print(" ".join(f"{w.word}/{w.tag}" for w in words))
+        return
+    predictions = classifier.predict(args.text)
+    if args.json:
+        print(json.dumps([{"text": text, **vars(p)}
+                          for text, p in zip(args.text, predictions, strict=True)], indent=2))
+        return
+    for text, p in zip(args.text, predictions, strict=True):
+        print(f"{p.label}\t{p.score:.3f}\t{text}")
+
+
 COMMANDS = {
     "prepare": cmd_prepare,
     "train": cmd_train,
+    "finetune": cmd_finetune,
+    "distill": cmd_distill,
     "eval": cmd_eval,
     "sample": cmd_sample,
     "info": cmd_info,
     "export": cmd_export,
     "import": cmd_import,
+    "eval-generate": cmd_eval_generate,
+    "examples": cmd_examples,
+    "finetune-classify": cmd_finetune_classify,
+    "classify": cmd_classify,
 }
 
 

@@ -149,6 +149,8 @@ def attention_rule(
     None where SDPA's own causal rule suffices. `attention_mask` (B, start + T), 1 for real
     tokens and 0 for padding, hides padded keys as in Hugging Face. A padded query keeps
     itself so that its (unused) row never becomes NaN; real tokens never see padding.
+    A 3-D `attention_mask` (B, T, start + T) says per query which keys it may see (before
+    the causal rule), e.g. block-diagonal for examples packed into one row.
     """
     if attention_mask is None and (start == 0 or tokens == 1):
         return None
@@ -158,6 +160,8 @@ def attention_rule(
     causal = key_pos <= query_pos  # (T, keys)
     if attention_mask is None:
         return causal
+    if attention_mask.dim() == 3 and attention_mask.shape[1:] == (tokens, keys):
+        return ((causal[None] & attention_mask.bool()) | (key_pos == query_pos)[None])[:, None]
     if attention_mask.dim() != 2 or attention_mask.size(1) != keys:
         raise GptkitError(
             f"attention_mask must have shape (batch, {keys}): one entry per cached and new "
@@ -257,7 +261,8 @@ class GPT(nn.Module):
         `attention_mask` and `position_ids` mean what they mean in Hugging Face's GPT-2:
         the mask (B, cached + T) marks real tokens with 1 and padding with 0; positions
         default to 0, 1, ... from the first cached position (left-padded batches pass
-        `attention_mask.cumsum(-1) - 1`, as `generate` does).
+        `attention_mask.cumsum(-1) - 1`, as `generate` does). A 3-D mask (B, T, cached + T)
+        instead says which keys each query may see (packed examples, `finetune.sft`).
         """
         if idx.dim() != 2 or idx.size(1) == 0:
             raise GptkitError(

@@ -66,8 +66,15 @@ def load_run(
         ckpt, _ = checkpoint.latest_valid_checkpoint(run_dir)
         weights = ckpt / "model.safetensors"
     model = GPT.from_config(config.model, tokenizer.vocab_size)
+    # a LoRA run's checkpoints hold the adapters beside the frozen weights; best/ is merged
+    lora_checkpoint = config.finetune.lora_r > 0 and weights != best_weights
+    target: torch.nn.Module = model
+    if lora_checkpoint:
+        from gptkit.finetune.lora import add_lora
+
+        target = add_lora(model, config.finetune)
     try:
-        checkpoint.load_weights(model, weights)
+        checkpoint.load_weights(target, weights)
     except GptkitError:
         raise
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
@@ -75,5 +82,9 @@ def load_run(
             f"weights in {weights} do not fit the model in {run_dir / 'config.yaml'}: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
+    if lora_checkpoint:
+        from gptkit.finetune.lora import merged_copy
+
+        model = merged_copy(target)
     model.to(device).eval()
     return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)

@@ -21,6 +21,7 @@ import pickle
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -346,11 +347,19 @@ def load_checkpoint(
     return {k: v for k, v in state.items() if k not in _BOOKKEEPING}
 
 
-def save_best(run_dir: Path, model: nn.Module, info: dict[str, Any]) -> None:
-    """`best/` = weights with the lowest validation loss so far plus `info`, replaced atomically."""
+def save_best(
+    run_dir: Path, model: nn.Module, info: dict[str, Any],
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """`best/` = weights with the lowest validation loss so far plus `info`, replaced atomically.
+
+    `extra(folder)` may write more files into the new folder before it replaces the old.
+    """
     run_dir = Path(run_dir)
     tmp = _fresh_dir(run_dir / f".tmp-best-{os.getpid()}")
     save_weights(model, tmp / MODEL_FILE)
+    if extra is not None:
+        extra(tmp)
     (tmp / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     _fsync_file(tmp / BEST_INFO_FILE)
     _fsync_dir(tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,7 +14,9 @@ from gptkit.errors import GptkitError
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None
+) -> list[dict[str, Any]]:
     """Two groups: weight decay on the weight matrices of nn.Linear layers, none elsewhere.
 
     Biases, LayerNorm parameters and embeddings are not decayed: they are not the matrices
@@ -23,6 +26,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     first name. Frozen parameters are
     left out. Each group carries `param_names` (PyTorch's own key), so optimizer state
     dicts say which tensor is which. Empty groups are dropped.
+
+    With `lr_scale` (parameter name -> factor, e.g. layer-wise LR decay) each of the two is
+    split further by factor, kept in the group as `lr_scale` for the schedule to apply.
     """
     embedding_ids = {
         id(p) for m in model.modules() if isinstance(m, nn.Embedding)
@@ -32,21 +38,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         id(m.weight) for m in model.modules()
         if isinstance(m, nn.Linear) and m.weight.dim() >= 2
     }
-    decay: dict[str, Any] = {"params": [], "param_names": [], "weight_decay": weight_decay}
-    no_decay: dict[str, Any] = {"params": [], "param_names": [], "weight_decay": 0.0}
+    groups: dict[tuple[bool, float], dict[str, Any]] = {}
     # named_parameters yields each parameter once (by identity), under its first name
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_matrix = id(param) in matrix_ids and id(param) not in embedding_ids
-        group = decay if is_matrix else no_decay
+        scale = 1.0 if lr_scale is None else lr_scale(name)
+        group = groups.setdefault((is_matrix, scale), {
+            "params": [], "param_names": [], "weight_decay": weight_decay if is_matrix else 0.0,
+            "lr_scale": scale,
+        })
         group["params"].append(param)
         group["param_names"].append(name)
-    return [g for g in (decay, no_decay) if g["params"]]
+    return sorted(groups.values(), key=lambda g: (g["weight_decay"] == 0, -g["lr_scale"]))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer:
-    """The optimizer `cfg.optimizer` names, over `param_groups(model, cfg.weight_decay)`.
+def build_optimizer(
+    model: nn.Module,
+    cfg: TrainConfig,
+    device_type: str,
+    lr_scale: Callable[[str], float] | None = None,
+) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` names, over `param_groups(model, cfg.weight_decay, ...)`.
 
     Adam(W) runs its fused kernel on CUDA and the multi-tensor (foreach) path elsewhere, one
     kernel launch for all parameters instead of one per parameter (DESIGN.md, speed).
@@ -56,7 +70,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
         raise GptkitError(
             f"unknown train.optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
         )
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, lr_scale)
     if not groups:
         raise GptkitError("the model has no trainable parameters; unfreeze some layers")
     if name in ("adamw", "adam"):

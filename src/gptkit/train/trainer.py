@@ -32,9 +32,11 @@ from gptkit.data.prepare import PreparedData, prepare
 from gptkit.data.sources import is_wikitext
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
+from gptkit.finetune import freeze, lora, sft
+from gptkit.finetune.distill import distillation_loss, load_teacher
 from gptkit.model import GPT
 from gptkit.run import Run, load_run
-from gptkit.tokenizers import Tokenizer
+from gptkit.tokenizers import Tokenizer, build_tokenizer
 from gptkit.train import checkpoint, distributed
 from gptkit.train.distributed import DistEnv
 from gptkit.train.optim import build_optimizer
@@ -181,42 +183,71 @@ class Trainer:
             check_same_shape(read_config(self.run_dir / "config.yaml"), cfg)
         init = self._init_run() if cfg.train.init_from and not self.resume else None
         self.accum = accumulation_steps(cfg, env.world_size)
-        self.data = self._prepare_data(data_dir, None if init is None else init.tokenizer)
-        self.tokenizer = self.data.tokenizer
+        tokenizer = None if init is None else init.tokenizer
+        if cfg.distill.teacher and tokenizer is None and not self.resume:
+            tokenizer = self._teacher_tokenizer()
+        self.data: PreparedData | None = None
+        if cfg.data.format == "sft":
+            self.tokenizer = self._prepare_sft(data_dir, tokenizer)
+        else:
+            self.data = self._prepare_data(data_dir, tokenizer)
+            self.tokenizer = self.data.tokenizer
+        self.teacher = None if not cfg.distill.teacher else load_teacher(
+            cfg.distill.teacher, self.tokenizer, env.device, cfg.model.block_size)
+        if cfg.finetune.unfreeze_every and env.world_size > 1:
+            raise GptkitError(
+                "finetune.unfreeze_every (gradual unfreezing) runs on one process only: DDP "
+                "needs the trainable parameters fixed; use finetune.freeze_layers instead"
+            )
         self.precision = distributed.resolve_precision(cfg.train.precision, env.device)
         self.compiled = distributed.resolve_compile(cfg.train.compile, env.device)
 
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-        self.model = build_model(cfg, self.tokenizer).to(env.device)
+        gpt = build_model(cfg, self.tokenizer).to(env.device)
         if init is not None:  # only at step 0: a resumed run continues from its checkpoint
-            self.model.load_state_dict(init.model.state_dict())
-        cfg.model.vocab_size = self.model.config.vocab_size
+            gpt.load_state_dict(init.model.state_dict())
+        cfg.model.vocab_size = gpt.config.vocab_size
         torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
-        self.optimizer = build_optimizer(self.model, cfg.train, env.device.type)
+        ft, n_layer = cfg.finetune, cfg.model.n_layer
+        self.model: torch.nn.Module = lora.add_lora(gpt, ft) if ft.lora_r else gpt
+        self.learnable = freeze.ever_learnable(self.model, ft, n_layer)
+        freeze.apply_freezing(self.model, ft, n_layer, freeze.step_when_all_unfrozen(ft),
+                              learnable=self.learnable)
+        scale = None if ft.layer_lr_decay == 1 else (
+            lambda name: freeze.lr_scale(name, ft, n_layer))
+        self.optimizer = build_optimizer(self.model, cfg.train, env.device.type, scale)
+        freeze.apply_freezing(self.model, ft, n_layer, 0, learnable=self.learnable)
         self.scaler = torch.amp.GradScaler(
             env.device.type, enabled=self.precision == "fp16" and env.device.type == "cuda"
         )
-        train_tokens = self.data.tokens(cfg.data.train_split)
-        self.loader = RandomWindows(
-            train_tokens,
-            block_size=cfg.model.block_size,
-            micro_batch_size=cfg.train.micro_batch_size,
-            accum_steps=self.accum,
-            seed=cfg.train.seed,
-            rank=env.rank,
-            world_size=env.world_size,
-        )
-        self.tokens_per_step = (
-            cfg.train.micro_batch_size * cfg.model.block_size * self.accum * env.world_size
-        )
+        self.loader: RandomWindows | sft.SFTBatches
+        if self.data is None:
+            self.loader = sft.SFTBatches(
+                self.sft_train, self.sft_records, self.tokenizer,
+                block_size=cfg.model.block_size, micro_batch_size=cfg.train.micro_batch_size,
+                accum_steps=self.accum, seed=cfg.train.seed, rank=env.rank,
+                world_size=env.world_size, packing=cfg.data.packing, augment=cfg.data.augment,
+            )
+        else:
+            self.loader = RandomWindows(
+                self.data.tokens(cfg.data.train_split),
+                block_size=cfg.model.block_size,
+                micro_batch_size=cfg.train.micro_batch_size,
+                accum_steps=self.accum,
+                seed=cfg.train.seed,
+                rank=env.rank,
+                world_size=env.world_size,
+            )
+        self.step_tokens = 0  # input tokens of the last step, all processes
         self.step = 0
         self.tokens_seen = 0
         self.best_val_loss: float | None = None
         self.bad_evals = 0
         if self.resume:
             self._restore()
+            freeze.apply_freezing(self.model, ft, n_layer, self.step, learnable=self.learnable)
         elif env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in ("checkpoints", "best", "metrics.jsonl", "tb"):
@@ -228,12 +259,16 @@ class Trainer:
         if env.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
             self.tokenizer.save(self.run_dir / "tokenizer.json")
-            (self.run_dir / "data.json").write_text(json.dumps(self.data.meta, indent=2))
+            meta = self.data.meta if self.data is not None else self.sft_meta
+            (self.run_dir / "data.json").write_text(json.dumps(meta, indent=2))
             info = environment_info(env, self.precision, self.compiled)
             (self.run_dir / "environment.json").write_text(json.dumps(info, indent=2))
         if env.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        trainable, total = freeze.count_parameters(self.model)
+        self._say(f"trainable parameters: {trainable:,} of {total:,} "
+                  f"({100 * trainable / max(total, 1):.2f}%)")
         compiled: torch.nn.Module = torch.compile(self.model) if self.compiled else self.model  # type: ignore[assignment]
         self.train_model = distributed.wrap_ddp(compiled, env)
 
@@ -258,6 +293,39 @@ class Trainer:
                     "a run started from another keeps its shape: drop that setting"
                 )
         return init
+
+    def _teacher_tokenizer(self) -> Tokenizer:
+        """A distilled student reads the teacher's tokenizer (and records its settings)."""
+        path = Path(str(self.cfg.distill.teacher))
+        teacher = read_config(path / "config.yaml")
+        for key in ("tokenizer", "vocab_size", "tokenizer_path"):
+            setattr(self.cfg.data, key, getattr(teacher.data, key))
+        return Tokenizer.load(path / "tokenizer.json")
+
+    def _prepare_sft(self, data_dir: str | Path | None, tokenizer: Tokenizer | None) -> Tokenizer:
+        """Prompt/response or chat records of data.source, split and encoded (small: in memory)."""
+        cfg = self.cfg
+        if self.resume:
+            tokenizer = Tokenizer.load(self.run_dir / "tokenizer.json")
+        self.sft_records = sft.load_split(cfg.data, "train")
+        val_records = sft.load_split(cfg.data, cfg.data.eval_split)
+        if tokenizer is None:
+            tokenizer = build_tokenizer(
+                cfg.data, sft.training_texts(self.sft_records), data_dir=data_dir)
+        block = cfg.model.block_size
+        self.sft_train = sft.encode_records(self.sft_records, tokenizer, block)
+        self.sft_val = sft.encode_records(val_records, tokenizer, block)
+        self.sft_meta = {
+            "format": "sft", "source": cfg.data.source, "tokenizer_kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
+            "splits": {
+                name: {"examples": len(examples),
+                       "tokens": int(sum(len(e.ids) for e in examples)),
+                       "response_tokens": int(sum(e.learnt[1:].sum() for e in examples))}
+                for name, examples in (("train", self.sft_train), ("val", self.sft_val))
+            },
+        }
+        return tokenizer
 
     def _prepare_data(
         self, data_dir: str | Path | None, tokenizer: Tokenizer | None = None
@@ -324,9 +392,30 @@ class Trainer:
             with (self.run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _evaluate_sft(self) -> dict[str, Any]:
+        """Loss and next-token accuracy on the responses of the held-out examples; train loss
+        on as many training examples (not augmented)."""
+        cfg, env = self.cfg, self.env
+        common: dict[str, Any] = dict(
+            batch_size=max(cfg.eval.batch_size, cfg.train.micro_batch_size),
+            pad_id=int(self.tokenizer.eot_id or 0), device=env.device, precision=self.precision,
+        )
+        val = sft.response_loss(self.model, self.sft_val, **common)
+        train = sft.response_loss(self.model, self.sft_train[: len(self.sft_val)], **common)
+        loss = val["nll"] / max(val["tokens"], 1)
+        return {
+            "step": self.step, "kind": "eval", "tokens": self.tokens_seen,
+            "train_loss": train["nll"] / max(train["tokens"], 1),
+            "val_loss": loss, "val_perplexity": math.exp(min(loss, 700)),
+            "val_tokens": int(val["tokens"]),
+            "val_token_accuracy": val["correct"] / max(val["tokens"], 1),
+        }
+
     def evaluate(self) -> dict[str, Any]:
         """Validation loss on a fixed set of windows (the same every time) and train loss."""
         cfg, data = self.cfg, self.data
+        if data is None:
+            return self._evaluate_sft()
         block = cfg.model.block_size
         cap = None if cfg.train.eval_tokens is None else math.ceil(cfg.train.eval_tokens / block)
         special = [] if self.tokenizer.eot_id is None else [self.tokenizer.eot_id]
@@ -365,6 +454,18 @@ class Trainer:
             record["val_word_perplexity"] = result.word_perplexity
         return record
 
+    def _save_best(self) -> None:
+        """best/ holds a plain GPT; a LoRA run's is merged, its adapter in best/adapter/."""
+        info = {"step": self.step, "val_loss": self.best_val_loss,
+                "tokens_seen": self.tokens_seen, "model": asdict(self.cfg.model)}
+        if not lora.is_lora(self.model):
+            checkpoint.save_best(self.run_dir, self.model, info)
+            return
+        checkpoint.save_best(
+            self.run_dir, lora.merged_copy(self.model), info,
+            extra=lambda folder: lora.save_adapter(self.model, folder / lora.ADAPTER_DIR),
+        )
+
     def _save_checkpoint(self) -> None:
         rngs = distributed.all_gather_objects(checkpoint.rng_state(), self.env)
         if self.env.is_main:
@@ -385,28 +486,50 @@ class Trainer:
             )
         distributed.barrier(self.env)
 
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, extra: dict[str, torch.Tensor]
+              ) -> torch.Tensor:
+        """Mean loss over the targets of one micro-batch (distilled when there is a teacher).
+
+        `extra`: more model arguments (packed SFT rows: positions and attention mask)."""
+        logits, loss = self.train_model(x, y, **extra)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher(x, **extra)
+        d = self.cfg.distill
+        return distillation_loss(logits, teacher_logits, y, alpha=d.alpha,
+                                 temperature=d.temperature, vocab_size=self.tokenizer.vocab_size)
+
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg, env = self.cfg, self.env
         lr = lr_at(self.step, cfg.train)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if cfg.finetune.unfreeze_every:
+            freeze.apply_freezing(self.model, cfg.finetune, cfg.model.n_layer, self.step,
+                                  learnable=self.learnable)
         batches = self.loader.step_batches(self.step)
+        # each micro-batch's mean is weighted by its share of the step's targets, so the
+        # step's loss is the mean over all of them even when masking makes counts differ
+        counts = [int((batch[1] != sft.IGNORE).sum()) for batch in batches]
+        step_targets = max(sum(counts), 1)
+        self.step_tokens = sum(batch[0].numel() for batch in batches) * env.world_size
         total = torch.zeros((), device=env.device)
-        for i, (x, y) in enumerate(batches):
+        for i, (x, y, *more) in enumerate(batches):
             x = x.to(env.device, non_blocking=True)
             y = y.to(env.device, non_blocking=True)
+            extra = {k: v.to(env.device) for k, v in more[0].items()} if more else {}
             with distributed.no_sync(self.train_model, sync=i == len(batches) - 1):
                 with distributed.autocast(env.device, self.precision):
-                    _, loss = self.train_model(x, y)
-                # every micro-batch holds the same number of targets, so this mean over
-                # micro-batches is the mean over all the step's tokens
-                loss = loss / len(batches)
+                    loss = self._loss(x, y, extra)
+                loss = loss * (counts[i] / step_targets)
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         grad_norm = None
         if cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None], cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -433,7 +556,8 @@ class Trainer:
             disable=not (self.progress and env.is_main),
         )
         start_step, started = self.step, time.perf_counter()
-        window_start, window_steps = started, 0
+        start_tokens = self.tokens_seen
+        window_start, window_steps, window_tokens = started, 0, 0
         try:
             while True:
                 last = self.step >= cfg.train.max_steps or interrupted or stop_early
@@ -446,10 +570,7 @@ class Trainer:
                         self.best_val_loss = last_eval["val_loss"]
                         self.bad_evals = 0
                         if env.is_main:
-                            checkpoint.save_best(self.run_dir, self.model, {
-                                "step": self.step, "val_loss": self.best_val_loss,
-                                "tokens_seen": self.tokens_seen, "model": asdict(cfg.model),
-                            })
+                            self._save_best()
                     else:
                         self.bad_evals += 1
                     self._log(last_eval)
@@ -470,13 +591,14 @@ class Trainer:
                     break
                 loss, grad_norm = self._train_step()
                 self.step += 1
-                self.tokens_seen += self.tokens_per_step
+                self.tokens_seen += self.step_tokens
+                window_tokens += self.step_tokens
                 window_steps += 1
                 bar.update(1)
                 if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
                     now = time.perf_counter()
-                    tok_s = window_steps * self.tokens_per_step / max(now - window_start, 1e-9)
-                    window_start, window_steps = now, 0
+                    tok_s = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_steps, window_tokens = now, 0, 0
                     record = {
                         "step": self.step, "kind": "train", "tokens": self.tokens_seen,
                         "loss": loss.item(), "lr": lr_at(self.step - 1, cfg.train),
@@ -505,7 +627,7 @@ class Trainer:
             stopped_early=stop_early,
             interrupted=interrupted,
             wall_time_s=wall,
-            tokens_per_s=(self.step - start_step) * self.tokens_per_step / max(wall, 1e-9),
+            tokens_per_s=(self.tokens_seen - start_tokens) / max(wall, 1e-9),
         )
 
 

@@ -1,0 +1,70 @@
+"""Does a teacher help? A small student trained on Tiny Shakespeare with and without one.
+
+    python -m benchmarks.distill_shakespeare [--teacher runs/shakespeare-char] [--seeds 1337 1]
+
+The teacher is the default recipe (trained here first unless --teacher names a run). Each
+student is the `shakespeare-char-student` recipe, the same steps, data order and seed with
+and without `distill.teacher`; both are scored on the whole val split by `gptkit eval`'s
+evaluator, from their last checkpoint (same number of steps each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from gptkit.config import load_config
+from gptkit.evaluate import score_tokens
+from gptkit.run import load_run
+from gptkit.train.trainer import train
+
+
+def full_val_loss(run_dir: Path) -> float:
+    from gptkit.data.prepare import prepare
+
+    run = load_run(run_dir, which="last")
+    data = prepare(run.config.data, tokenizer=run.tokenizer)
+    score = score_tokens(run.model, data.tokens(run.config.data.eval_split),
+                         block_size=run.config.model.block_size, batch_size=64)
+    return score.nll / score.tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", type=Path, help="a trained shakespeare-char run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
+    parser.add_argument("--steps", type=int, help="student steps (default: the recipe's)")
+    parser.add_argument("--work", type=Path, help="where runs go (default: a temp folder)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="gptkit-distill-"))
+    teacher = args.teacher
+    if teacher is None:
+        teacher = work / "teacher"
+        train(load_config("shakespeare-char"), teacher, overwrite=True)
+    results = []
+    for seed in args.seeds:
+        row = {"seed": seed}
+        for name, extra in (("alone", []), ("distilled", [f"distill.teacher={teacher}"])):
+            overrides = [f"train.seed={seed}", *extra]
+            if args.steps:
+                overrides.append(f"train.max_steps={args.steps}")
+            cfg = load_config("shakespeare-char-student", overrides)
+            out = work / f"student-{name}-{seed}"
+            train(cfg, out, overwrite=True, progress=False)
+            row[name] = full_val_loss(out)
+        row["gain"] = row["alone"] - row["distilled"]
+        results.append(row)
+        print(json.dumps(row))
+    teacher_loss = full_val_loss(teacher)
+    mean = {k: sum(r[k] for r in results) / len(results) for k in ("alone", "distilled", "gain")}
+    print(f"teacher ({teacher}): full val loss {teacher_loss:.4f}")
+    print(f"student alone:      {mean['alone']:.4f} (mean of {len(results)} seeds)")
+    print(f"student distilled:  {mean['distilled']:.4f}")
+    print(f"distillation gain:  {mean['gain']:+.4f} nats "
+          f"(better in {sum(r['gain'] > 0 for r in results)} of {len(results)} seeds)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Supervised fine-tuning data: records -> token ids with the loss on responses only.
+
+Each example is its ids plus a `learnt` mask (see `gptkit.finetune.template`); targets of
+ids that are only read are -100, the index the loss ignores. Batches either pad each
+example to the longest of its micro-batch, or pack several whole examples into each row
+(`data.packing`: less padding, more examples per step), with positions restarting and a
+block-diagonal attention mask so that packed examples never see each other — the same
+model inputs as padding, minus the padding. Batches are a pure function of (seed, step),
+so resume is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gptkit.config import DataConfig
+from gptkit.errors import GptkitError
+from gptkit.finetune.augment import Augmenter
+from gptkit.finetune.records import Record, read_records, split_records
+from gptkit.finetune.template import Segments, segments
+from gptkit.tokenizers import Tokenizer
+from gptkit.train.distributed import autocast
+
+IGNORE = -100
+
+# (x, y) or, for packed rows, (x, y, extra model arguments)
+Batch = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]]
+
+
+@dataclass
+class Example:
+    ids: np.ndarray  # int64 token ids
+    learnt: np.ndarray  # bool: is ids[i] a token the model must learn to produce?
+
+
+def load_split(cfg: DataConfig, split: str) -> list[Record]:
+    """The records of `split`: `train` is the start of data.source, others its last part."""
+    records = read_records(cfg.source)
+    return split_records(records, "train" if split == "train" else "val", cfg.val_fraction)
+
+
+def training_texts(records: list[Record]) -> list[str]:
+    """The rendered texts, to train a char/BPE tokenizer on."""
+    return ["".join(text for text, _ in segments(r)) for r in records]
+
+
+def encode(parts: Segments, tokenizer: Tokenizer) -> Example:
+    ids: list[int] = []
+    learnt: list[bool] = []
+    for text, trained in parts:
+        piece = tokenizer.encode(text)
+        ids += piece
+        learnt += [trained] * len(piece)
+    return Example(np.asarray(ids, dtype=np.int64), np.asarray(learnt, dtype=bool))
+
+
+def encode_records(records: list[Record], tokenizer: Tokenizer, block_size: int) -> list[Example]:
+    """Examples of `records`, cut to block_size + 1 tokens; errors if one has nothing to learn."""
+    if tokenizer.eot_id is None:
+        raise GptkitError(
+            "supervised fine-tuning needs a tokenizer with an end-of-text token "
+            "(<|endoftext|>) to end responses; use a gptkit tokenizer"
+        )
+    examples = []
+    for record in records:
+        example = encode(segments(record), tokenizer)
+        example = Example(example.ids[: block_size + 1], example.learnt[: block_size + 1])
+        if not example.learnt[1:].any():
+            raise GptkitError(
+                f"{record.where}: the prompt fills all {block_size} positions of "
+                "model.block_size, leaving no response to learn; shorten it or use a model "
+                "with a larger block_size"
+            )
+        examples.append(example)
+    return examples
+
+
+def targets(example: Example) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y): inputs and next-token targets, -100 where the next token is not learnt."""
+    x = example.ids[:-1]
+    y = np.where(example.learnt[1:], example.ids[1:], IGNORE)
+    return x, y
+
+
+def pad_batch(pairs: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-padded (x, y); padding comes after every real token, so causal attention never
+    lets a real token see it, and its targets are ignored."""
+    width = max(len(x) for x, _ in pairs)
+    xs = np.full((len(pairs), width), pad_id, dtype=np.int64)
+    ys = np.full((len(pairs), width), IGNORE, dtype=np.int64)
+    for row, (x, y) in enumerate(pairs):
+        xs[row, : len(x)] = x
+        ys[row, : len(y)] = y
+    return torch.from_numpy(xs), torch.from_numpy(ys)
+
+
+def pack(
+    pairs: list[tuple[np.ndarray, np.ndarray]], block_size: int
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Whole examples, in order, into rows of at most `block_size` tokens (none is split)."""
+    rows: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    used = block_size
+    for pair in pairs:
+        if used + len(pair[0]) > block_size:
+            rows.append([])
+            used = 0
+        rows[-1].append(pair)
+        used += len(pair[0])
+    return rows
+
+
+def collate(items: list[list[tuple[np.ndarray, np.ndarray]]], pad_id: int, packed: bool) -> Batch:
+    """One micro-batch. Padded: (x, y). Packed: each row's examples joined, plus the model
+    arguments that keep them apart: positions restarting at 0 for every example, and a
+    block-diagonal attention mask so that no example sees another."""
+    rows = [(np.concatenate([x for x, _ in row]), np.concatenate([y for _, y in row]))
+            for row in items]
+    x, y = pad_batch(rows, pad_id)
+    if not packed:
+        return x, y
+    positions = torch.zeros_like(x)
+    documents = torch.full_like(x, -1)
+    for r, row in enumerate(items):
+        start = 0
+        for d, (ids, _) in enumerate(row):
+            positions[r, start : start + len(ids)] = torch.arange(len(ids))
+            documents[r, start : start + len(ids)] = d
+            start += len(ids)
+    mask = documents[:, :, None] == documents[:, None, :]
+    return x, y, {"position_ids": positions, "attention_mask": mask}
+
+
+class SFTBatches:
+    """Training batches of examples; the same interface as `RandomWindows`.
+
+    Epoch e visits the examples in a permutation seeded by (seed, e); step s takes the next
+    `micro_batch_size * accum_steps * world_size` of that endless sequence (packed: of windows).
+    Micro-batch m of rank r is chunk m * world_size + r of the step's items.
+    """
+
+    def __init__(
+        self,
+        examples: list[Example],
+        records: list[Record],
+        tokenizer: Tokenizer,
+        *,
+        block_size: int,
+        micro_batch_size: int,
+        accum_steps: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        packing: bool = False,
+        augment: list[str] | None = None,
+    ) -> None:
+        if not examples:
+            raise GptkitError("the training split has no examples; add records to data.source")
+        self.examples = examples
+        self.records = records
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.micro_batch_size = micro_batch_size
+        self.accum_steps = accum_steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.packing = packing
+        self.pad_id = int(tokenizer.eot_id or 0)
+        specials = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
+        self.augmenter = Augmenter(augment or [], seed, tokenizer.vocab_size, specials)
+        self.position = 0
+        self._epoch_cache: dict[int, list[list[tuple[np.ndarray, np.ndarray]]]] = {}
+        self._sizes: dict[int, int] = {}
+
+    def _example(self, epoch: int, index: int) -> Example:
+        """Example `index`, augmented for `epoch` on its read-only (prompt) side only:
+        responses are what the model must learn to produce exactly."""
+        if not self.augmenter.enabled:
+            return self.examples[index]
+        ids: list[int] = []
+        learnt: list[bool] = []
+        for part, (text, trained) in enumerate(segments(self.records[index])):
+            if trained:
+                piece = self.tokenizer.encode(text)
+            else:
+                key = (epoch, index, part)
+                piece = self.augmenter.tokens(
+                    self.tokenizer.encode(self.augmenter.text(text, key)), key)
+            ids += piece
+            learnt += [trained] * len(piece)
+        end = self.block_size + 1
+        return Example(np.asarray(ids[:end], dtype=np.int64), np.asarray(learnt[:end], dtype=bool))
+
+    def _items(self, epoch: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """The items of one epoch: single examples, or (packed) rows of whole examples."""
+        if epoch not in self._epoch_cache:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+            pairs = [targets(self._example(epoch, int(i))) for i in order]
+            items = pack(pairs, self.block_size) if self.packing else [[p] for p in pairs]
+            self._epoch_cache = {epoch: items, **{
+                e: v for e, v in self._epoch_cache.items() if e == epoch - 1}}
+            self._sizes[epoch] = len(items)
+        return self._epoch_cache[epoch]
+
+    def _size(self, epoch: int) -> int:
+        if epoch not in self._sizes:
+            self._items(epoch)
+        return self._sizes[epoch]
+
+    def step_batches(self, step: int) -> list[Batch]:
+        per_step = self.micro_batch_size * self.accum_steps * self.world_size
+        epoch, offset = 0, step * per_step
+        while offset >= self._size(epoch):  # the epoch holding this step's first item
+            offset -= self._size(epoch)
+            epoch += 1
+        picked: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        while len(picked) < per_step:
+            picked += self._items(epoch)[offset : offset + per_step - len(picked)]
+            epoch, offset = epoch + 1, 0
+        chunks = [picked[i : i + self.micro_batch_size]
+                  for i in range(0, per_step, self.micro_batch_size)]
+        self.position = step + 1
+        return [collate(chunks[m * self.world_size + self.rank], self.pad_id, self.packing)
+                for m in range(self.accum_steps)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.position = int(state["seed"]), int(state["position"])
+        self._epoch_cache, self._sizes = {}, {}
+
+
+@torch.no_grad()
+def response_loss(
+    model: torch.nn.Module,
+    examples: list[Example],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """Summed NLL, count and accuracy of the learnt tokens of `examples` (no augmentation)."""
+    was_training = model.training
+    model.eval()
+    nll = correct = count = 0.0
+    for i in range(0, len(examples), batch_size):
+        x, y = pad_batch([targets(e) for e in examples[i : i + batch_size]], pad_id)
+        x, y = x.to(device), y.to(device)
+        with autocast(device, precision):
+            logits, _ = model(x)
+        logits = logits.float()
+        mask = y != IGNORE
+        losses = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        nll += float(losses)
+        correct += float(((logits.argmax(-1) == y) & mask).sum())
+        count += float(mask.sum())
+    model.train(was_training)
+    return {"nll": nll, "correct": correct, "tokens": count}
