@@ -4,9 +4,9 @@
 
 The base is a tiny char-level GPT fine-tuned (from scratch) to reverse letter strings; both
 sides then learn to sort them ("sort dbca: " -> "abcd") for the same steps: all weights
-(lr 1e-3) or LoRA (rank 8, alpha 16) on c_attn/c_proj/c_fc (lr 1e-2 by default: the
-adapters start at zero and need the larger step). Held-out exact match (greedy) and
-response-token accuracy are printed.
+(lr 1e-3) or LoRA (rank 8, alpha 16) on c_attn/c_proj/c_fc (lr 3e-3 by default, the best
+of 1.5e-3, 3e-3 and 1e-2 tried on seed 1337: adapters start at zero and need a larger step).
+Held-out exact match (greedy) and response-token accuracy are printed.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lora-lr", type=float, default=1e-2)
+    parser.add_argument("--lora-lr", type=float, default=3e-3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gptkit-lora-"))
     base_task = write_task(work / "reverse.jsonl", "reverse")

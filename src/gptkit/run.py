@@ -45,6 +45,11 @@ def load_run(
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise GptkitError(f"run directory {run_dir} does not exist; train one with `gptkit train`")
+    if (run_dir / "labels.json").is_file():
+        raise GptkitError(
+            f"{run_dir} is a classifier run (gptkit finetune-classify); use `gptkit classify "
+            f"{run_dir} --text ...`, or gptkit.finetune.classify.load_classifier in Python"
+        )
     config = read_config(run_dir / "config.yaml")
     tokenizer_path = run_dir / "tokenizer.json"
     if not tokenizer_path.is_file():

@@ -278,6 +278,7 @@ def test_cli_trains_and_classifies_sequences_from_another_run(
                for a in answers)
     code, text, _ = run_cli(capsys, "classify", str(out), "--text", "I love it")
     assert code == 0 and text.strip().endswith("\tI love it")
+    expect_error(capsys, "sample", str(out), match="is a classifier run")
 
 
 def test_cli_trains_and_tags_words(ner_file: Path, ner_run: Path, tmp_path: Path,
