@@ -93,3 +93,20 @@ def test_teacher_with_a_shorter_context_is_refused(tmp_path, capsys, data_dir):
         main(["--debug", "distill", "--teacher", str(teacher), "--student-recipe",
               "shakespeare-char", "--out", str(tmp_path / "s"), "--no-progress",
               *_tiny("train.max_steps=1")])
+
+
+def test_the_teacher_stays_frozen_in_eval_mode(tmp_path, capsys, data_dir):
+    from gptkit.config import load_config
+    from gptkit.train.trainer import Trainer
+
+    teacher = tmp_path / "teacher"
+    assert run_cli(capsys, "train", "--out", str(teacher), "--no-progress",
+                   *_tiny("train.max_steps=1"))[0] == 0
+    cfg = load_config("shakespeare-char-student",
+                      [*TINY, "model.n_embd=16", f"distill.teacher={teacher}"])
+    trainer = Trainer(cfg, tmp_path / "student", progress=False)
+    assert trainer.teacher is not None and not trainer.teacher.training
+    before = {n: p.clone() for n, p in trainer.teacher.named_parameters()}
+    trainer._train_step()
+    assert all(not p.requires_grad and p.grad is None and torch.equal(p, before[n])
+               for n, p in trainer.teacher.named_parameters())
