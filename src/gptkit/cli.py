@@ -16,6 +16,7 @@ from gptkit.config import (
     apply_overrides,
     build_config,
     inherit_init_model,
+    load_config,
     load_recipe,
     recipe_names,
     sample_checks,
@@ -365,14 +366,14 @@ def _train_and_report(
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     overrides = [*args.overrides, f"train.init_from={args.run}", f"data.source={args.data}"]
-    cfg = build_config(inherit_init_model(load_recipe(args.recipe), overrides))
+    cfg = load_config(args.recipe, overrides)
     _train_and_report(cfg, Path(args.out or Path("runs") / f"{Path(args.run).name}-{cfg.name}"),
                       args)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
     overrides = [*args.overrides, f"distill.teacher={args.teacher}"]
-    cfg = build_config(inherit_init_model(load_recipe(args.recipe), overrides))
+    cfg = load_config(args.recipe, overrides)
     _train_and_report(cfg, Path(args.out or Path("runs") / cfg.name), args)
 
 
@@ -641,7 +642,7 @@ def cmd_finetune_classify(args: argparse.Namespace) -> None:
         overrides.append(f"data.source={args.data}")
     if args.init_from:
         overrides.append(f"train.init_from={args.init_from}")
-    cfg = build_config(inherit_init_model(load_recipe(args.recipe), overrides))
+    cfg = load_config(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     result = finetune_classifier(cfg, out, overwrite=args.overwrite, data_dir=args.data_dir,
                                  progress=not args.no_progress)

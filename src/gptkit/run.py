@@ -88,8 +88,6 @@ def load_run(
             f"{str(exc).splitlines()[0]}"
         ) from exc
     if lora_checkpoint:
-        from gptkit.finetune.lora import merged_copy
-
-        model = merged_copy(target)
+        model = target.merge_and_unload()  # type: ignore[operator]
     model.to(device).eval()
     return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)

@@ -9,6 +9,8 @@ tokens: padding is never attended to and never pooled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -81,8 +83,8 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
 
 
 def pad_batch(
-    sequences: list[list[int]], pad_id: int = 0, device: torch.device | str = "cpu",
-    targets: list[list[int]] | None = None,
+    sequences: Sequence[Sequence[int]], pad_id: int = 0, device: torch.device | str = "cpu",
+    targets: Sequence[Sequence[int]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Right-padded ids (B, T), attention mask (B, T), and targets padded with -100."""
     width = max(len(s) for s in sequences)

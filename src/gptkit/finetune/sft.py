@@ -20,6 +20,7 @@ from torch import Tensor
 
 from gptkit.config import DataConfig
 from gptkit.errors import GptkitError
+from gptkit.finetune import heads
 from gptkit.finetune.augment import Augmenter
 from gptkit.finetune.records import Record, read_records, split_records
 from gptkit.finetune.template import Segments, segments
@@ -90,13 +91,10 @@ def targets(example: Example) -> tuple[np.ndarray, np.ndarray]:
 def pad_batch(pairs: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Right-padded (x, y); padding comes after every real token, so causal attention never
     lets a real token see it, and its targets are ignored."""
-    width = max(len(x) for x, _ in pairs)
-    xs = np.full((len(pairs), width), pad_id, dtype=np.int64)
-    ys = np.full((len(pairs), width), IGNORE, dtype=np.int64)
-    for row, (x, y) in enumerate(pairs):
-        xs[row, : len(x)] = x
-        ys[row, : len(y)] = y
-    return torch.from_numpy(xs), torch.from_numpy(ys)
+    x, _, y = heads.pad_batch([x.tolist() for x, _ in pairs], pad_id,
+                              targets=[y.tolist() for _, y in pairs])
+    assert y is not None
+    return x, y
 
 
 def pack(

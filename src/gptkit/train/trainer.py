@@ -505,7 +505,7 @@ class Trainer:
         lr = lr_at(self.step, cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        if cfg.finetune.unfreeze_every:
+        if cfg.finetune.unfreeze_every and self.step % cfg.finetune.unfreeze_every == 0:
             freeze.apply_freezing(self.model, cfg.finetune, cfg.model.n_layer, self.step,
                                   learnable=self.learnable)
         batches = self.loader.step_batches(self.step)
