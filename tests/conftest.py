@@ -36,7 +36,8 @@ TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
     "train.micro_batch_size=8", "train.max_steps=20", "train.warmup_steps=5",
     "train.eval_interval=10", "train.eval_tokens=2048", "train.checkpoint_interval=10",
-    "train.log_interval=5", "sample.max_new_tokens=40",
+    "train.log_interval=5", "sample.max_new_tokens=40", "log.sample_tokens=20",
+    "log.plots=false",  # drawn once, by tiny_run: 0.4 s a run adds up over the suite
 ]
 
 
@@ -50,5 +51,5 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (path / "tinyshakespeare" / "input.txt").is_file():
         pytest.skip(f"reference data not found in {path}; set GPTKIT_DATA_DIR")
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(load_config("shakespeare-char", TINY), run_dir, progress=False)
+    train(load_config("shakespeare-char", [*TINY, "log.plots=true"]), run_dir, progress=False)
     return run_dir

@@ -225,3 +225,77 @@ def test_vocab_size_comes_from_the_tokenizer_unless_padded():
     assert GPT.from_config(padded, 65).lm_head.out_features == 128
     with pytest.raises(GptkitError, match="smaller than the tokenizer"):
         GPT.from_config(padded, 129)
+
+
+# --- attention weights (GPT.attention_weights, Hugging Face's output_attentions) -------------
+
+
+def test_attention_weights_are_causal_probabilities():
+    model = tiny(torch.float32)
+    weights = model.attention_weights(random_ids(3, 20))
+    assert weights.shape == (2, 3, 2, 20, 20) and weights.dtype == torch.float32
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 2, 20), atol=1e-6, rtol=0)
+    future = torch.ones(20, 20, dtype=torch.bool).triu(1)
+    assert (weights[..., future] == 0).all()  # exactly 0, not merely small
+    assert (weights[..., ~future] > 0).all()
+    with pytest.raises(GptkitError, match="exceeds model.block_size"):
+        model.attention_weights(random_ids(1, 25))
+
+
+def test_explicit_attention_gives_the_same_model_output_as_sdpa():
+    model = tiny(torch.float32)
+    idx = random_ids(2, 24)
+    fused = model.transformer(idx)
+    explicit = model.transformer(idx, attentions=(found := []))
+    assert len(found) == 2
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=0)
+    logits, loss = model(idx)  # the ordinary forward is unchanged
+    assert loss is None and logits.shape == (2, 24, VOCAB)
+
+
+def test_attention_weights_reproduce_the_attention_output():
+    """weights @ v, heads merged, then c_proj is exactly what the attention layer outputs."""
+    model = tiny(torch.float32)
+    idx = random_ids(2, 24)
+    weights = model.attention_weights(idx)
+    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(24))
+    for layer, block in enumerate(model.transformer.h):
+        h = block.ln_1(x)
+        _, _, v = block.attn.c_attn(h).split(16, dim=2)
+        v = v.view(2, 24, 2, 8).transpose(1, 2)  # (B, n_head, T, head_dim)
+        y = (weights[layer] @ v).transpose(1, 2).reshape(2, 24, 16)
+        attn_out = block.attn(h)  # the fused SDPA path
+        torch.testing.assert_close(block.attn.c_proj(y), attn_out, atol=1e-5, rtol=0)
+        x = block(x)
+
+
+def test_attention_weights_with_padding_hide_padded_keys():
+    model = tiny(torch.float32)
+    ids = random_ids(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, :3] = 0  # row 0 is left-padded by 3
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    weights = model.attention_weights(ids, attention_mask=mask, position_ids=positions)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 2, 10), atol=1e-6, rtol=0)
+    assert (weights[:, 0, :, 3:, :3] == 0).all()  # real tokens never see the padding
+    assert (weights[..., torch.ones(10, 10, dtype=torch.bool).triu(1)] == 0).all()
+    alone = model.attention_weights(ids[:1, 3:])  # the same text without padding
+    torch.testing.assert_close(weights[:, 0, :, 3:, 3:], alone[:, 0], atol=1e-6, rtol=0)
+    fused = model.transformer(ids, attention_mask=mask, position_ids=positions)
+    explicit = model.transformer(ids, attention_mask=mask, position_ids=positions,
+                                 attentions=[])
+    torch.testing.assert_close(explicit[0, 3:], fused[0, 3:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(explicit[1], fused[1], atol=1e-5, rtol=0)
+
+
+def test_attention_weights_in_fp64_and_after_a_kv_cache():
+    model = tiny()  # float64: the weights are computed in float64 too
+    idx = random_ids(1, 12)
+    weights = model.attention_weights(idx)
+    assert weights.dtype == torch.float64
+    torch.testing.assert_close(model.transformer(idx, attentions=[]), model.transformer(idx))
+    cache = model.new_kv_cache(1)
+    model(idx[:, :8], kv_cache=cache)
+    found: list[torch.Tensor] = []
+    model.transformer(idx[:, 8:], kv_cache=cache, attentions=found)
+    torch.testing.assert_close(found[0], weights[0, :, :, 8:])  # new queries, all 12 keys

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = commands.add_parser(
-        "info", help="model size, parameters, FLOPs per token and data statistics",
+        "info", help="model size, parameters, FLOPs, memory, data statistics, best metrics",
         description="Describe a run directory, or a recipe when no RUN is given.",
     )
     p.add_argument("run", metavar="RUN", nargs="?", help="run directory")
@@ -299,6 +299,69 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a text to classify (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    _common(p)
+
+    p = commands.add_parser(
+        "plot", help="loss and perplexity curves of one or more runs, as a PNG",
+        description="Draw the loss (training and validation) and validation perplexity of "
+        "runs overlaid, against steps or tokens seen, with a star at each run's best "
+        "checkpoint; 1200x450 pixels. A finished run also has its own in RUN/plots/.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="picture to write (.png, .svg or .pdf)")
+    p.add_argument("--x", choices=("steps", "tokens"), default="steps",
+                   help="horizontal axis: optimizer steps or tokens seen (default: steps)")
+    p.add_argument("--log-scale", action="store_true",
+                   help="logarithmic loss and perplexity axes")
+    p.add_argument("--label", action="append", metavar="NAME",
+                   help="legend name of each run, in order (repeat once per run; default: "
+                   "the runs' folder names)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _common(p)
+
+    p = commands.add_parser(
+        "compare", help="the settings that differ between runs, and their final metrics",
+        description="A table with one column per run: every configuration key whose value "
+        "differs between the runs (and only those), then each run's best and final "
+        "validation loss, perplexity, steps, tokens seen, wall time and throughput.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _common(p)
+
+    p = commands.add_parser(
+        "viz", help="pictures of what a model does (viz attention: attention maps)",
+        description="Draw what a run's model does on an input. `gptkit viz attention RUN "
+        "--prompt TEXT --out FILE.png` draws its attention weights.",
+    )
+    views = p.add_subparsers(dest="view", metavar="VIEW", required=True)
+    p = views.add_parser(
+        "attention", help="heat maps of a run's attention weights on a prompt",
+        description="Run the model once on --prompt and draw its real attention weights (the "
+        "ones that produce the attention output) as heat maps: one row per query token, one "
+        "column per key token, both labelled with the decoded tokens (space shown as ␣, "
+        "newline as \\n). Cells hidden by the causal mask are hatched grey. One map for "
+        "--layer L --head H; a grid when either is 'all' (the default: every layer and head, "
+        "one row per layer). From Python: gptkit.viz.attention.attention_maps.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--prompt", required=True, metavar="TEXT",
+                   help="text to look at, at most block_size tokens (write a newline as "
+                   "$'...\\n...' in bash: \\n is not interpreted)")
+    p.add_argument("--layer", default="all", metavar="L",
+                   help="layer from 0, or all for a grid of every layer (default: all)")
+    p.add_argument("--head", default="all", metavar="H",
+                   help="head from 0, or all for a grid of every head (default: all)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="picture to write (.png, .svg or .pdf)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which weights to load (default: best)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true",
+                   help="print the tokens and the drawn weights [layer][head][query][key] as "
+                   "JSON")
     _common(p)
     return parser
 
@@ -506,74 +569,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(separator.join(texts))
 
 
-def describe(cfg: RunConfig, vocab_size: int) -> dict[str, Any]:
-    """Size, parameter counts and FLOPs of the model a config describes (no weights needed)."""
-    import torch
-
-    from gptkit.model import GPT
-
-    with torch.device("meta"):
-        model = GPT.from_config(cfg.model, vocab_size)
-    return {
-        "name": cfg.name,
-        "model": {
-            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
-            "n_embd": cfg.model.n_embd, "block_size": cfg.model.block_size,
-            "vocab_size": model.config.vocab_size, "dropout": cfg.model.dropout,
-            "bias": cfg.model.bias,
-        },
-        "parameters": model.num_params(),
-        "parameters_non_embedding": model.num_params(non_embedding=True),
-        "weights_mb_fp32": model.num_params() * 4 / 2**20,
-        "flops_per_token_training": model.flops_per_token(training=True),
-        "flops_per_token_inference": model.flops_per_token(training=False),
-    }
-
-
 def cmd_info(args: argparse.Namespace) -> None:
-    if args.run:
-        from gptkit.config import read_config
-        from gptkit.tokenizers import Tokenizer
+    from gptkit.runinfo import describe, format_info, run_info
 
-        run_dir = Path(args.run)
-        cfg = read_config(run_dir / "config.yaml")
-        tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
-        info = describe(cfg, tokenizer.vocab_size)
-        info["run"] = str(run_dir)
-        for name in ("data.json", "best/config.json"):
-            path = run_dir / name
-            if path.is_file():
-                info["data" if name == "data.json" else "best"] = json.loads(path.read_text())
+    if args.run:
+        info = run_info(args.run)
     else:
         from gptkit.data.prepare import prepare
 
         cfg = _config_from(args)
         prepared = prepare(cfg.data, data_dir=args.data_dir)
-        info = describe(cfg, prepared.tokenizer.vocab_size)
+        precision = "bf16" if cfg.train.precision in ("bf16", "fp16") else "fp32"
+        info = describe(cfg, prepared.tokenizer.vocab_size, precision)
         info["data"] = prepared.meta
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return
-    m = info["model"]
-    print(f"{info.get('run', info['name'])}")
-    print(f"  model        {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, "
-          f"context {m['block_size']}, vocabulary {m['vocab_size']:,}")
-    print(f"  parameters   {info['parameters']:,} ({info['parameters_non_embedding']:,} "
-          f"without embeddings), {info['weights_mb_fp32']:.1f} MB in fp32")
-    print(f"  FLOPs/token  {info['flops_per_token_training']:,} training, "
-          f"{info['flops_per_token_inference']:,} inference")
-    data = info.get("data")
-    if data:
-        print(f"  data         {data['source']} ({data['tokenizer_kind']} tokenizer)")
-        for name, split in data["splits"].items():
-            print(f"    {name:>6}: {split['tokens']:>11,} tokens {split['words']:>11,} words "
-                  f"{split['bytes']:>12,} bytes")
-    best = info.get("best")
-    if best and best.get("val_loss") is None:
-        print(f"  imported     from {best.get('imported_from')}")
-    elif best:
-        print(f"  best         val loss {best['val_loss']:.4f} at step {best['step']} "
-              f"({best['tokens_seen']:,} tokens seen)")
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -678,6 +687,47 @@ def cmd_classify(args: argparse.Namespace) -> None:
         print(f"{p.label}\t{p.score:.3f}\t{text}")
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from gptkit.viz.curves import plot_runs
+
+    out = plot_runs(args.runs, args.out, x=args.x, log_scale=args.log_scale, labels=args.label,
+                    overwrite=args.overwrite)
+    print(out)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from gptkit.compare import compare_runs, format_table
+
+    comparison = compare_runs(args.runs)
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+        return
+    print(format_table(comparison))
+
+
+def cmd_viz(args: argparse.Namespace) -> None:
+    """`gptkit viz attention`; further views (VIEW) would be dispatched here."""
+    from gptkit.run import load_run
+    from gptkit.train.distributed import resolve_device
+    from gptkit.viz.attention import attention_maps, pick, plot_attention
+
+    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    layers = pick(args.layer, run.config.model.n_layer, "--layer")
+    heads = pick(args.head, run.config.model.n_head, "--head")
+    maps = attention_maps(run.model, run.tokenizer, args.prompt)
+    out = plot_attention(maps, args.layer, args.head, args.out, overwrite=args.overwrite)
+    if args.json:
+        shown = maps.weights[layers][:, heads]
+        print(json.dumps({
+            "run": str(run.path), "out": str(out), "prompt": args.prompt,
+            "tokens": maps.tokens, "ids": maps.ids, "layers": layers, "heads": heads,
+            "shape": list(shown.shape), "weights": shown.astype(float).round(6).tolist(),
+        }, ensure_ascii=False))
+        return
+    print(f"wrote {out}: attention of {len(maps.tokens)} tokens, layer {args.layer}, "
+          f"head {args.head}")
+
+
 COMMANDS = {
     "prepare": cmd_prepare,
     "train": cmd_train,
@@ -692,6 +742,9 @@ COMMANDS = {
     "examples": cmd_examples,
     "finetune-classify": cmd_finetune_classify,
     "classify": cmd_classify,
+    "viz": cmd_viz,
+    "plot": cmd_plot,
+    "compare": cmd_compare,
 }
 
 

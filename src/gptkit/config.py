@@ -181,6 +181,17 @@ class SampleConfig:
 
 
 @dataclass
+class LogConfig:
+    """What a run records besides metrics.jsonl (always written)."""
+
+    tensorboard: bool = True  # event files in runs/X/tb/
+    wandb: bool = False  # Weights & Biases (pip install -e ".[wandb]"); WANDB_MODE is respected
+    wandb_project: str = "gptkit"
+    sample_tokens: int = 200  # tokens sampled from sample.prompt at each evaluation; 0 = off
+    plots: bool = True  # loss curves in runs/X/plots/ at the end of training
+
+
+@dataclass
 class RunConfig:
     name: str = "shakespeare-char"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -191,6 +202,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,7 +210,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Reject settings that cannot work, naming the key and the fix."""
         m, d, t, e, s = self.model, self.data, self.train, self.eval, self.sample
-        f, k, c = self.finetune, self.distill, self.classify
+        f, k, c, g = self.finetune, self.distill, self.classify, self.log
         checks: list[tuple[bool, str]] = [
             (m.n_layer >= 1, f"model.n_layer must be >= 1 (got {m.n_layer})"),
             (m.n_head >= 1, f"model.n_head must be >= 1 (got {m.n_head})"),
@@ -281,6 +293,9 @@ class RunConfig:
              f"classify.task must be sequence or token (got {c.task!r})"),
             (c.pooling in ("last", "mean"),
              f"classify.pooling must be last or mean (got {c.pooling!r})"),
+            (g.sample_tokens >= 0,
+             f"log.sample_tokens must be >= 0, 0 = off (got {g.sample_tokens})"),
+            (g.wandb_project.strip() != "", "log.wandb_project must not be empty"),
         ]
         checks += sample_checks(s)
         for ok, message in checks:
@@ -327,6 +342,7 @@ SECTIONS: dict[str, type] = {
     "finetune": FinetuneConfig,
     "distill": DistillConfig,
     "classify": ClassifyConfig,
+    "log": LogConfig,
 }
 TOP_LEVEL = ("name",)
 

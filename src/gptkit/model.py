@@ -5,7 +5,9 @@ Pre-LayerNorm transformer blocks (causal self-attention through
 embeddings, and an output layer tied to the token embedding. Module names follow Hugging
 Face's `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn`, ...) so that import and export are a
 key map plus a transpose: HF stores these layers as `Conv1D` (weight `(in, out)`), we use
-`nn.Linear` (weight `(out, in)`).
+`nn.Linear` (weight `(out, in)`). `GPT.attention_weights` recomputes the attention step by
+step to show its weights (Hugging Face's `output_attentions`); the fused kernel stays the
+only path of `forward`.
 
 The model knows nothing about parallelism, precision or compilation: the trainer wraps an
 unchanged module, and checkpoints hold this module's own state dict.
@@ -84,9 +86,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(
         self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
-        mask: Tensor | None = None,
+        mask: Tensor | None = None, attentions: list[Tensor] | None = None,
     ) -> Tensor:
-        """`mask` (bool, True = may attend) replaces the plain causal rule when given."""
+        """`mask` (bool, True = may attend) replaces the plain causal rule when given.
+
+        Given a list `attentions`, the attention is computed step by step instead of by the
+        fused kernel, and its weights (B, n_head, T, keys) are appended to the list.
+        """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
@@ -96,17 +102,39 @@ class CausalSelfAttention(nn.Module):
             cached_k, cached_v = kv_cache.update(layer, k, v)
             if start > 0:
                 k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            # without a mask: causal from position 0; one new token after a cache sees all
-            is_causal=mask is None and start == 0,
-        )
+        if attentions is None:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                # without a mask: causal from position 0; one new token after a cache sees all
+                is_causal=mask is None and start == 0,
+            )
+        else:
+            if mask is None and start == 0:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            y, weights = self.explicit_attention(q, k, v, mask)
+            attentions.append(weights)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def explicit_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """softmax(q k^T / sqrt(head_dim)) @ v written out, in at least fp32: (y, weights).
+
+        What SDPA computes, but with the weights kept, so that the weights one looks at are
+        exactly those that produced the output. In train mode the weights are the ones
+        used, after attention dropout (rows then no longer sum to one).
+        """
+        wide = torch.promote_types(q.dtype, torch.float32)
+        scores = q.to(wide) @ k.to(wide).transpose(-2, -1) / math.sqrt(q.size(-1))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
+        return (weights @ v.to(wide)).to(q.dtype), weights
 
 
 class MLP(nn.Module):
@@ -135,9 +163,9 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
-        mask: Tensor | None = None,
+        mask: Tensor | None = None, attentions: list[Tensor] | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer, mask)
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, mask, attentions)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -188,14 +216,16 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        attentions: list[Tensor] | None = None,
     ) -> Tensor:
+        """Hidden states (B, T, C); each layer's attention weights go into `attentions`."""
         start = 0 if kv_cache is None else kv_cache.length
         if position_ids is None:
             position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
         for layer, block in enumerate(self.h):
-            x = block(x, kv_cache, layer, mask)
+            x = block(x, kv_cache, layer, mask, attentions)
         return self.ln_f(x)
 
 
@@ -264,17 +294,9 @@ class GPT(nn.Module):
         `attention_mask.cumsum(-1) - 1`, as `generate` does). A 3-D mask (B, T, cached + T)
         instead says which keys each query may see (packed examples, `finetune.sft`).
         """
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise GptkitError(
-                f"model input must have shape (batch, tokens >= 1), got {tuple(idx.shape)}"
-            )
+        self._check_input(idx, kv_cache)
         batch, tokens = idx.shape
         start = 0 if kv_cache is None else kv_cache.length
-        if start + tokens > self.config.block_size:
-            raise GptkitError(
-                f"sequence of {start + tokens} tokens exceeds model.block_size "
-                f"({self.config.block_size}); keep only the last {self.config.block_size} tokens"
-            )
         if kv_cache is not None:
             if start + tokens > kv_cache.max_len:
                 raise GptkitError(
@@ -296,6 +318,39 @@ class GPT(nn.Module):
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
             loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss
+
+    def attention_weights(
+        self,
+        idx: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Every layer's attention weights for ids `idx` (B, T): (n_layer, B, n_head, T, T).
+
+        Hugging Face's `output_attentions`, kept out of `forward` so that its fast path and
+        return value stay as they are. Row i of a map holds how query position i spreads its
+        attention over the key positions 0..i (it sums to one; later keys get exactly 0).
+        The weights are computed in at least fp32 and are the ones the model uses: put the
+        model in eval mode first, or attention dropout is applied to them.
+        """
+        self._check_input(idx, None)
+        attentions: list[Tensor] = []
+        self.transformer(idx, attention_mask=attention_mask, position_ids=position_ids,
+                         attentions=attentions)
+        return torch.stack(attentions)
+
+    def _check_input(self, idx: Tensor, kv_cache: KVCache | None) -> None:
+        """Ids must be (batch, tokens >= 1) and fit in the context after the cached ones."""
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise GptkitError(
+                f"model input must have shape (batch, tokens >= 1), got {tuple(idx.shape)}"
+            )
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + idx.size(1) > self.config.block_size:
+            raise GptkitError(
+                f"sequence of {start + idx.size(1)} tokens exceeds model.block_size "
+                f"({self.config.block_size}); keep only the last {self.config.block_size} tokens"
+            )
 
     def new_kv_cache(
         self,

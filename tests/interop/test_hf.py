@@ -254,6 +254,9 @@ def test_export_of_last_checkpoint_and_overwrite(tiny_run, tmp_path, capsys):
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     run = load_run(tiny_run)
     assert_same_function(run.model, hf, [run.tokenizer.encode(t) for t in TEXTS[:1]])
+    card = (out / "README.md").read_text()  # the run's model card travels with it
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert card.endswith((tiny_run / "best" / "README.md").read_text())
 
 
 # --- import ---------------------------------------------------------------------------------------
@@ -296,6 +299,8 @@ def test_imported_run_works_with_info_eval_and_sample(tmp_path, capsys, data_dir
     run = str(tmp_path / "run")
     code, out, _ = run_cli(capsys, "info", run)
     assert code == 0 and "imported" in out
+    card = (tmp_path / "run" / "best" / "README.md").read_text()
+    assert f"imported from Hugging Face `{tmp_path / 'hf'}`" in card and "## Training" not in card
     code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     assert json.loads(out)["loss"] > 0

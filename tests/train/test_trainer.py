@@ -73,6 +73,13 @@ def test_resume_is_bit_for_bit(data_dir, tmp_path):
         assert torch.equal(a[key], b[key]), key
     losses = lambda d: [r["loss"] for r in records(d, "train")]  # noqa: E731
     assert losses(straight) == losses(resumed)
+    # what the "interrupted" attempt logged after step 6 was replaced, not repeated
+    samples = (resumed / "samples.txt").read_text()
+    assert samples == (straight / "samples.txt").read_text()
+    assert [line.split()[2] for line in samples.splitlines() if line.startswith("===")] == [
+        "0", "6", "12"]
+    elapsed = [r["elapsed_s"] for r in records(resumed, "train")]
+    assert elapsed == sorted(elapsed)  # the clock carries on across the resume
 
 
 def test_resume_falls_back_past_a_corrupt_checkpoint(data_dir, tmp_path, capsys):

@@ -32,6 +32,8 @@ from torch import Tensor
 from gptkit.config import DataConfig, ModelConfig, RunConfig, save_config
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
+from gptkit.model_card import CARD_FILE, hub_card
+from gptkit.model_card import render as render_card
 from gptkit.tokenizers import EOT, Tokenizer
 from gptkit.train import checkpoint
 
@@ -278,6 +280,7 @@ def export_hf(
         run.tokenizer.save(tmp / "tokenizer.json")
         _write_json(tmp / "tokenizer_config.json", tokenizer_config)
         _write_json(tmp / "special_tokens_map.json", special)
+        (tmp / CARD_FILE).write_text(hub_card(run_dir), encoding="utf-8")
     return Path(out)
 
 
@@ -389,5 +392,10 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     with _new_folder(out, overwrite=overwrite, marker="config.yaml", what="gptkit run") as tmp:
         save_config(cfg, tmp / "config.yaml")
         tokenizer.save(tmp / "tokenizer.json")
-        checkpoint.save_best(tmp, model, info)
+        card = render_card(cfg, info)
+
+        def write_card(folder: Path) -> None:
+            (folder / CARD_FILE).write_text(card, encoding="utf-8")
+
+        checkpoint.save_best(tmp, model, info, extra=write_card)
     return out

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,15 @@ from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
 from gptkit.finetune import freeze, lora, sft
 from gptkit.finetune.distill import distillation_loss, load_teacher
+from gptkit.generate import sample_text
 from gptkit.model import GPT
+from gptkit.model_card import CARD_FILE
+from gptkit.model_card import render as render_card
 from gptkit.run import Run, load_run
 from gptkit.tokenizers import Tokenizer, build_tokenizer
 from gptkit.train import checkpoint, distributed
 from gptkit.train.distributed import DistEnv
+from gptkit.train.metrics import LOG_OUTPUTS, MetricsLogger, peak_flops
 from gptkit.train.optim import build_optimizer
 from gptkit.train.schedule import lr_at
 
@@ -121,7 +125,20 @@ def build_model(cfg: RunConfig, tokenizer: Tokenizer) -> GPT:
     return GPT.from_config(cfg.model, tokenizer.vocab_size)
 
 
-def environment_info(env: DistEnv, precision: str, compiled: bool) -> dict[str, Any]:
+def cpu_name() -> str:
+    """The processor's marketing name where the OS tells it (Linux), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info(
+    env: DistEnv, precision: str, compiled: bool, peak: tuple[float, str] | None = None
+) -> dict[str, Any]:
     """What a run directory needs to explain itself later (LESSONS.md #7)."""
     try:
         commit = subprocess.run(
@@ -139,13 +156,15 @@ def environment_info(env: DistEnv, precision: str, compiled: bool) -> dict[str, 
         "platform": platform.platform(),
         "device": str(env.device),
         "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else
-        platform.processor() or platform.machine(),
+        cpu_name(),
         "threads": torch.get_num_threads(),
         "world_size": env.world_size,
         "precision": precision,
         "compile": compiled,
         "git_commit": commit or None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "peak_flops": None if peak is None else peak[0],  # what MFU divides by, per process
+        "peak_flops_source": None if peak is None else peak[1],
     }
 
 
@@ -243,6 +262,8 @@ class Trainer:
         self.step_tokens = 0  # input tokens of the last step, all processes
         self.step = 0
         self.tokens_seen = 0
+        self.elapsed_before = 0.0  # training seconds of earlier attempts (a resumed run)
+        self.flops_per_token = gpt.flops_per_token(training=True)
         self.best_val_loss: float | None = None
         self.bad_evals = 0
         if self.resume:
@@ -250,19 +271,25 @@ class Trainer:
             freeze.apply_freezing(self.model, ft, n_layer, self.step, learnable=self.learnable)
         elif env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("checkpoints", "best", "metrics.jsonl", "tb"):
+            for stale in ("checkpoints", "best", *LOG_OUTPUTS):
                 path = self.run_dir / stale
                 if path.is_dir():
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
+        self.peak_flops, peak_source = peak_flops(env.device, self.precision)
+        self.logger: MetricsLogger | None = None
+        self.environment: dict[str, Any] = {}
         if env.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
             self.tokenizer.save(self.run_dir / "tokenizer.json")
             meta = self.data.meta if self.data is not None else self.sft_meta
             (self.run_dir / "data.json").write_text(json.dumps(meta, indent=2))
-            info = environment_info(env, self.precision, self.compiled)
-            (self.run_dir / "environment.json").write_text(json.dumps(info, indent=2))
+            self.environment = environment_info(
+                env, self.precision, self.compiled, (self.peak_flops, peak_source))
+            (self.run_dir / "environment.json").write_text(json.dumps(self.environment, indent=2))
+            self.logger = MetricsLogger(
+                self.run_dir, cfg, resume_step=self.step if self.resume else None)
         if env.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -362,25 +389,13 @@ class Trainer:
         self.tokens_seen = int(state["tokens_seen"])
         self.best_val_loss = state.get("best_val_loss")
         self.bad_evals = int(state.get("bad_evals", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         rng = state["rng"]
         checkpoint.set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
-        if self.env.is_main:
-            self._truncate_metrics(self.step)
         self._say(f"resumed from {path} at step {self.step}")
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop records an interrupted attempt logged after the checkpoint we resume from."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [
-            line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
 
     # --- helpers ----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -388,9 +403,28 @@ class Trainer:
             tqdm.write(message)
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.env.is_main:
-            with (self.run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.logger is not None:
+            self.logger.log(record)
+
+    def _elapsed(self) -> float:
+        """Training seconds of this run, earlier attempts of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _sample(self, val_loss: float) -> None:
+        """samples.txt and TensorBoard get a continuation of sample.prompt at each evaluation;
+        the same seed every time, so the texts show what the model learnt in between."""
+        tokens = self.cfg.log.sample_tokens
+        if self.logger is None or not tokens:
+            return
+        if not math.isfinite(val_loss):  # a diverged model has no distribution to sample
+            self.logger.sample(self.step, "(no sample: the model has diverged)", val_loss)
+            return
+        gpt = self.model.get_base_model() if lora.is_lora(self.model) else self.model  # type: ignore[operator]
+        assert isinstance(gpt, GPT)
+        settings = replace(self.cfg.sample, max_new_tokens=tokens, num_samples=1, num_beams=1)
+        with distributed.autocast(self.env.device, self.precision):
+            text = sample_text(gpt, self.tokenizer, self.cfg.sample.prompt, settings)[0]
+        self.logger.sample(self.step, text, val_loss)
 
     def _evaluate_sft(self) -> dict[str, Any]:
         """Loss and next-token accuracy on the responses of the held-out examples; train loss
@@ -454,17 +488,24 @@ class Trainer:
             record["val_word_perplexity"] = result.word_perplexity
         return record
 
-    def _save_best(self) -> None:
-        """best/ holds a plain GPT; a LoRA run's is merged, its adapter in best/adapter/."""
+    def _save_best(self, record: dict[str, Any]) -> None:
+        """best/ holds a plain GPT and its model card; a LoRA run's GPT is merged, its
+        adapter in best/adapter/."""
         info = {"step": self.step, "val_loss": self.best_val_loss,
-                "tokens_seen": self.tokens_seen, "model": asdict(self.cfg.model)}
-        if not lora.is_lora(self.model):
-            checkpoint.save_best(self.run_dir, self.model, info)
-            return
-        checkpoint.save_best(
-            self.run_dir, lora.merged_copy(self.model), info,
-            extra=lambda folder: lora.save_adapter(self.model, folder / lora.ADAPTER_DIR),
-        )
+                "tokens_seen": self.tokens_seen, "model": asdict(self.cfg.model),
+                "metrics": {k: v for k, v in record.items() if k.startswith(("val_", "train_"))},
+                "elapsed_s": round(self._elapsed(), 1)}
+        meta = self.data.meta if self.data is not None else self.sft_meta
+        card = render_card(self.cfg, info, meta, self.environment)
+        merge = lora.is_lora(self.model)
+
+        def extra(folder: Path) -> None:
+            (folder / CARD_FILE).write_text(card, encoding="utf-8")
+            if merge:
+                lora.save_adapter(self.model, folder / lora.ADAPTER_DIR)
+
+        model = lora.merged_copy(self.model) if merge else self.model
+        checkpoint.save_best(self.run_dir, model, info, extra=extra)
 
     def _save_checkpoint(self) -> None:
         rngs = distributed.all_gather_objects(checkpoint.rng_state(), self.env)
@@ -474,6 +515,7 @@ class Trainer:
                 "tokens_seen": self.tokens_seen,
                 "best_val_loss": self.best_val_loss,
                 "bad_evals": self.bad_evals,
+                "elapsed_s": self._elapsed(),
                 "loader": self.loader.state_dict(),
                 "rng": rngs,
                 "world_size": self.env.world_size,
@@ -555,9 +597,10 @@ class Trainer:
             total=cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
             disable=not (self.progress and env.is_main),
         )
-        start_step, started = self.step, time.perf_counter()
+        start_step = self.step
+        started = self.started = time.perf_counter()
         start_tokens = self.tokens_seen
-        window_start, window_steps, window_tokens = started, 0, 0
+        window_start, window_tokens = started, 0
         try:
             while True:
                 last = self.step >= cfg.train.max_steps or interrupted or stop_early
@@ -570,10 +613,11 @@ class Trainer:
                         self.best_val_loss = last_eval["val_loss"]
                         self.bad_evals = 0
                         if env.is_main:
-                            self._save_best()
+                            self._save_best(last_eval)
                     else:
                         self.bad_evals += 1
                     self._log(last_eval)
+                    self._sample(last_eval["val_loss"])
                     self._say(
                         f"step {self.step}: train loss {last_eval['train_loss']:.4f}, "
                         f"val loss {last_eval['val_loss']:.4f} "
@@ -593,16 +637,18 @@ class Trainer:
                 self.step += 1
                 self.tokens_seen += self.step_tokens
                 window_tokens += self.step_tokens
-                window_steps += 1
                 bar.update(1)
                 if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
                     now = time.perf_counter()
                     tok_s = window_tokens / max(now - window_start, 1e-9)
-                    window_start, window_steps, window_tokens = now, 0, 0
+                    window_start, window_tokens = now, 0
                     record = {
                         "step": self.step, "kind": "train", "tokens": self.tokens_seen,
                         "loss": loss.item(), "lr": lr_at(self.step - 1, cfg.train),
-                        "tokens_per_s": tok_s, "elapsed_s": now - started,
+                        "tokens_per_s": tok_s, "elapsed_s": self._elapsed(),
+                        # model FLOPs utilisation: model FLOPs done / what the devices can do
+                        "mfu": tok_s * self.flops_per_token
+                        / (self.peak_flops * env.world_size),
                     }
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm.item()
@@ -614,7 +660,13 @@ class Trainer:
             bar.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
+            if self.logger is not None:
+                self.logger.close()
             distributed.teardown(env)
+        if self.logger is not None and cfg.log.plots:
+            from gptkit.viz.curves import write_run_plots
+
+            write_run_plots(self.run_dir)
         wall = time.perf_counter() - started
         if interrupted:
             self._say(f"interrupted: saved step {self.step}; continue with --resume")

@@ -1,0 +1,137 @@
+"""`gptkit info`: what a run (or a recipe) is, before or after training.
+
+Size per component, FLOPs per token, memory for training and inference, data statistics
+and the best metrics; everything computed from the config on the meta device, so a
+1.5B-parameter recipe is described without allocating it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptkit.config import RunConfig, read_config
+from gptkit.memory import human_bytes, inference_memory, training_memory
+from gptkit.model import GPT
+from gptkit.tokenizers import Tokenizer
+
+# parameter-name pattern -> component; the first match wins
+_COMPONENTS = (
+    ("transformer.wte.", "token embedding (tied output layer)"),
+    ("transformer.wpe.", "position embedding"),
+    (".attn.", "attention"),
+    (".mlp.", "MLP"),
+    ("ln_", "LayerNorms"),
+)
+
+
+def parameter_breakdown(model: GPT) -> dict[str, int]:
+    """Parameter counts per component (the tied LM head counted once, as the embedding)."""
+    counts = {name: 0 for _, name in _COMPONENTS}
+    for param_name, param in model.named_parameters():  # yields the tied weight once
+        component = next((c for key, c in _COMPONENTS if key in param_name), "other")
+        counts[component] = counts.get(component, 0) + param.numel()
+    return counts
+
+
+def describe(cfg: RunConfig, vocab_size: int, precision: str = "fp32") -> dict[str, Any]:
+    """Size, parameters, FLOPs and memory of the model a config describes (no weights)."""
+    with torch.device("meta"):
+        model = GPT.from_config(cfg.model, vocab_size)
+    return {
+        "name": cfg.name,
+        "model": {
+            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
+            "n_embd": cfg.model.n_embd, "block_size": cfg.model.block_size,
+            "vocab_size": model.config.vocab_size, "dropout": cfg.model.dropout,
+            "bias": cfg.model.bias,
+        },
+        "parameters": model.num_params(),
+        "parameters_non_embedding": model.num_params(non_embedding=True),
+        "parameters_by_component": parameter_breakdown(model),
+        "flops_per_token_training": model.flops_per_token(training=True),
+        "flops_per_token_inference": model.flops_per_token(training=False),
+        "memory": {
+            "precision": precision,
+            "micro_batch_size": cfg.train.micro_batch_size,
+            "training": training_memory(cfg, vocab_size, precision).to_dict(),
+            "inference_fp32_batch_1": inference_memory(cfg, vocab_size).to_dict(),
+        },
+    }
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def run_info(run_dir: str | Path) -> dict[str, Any]:
+    """`describe` for a run directory, plus its data statistics and best metrics."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir / "config.yaml")
+    tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
+    environment = _read_json(run_dir / "environment.json") or {}
+    precision = "bf16" if environment.get("precision") in ("bf16", "fp16") else "fp32"
+    info = describe(cfg, tokenizer.vocab_size, precision)
+    info["run"] = str(run_dir)
+    for key, name in (("data", "data.json"), ("best", "best/config.json"),
+                      ("environment", "environment.json")):
+        value = _read_json(run_dir / name)
+        if value is not None:
+            info[key] = value
+    return info
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable form `gptkit info` prints."""
+    m = info["model"]
+    lines = [
+        f"{info.get('run', info['name'])}",
+        f"  model        {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, "
+        f"context {m['block_size']}, vocabulary {m['vocab_size']:,}",
+        f"  parameters   {info['parameters']:,} ({info['parameters_non_embedding']:,} "
+        "without position embeddings)",
+    ]
+    for component, count in info["parameters_by_component"].items():
+        if count:
+            share = 100 * count / max(info["parameters"], 1)
+            lines.append(f"    {component:<36} {count:>14,}  {share:5.1f}%")
+    lines.append(f"  FLOPs/token  {info['flops_per_token_training']:,} training, "
+                 f"{info['flops_per_token_inference']:,} inference")
+    mem = info["memory"]
+    train, infer = mem["training"], mem["inference_fp32_batch_1"]
+    lines += [
+        f"  memory       training, per process ({mem['precision']}, micro-batch "
+        f"{mem['micro_batch_size']}): {human_bytes(train['total'])}",
+        f"                 weights {human_bytes(train['weights'])}, gradients "
+        f"{human_bytes(train['gradients'])}, optimizer {human_bytes(train['optimizer'])}, "
+        f"activations {human_bytes(train['activations'])}",
+        f"               inference (fp32, batch 1, full KV cache): {human_bytes(infer['total'])}",
+    ]
+    data = info.get("data")
+    if data:
+        lines.append(f"  data         {data['source']} ({data['tokenizer_kind']} tokenizer, "
+                     f"{data['vocab_size']:,} tokens)")
+        for name, split in data["splits"].items():
+            counts = [f"{split['tokens']:>11,} tokens"] + [
+                f"{split[k]:>11,} {k}" for k in ("examples", "words", "bytes") if k in split]
+            lines.append(f"    {name:>6}: " + " ".join(counts))
+    best = info.get("best")
+    if best and best.get("val_loss") is None:
+        lines.append(f"  imported     from {best.get('imported_from')}")
+    elif best:
+        metrics = best.get("metrics", {})
+        extra = "".join(
+            f", {label} {metrics[key]:.4g}" for key, label in (
+                ("val_perplexity", "perplexity"), ("val_bits_per_byte", "bits/byte"),
+                ("val_word_perplexity", "word perplexity"))
+            if key in metrics)
+        lines.append(f"  best         val loss {best['val_loss']:.4f}{extra} at step "
+                     f"{best['step']:,} ({best['tokens_seen']:,} tokens seen)")
+    env = info.get("environment")
+    if env:
+        lines.append(f"  trained on   {env.get('world_size', 1)} × {env.get('device_name')} "
+                     f"({env.get('device')}, {env.get('precision')}), torch {env.get('torch')}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Pictures of a run: loss curves (`curves`), attention maps (`attention`); PNG via matplotlib."""

@@ -1,0 +1,44 @@
+"""`gptkit info`: parameters per component, FLOPs, memory, data and best metrics."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from gptkit.config import load_config
+from gptkit.memory import training_memory
+from gptkit.model import GPT
+from gptkit.runinfo import describe, parameter_breakdown
+from tests.test_cli import run_cli
+
+
+def test_components_add_up_to_the_parameter_count():
+    cfg = load_config("shakespeare-char", ["model.bias=true"])
+    with torch.device("meta"):
+        model = GPT.from_config(cfg.model, 65)
+    parts = parameter_breakdown(model)
+    assert sum(parts.values()) == model.num_params()
+    c, n = cfg.model.n_embd, cfg.model.n_layer
+    assert parts["attention"] == n * (4 * c * c + 4 * c)
+    assert parts["MLP"] == n * (8 * c * c + 5 * c)
+    assert parts["token embedding (tied output layer)"] == 65 * c
+
+
+def test_describe_reports_memory_for_the_precision():
+    cfg = load_config("shakespeare-char")
+    fp32, bf16 = describe(cfg, 65), describe(cfg, 65, "bf16")
+    assert fp32["memory"]["training"] == training_memory(cfg, 65).to_dict()
+    assert bf16["memory"]["training"]["activations"] != fp32["memory"]["training"]["activations"]
+
+
+def test_info_of_a_run_shows_everything(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "info", str(tiny_run))
+    assert code == 0
+    for text in ("attention", "MLP", "FLOPs/token", "memory", "optimizer", "activations",
+                 "inference", "tinyshakespeare", "best", "val loss", "perplexity", "trained on"):
+        assert text in out, text
+    code, out, _ = run_cli(capsys, "info", str(tiny_run), "--json")
+    info = json.loads(out)
+    assert info["memory"]["training"]["total"] > info["memory"]["inference_fp32_batch_1"]["total"]
+    assert info["best"]["metrics"]["val_perplexity"] > 1
