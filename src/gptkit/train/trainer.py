@@ -642,19 +642,19 @@ class Trainer:
                     now = time.perf_counter()
                     tok_s = window_tokens / max(now - window_start, 1e-9)
                     window_start, window_tokens = now, 0
+                    # model FLOPs utilisation: model FLOPs done / what the devices can do
+                    mfu = tok_s * self.flops_per_token / (self.peak_flops * env.world_size)
                     record = {
                         "step": self.step, "kind": "train", "tokens": self.tokens_seen,
                         "loss": loss.item(), "lr": lr_at(self.step - 1, cfg.train),
-                        "tokens_per_s": tok_s, "elapsed_s": self._elapsed(),
-                        # model FLOPs utilisation: model FLOPs done / what the devices can do
-                        "mfu": tok_s * self.flops_per_token
-                        / (self.peak_flops * env.world_size),
+                        "tokens_per_s": tok_s, "elapsed_s": self._elapsed(), "mfu": mfu,
                     }
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm.item()
                     self._log(record)
                     bar.set_postfix_str(
-                        f"loss {record['loss']:.4f} lr {record['lr']:.2e} {tok_s:,.0f} tok/s"
+                        f"loss {record['loss']:.4f} lr {record['lr']:.2e} {tok_s:,.0f} tok/s "
+                        f"MFU {100 * mfu:.0f}%"
                     )
         finally:
             bar.close()
