@@ -34,6 +34,19 @@ def test_default_recipe_is_nanogpt_cpu_shape():
     assert cfg.data.tokenizer == "char" and cfg.data.source == "tinyshakespeare"
 
 
+def test_fast_recipe_is_the_default_task_with_the_options_beyond_gpt2():
+    fast, default = load_config("shakespeare-char-fast"), load_config()
+    assert fast.data == default.data and fast.eval == default.eval
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias"):
+        assert getattr(fast.model, key) == getattr(default.model, key), key
+    assert fast.train.micro_batch_size == default.train.micro_batch_size
+    assert fast.train.eval_tokens == default.train.eval_tokens
+    assert fast.train.max_steps < default.train.max_steps  # Muon's steps cost more
+    m, t = fast.model, fast.train
+    assert (m.pos_embedding, m.qk_norm, m.mlp) == ("rope", True, "relu2")
+    assert (t.optimizer, t.schedule, t.cooldown_fraction, t.momentum) == ("muon", "wsd", 0.4, 0.9)
+
+
 def test_overrides_are_typed():
     cfg = load_config("shakespeare-char", [
         "train.lr=3e-4", "model.n_layer=6", "model.bias=true", "train.compile=auto",
@@ -62,6 +75,8 @@ def test_overrides_are_typed():
         ("model.preset=gpt5", "unknown model.preset"),
         ("data.tokenizer=words", "data.tokenizer must be char, bpe or gpt2"),
         ("train.optimizer=lion", "train.optimizer must be"),
+        ("train.schedule=step", "train.schedule must be cosine, linear, constant or wsd"),
+        ("train.cooldown_fraction=1.5", "train.cooldown_fraction must be in [0, 1]"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, fragment):

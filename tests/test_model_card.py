@@ -37,3 +37,15 @@ def test_the_hub_card_is_the_same_card_under_a_metadata_header(tiny_run):
     header, body = hub.split("---\n", 2)[1:]
     assert "library_name: transformers" in header and "- gptkit" in header
     assert body.lstrip("\n") == run_card(tiny_run)
+
+
+def test_the_card_names_the_architecture_options(tiny_run):
+    cfg = read_config(tiny_run / "config.yaml")
+    best = json.loads((tiny_run / "best" / "config.json").read_text())
+    assert "A GPT-2-architecture language model" in render(cfg, best)
+    cfg.model.pos_embedding, cfg.model.mlp = "rope", "relu2"
+    card = render(cfg, best)
+    assert "A GPT-2-style language model (rotary positions, ReLU² MLP), trained" in card
+    model = load_run(tiny_run).model  # with RoPE there is no position table to leave out
+    assert f"| parameters | {model.num_params() - 32 * 32:,} ({model.num_params() - 32 * 32:,} " \
+        "without position embeddings) |" in card

@@ -25,6 +25,25 @@ def test_components_add_up_to_the_parameter_count():
     assert parts["token embedding (tied output layer)"] == 65 * c
 
 
+def test_components_add_up_with_the_architecture_options():
+    cfg = load_config("shakespeare-char", [
+        "model.pos_embedding=rope", "model.norm=rmsnorm", "model.qk_norm=true",
+        "model.mlp=swiglu", "model.tie_embeddings=false"])
+    with torch.device("meta"):
+        model = GPT.from_config(cfg.model, 65)
+    parts = parameter_breakdown(model)
+    assert sum(parts.values()) == model.num_params()
+    c, n = cfg.model.n_embd, cfg.model.n_layer
+    assert parts["token embedding"] == parts["output layer"] == 65 * c
+    assert parts["position embedding"] == 0 and parts["RMSNorms"] == (2 * n + 1) * c
+    assert parts["attention"] == n * (4 * c * c + 2 * c // cfg.model.n_head)  # + q/k gains
+    assert parts["MLP"] == n * 3 * c * 384  # SwiGLU, 384 wide
+    info = describe(cfg, 65)
+    assert info["model"]["options"] == [
+        "rotary positions", "RMSNorm", "QK-norm", "SwiGLU MLP", "untied output layer"]
+    assert describe(load_config("shakespeare-char"), 65)["model"]["options"] == []
+
+
 def test_describe_reports_memory_for_the_precision():
     cfg = load_config("shakespeare-char")
     fp32, bf16 = describe(cfg, 65), describe(cfg, 65, "bf16")

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights to load (default: best)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU; "
+                   "shows the perplexity int8 costs against a run without it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(p)
 
@@ -197,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights to load (default: best)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU; "
+                   "faster generation on a CPU")
     _common(p)
 
     p = commands.add_parser(
@@ -209,17 +215,46 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = commands.add_parser(
-        "export", help="write a run as a Hugging Face model folder",
+        "export", help="write a run as a Hugging Face model folder, or as an int8 run",
         description="Write a run's model and tokenizer as a folder that transformers loads "
-        "(AutoModelForCausalLM / AutoTokenizer.from_pretrained(OUT)).",
+        "(AutoModelForCausalLM / AutoTokenizer.from_pretrained(OUT)). With --quantize int8, "
+        "write a gptkit run folder instead (config.yaml, tokenizer.json, best/ with int8 "
+        "weights and their scales in safetensors, marked \"quantization\": \"int8\" in "
+        "best/config.json) that gptkit sample/eval/info OUT load as an int8 model on the CPU; "
+        "Hugging Face GPT-2 has no int8 layers to hold it.",
     )
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--format", choices=("hf",), default="hf",
-                   help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--format", choices=("hf", "gptkit"),
+                   help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer; "
+                   "the default); gptkit: a run folder (the default with --quantize)")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights to export (default: best)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    _common(p)
+
+    p = commands.add_parser(
+        "prune", help="zero a share of a run's weights; write the result as a new run",
+        description="Prune a run's model with torch.nn.utils.prune and write it, pruning made "
+        "permanent, as a new run (config, tokenizer, best/ with a model-card note of the "
+        "achieved sparsity) that eval, sample, export and prune accept. Methods: magnitude = "
+        "the smallest weights of every linear layer of the blocks (the same share in each); "
+        "heads = whole attention heads; mlp = whole MLP hidden channels (both chosen over "
+        "all layers by the L2 norm of their weights). Zeros make no dense kernel faster; "
+        "measure what they cost with gptkit eval OUT.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--method", required=True, choices=("magnitude", "heads", "mlp"),
+                   help="what to remove")
+    p.add_argument("--amount", required=True, type=float,
+                   help="share to remove, between 0 and 1: of the weights (magnitude), heads "
+                   "or MLP channels (rounded to whole ones)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new run directory")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which weights to prune (default: best)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     _common(p)
 
     p = commands.add_parser(
@@ -440,15 +475,26 @@ def cmd_distill(args: argparse.Namespace) -> None:
     _train_and_report(cfg, Path(args.out or Path("runs") / cfg.name), args)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from gptkit.data.prepare import prepare
-    from gptkit.data.sources import is_wikitext
-    from gptkit.evaluate import score_tokens, summarize
+def _load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
+    """load_run for eval and sample, and the device: int8 models (--quantize int8, or an int8
+    export) run on the CPU, which --device auto then means."""
+    from gptkit.compress import stored_quantization
     from gptkit.run import load_run
     from gptkit.train.distributed import resolve_device
 
-    device = resolve_device(args.device)
-    run = load_run(args.run, which=args.checkpoint, device=device)
+    int8 = args.quantize or stored_quantization(args.run)
+    device = resolve_device("cpu" if int8 and args.device == "auto" else args.device)
+    run = load_run(args.run, which=args.checkpoint, device=device, quantize=args.quantize)
+    return run, device
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from gptkit.compress import is_int8
+    from gptkit.data.prepare import prepare
+    from gptkit.data.sources import is_wikitext
+    from gptkit.evaluate import score_tokens, summarize
+
+    run, device = _load_for_inference(args)
     cfg = run.config
     source = args.data or cfg.data.source
     split = args.split or cfg.data.eval_split
@@ -474,11 +520,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = summarize(score, split=split, block_size=block, stride=stride,
                        n_bytes=meta["bytes"],
                        n_words=meta["words"] if is_wikitext(source) else None)
+    int8 = is_int8(run.model)
     if args.json:
-        print(json.dumps({"run": str(run.path), "source": source, **result.to_dict()}, indent=2))
+        print(json.dumps({"run": str(run.path), "source": source,
+                          "quantization": "int8" if int8 else None, **result.to_dict()},
+                         indent=2))
         return
-    print(f"{run.path} on {source} [{split}], {result.tokens:,} tokens, "
-          f"window {block}, stride {stride}")
+    print(f"{run.path}{' (int8)' if int8 else ''} on {source} [{split}], {result.tokens:,} "
+          f"tokens, window {block}, stride {stride}")
     print(f"  loss            {result.loss:.4f}")
     print(f"  perplexity      {result.perplexity:.3f}")
     if result.bits_per_byte is not None:
@@ -516,8 +565,6 @@ def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespac
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from gptkit.generate import sample_text
-    from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -528,7 +575,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         prompts += [line for line in lines if line.strip()]
         if not prompts:
             raise GptkitError(f"--prompts-file {path} holds no prompts; write one per line")
-    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    run, _ = _load_for_inference(args)
     base = run.config.sample
     chosen: dict[str, Any] = {
         "prompt": prompts[0] if len(prompts) == 1 else None,
@@ -586,11 +633,43 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from gptkit.compress import stored_quantization
+
+    if args.quantize or args.format == "gptkit":
+        from gptkit.compress import export_int8
+
+        if args.format == "hf":
+            raise GptkitError("a Hugging Face GPT-2 folder cannot hold int8 layers; drop "
+                              "--format hf to write an int8 gptkit run (--format gptkit)")
+        if not args.quantize:
+            raise GptkitError("--format gptkit writes an int8 run; add --quantize int8 (a "
+                              "plain copy of the run needs no export)")
+        out = export_int8(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
+        print(f"exported {args.run} with int8 weights to {out}; next: gptkit eval {out}   |   "
+              f"gptkit sample {out}")
+        return
+    if stored_quantization(args.run):
+        raise GptkitError(f"{args.run} holds int8 weights, which Hugging Face GPT-2 cannot "
+                          "hold; export the fp32 run it was quantized from")
     from gptkit.interop.hf import export_hf
 
     out = export_hf(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
     print(f"exported {args.run} to {out}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from gptkit.compress import prune_run
+
+    out, report = prune_run(args.run, args.out, method=args.method, amount=args.amount,
+                            which=args.checkpoint, overwrite=args.overwrite)
+    units = {"heads": f"; {report['heads']['zero']} of {report['heads']['of']} attention heads",
+             "mlp": (f"; {report['mlp_channels']['zero']} of {report['mlp_channels']['of']} MLP "
+                     "channels")}.get(args.method, "")
+    print(f"pruned {args.run} ({args.method}, {args.amount:g}) into {out}: "
+          f"{100 * report['blocks']:.1f}% of the blocks' linear weights are zero "
+          f"({100 * report['model']:.1f}% of all parameters){units}")
+    print(f"next: gptkit eval {out}   |   gptkit sample {out}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -737,6 +816,7 @@ COMMANDS = {
     "sample": cmd_sample,
     "info": cmd_info,
     "export": cmd_export,
+    "prune": cmd_prune,
     "import": cmd_import,
     "eval-generate": cmd_eval_generate,
     "examples": cmd_examples,

@@ -54,6 +54,13 @@ class ModelConfig:
     vocab_size: int | None = None
     dropout: float = 0.0
     bias: bool = True
+    # Options beyond GPT-2 (model.py); the defaults are GPT-2 exactly, and only GPT-2 exports
+    # to Hugging Face.
+    pos_embedding: str = "learned"  # learned (GPT-2's position table) | rope (rotary, no table)
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention
+    mlp: str = "gelu"  # gelu (4x wide) | relu2 (squared ReLU, 4x) | swiglu (gated, ~8/3x)
+    tie_embeddings: bool = True  # false: the output layer (lm_head) has its own matrix
 
 
 @dataclass
@@ -87,17 +94,21 @@ class TrainConfig:
     # Tokens per optimizer step over all processes; None means one micro-batch per process.
     # Gradient accumulation = batch_tokens / (micro_batch_size * block_size * world_size).
     batch_tokens: int | None = None
-    optimizer: str = "adamw"  # adamw | adam | sgd | rmsprop | adagrad
+    # adamw | adam | sgd | rmsprop | adagrad | muon (Muon for the blocks' weight matrices,
+    # AdamW for the rest, one learning rate: gptkit.train.optim.MuonAdamW)
+    optimizer: str = "adamw"
     lr: float = 1e-3
     min_lr: float = 1e-4
-    schedule: str = "cosine"  # cosine | linear | constant
+    # cosine | linear | constant | wsd (warmup-stable-decay: constant, then a linear cooldown)
+    schedule: str = "cosine"
     warmup_steps: int = 100
     decay_steps: int | None = None  # steps until min_lr is reached; None means max_steps
+    cooldown_fraction: float = 0.2  # wsd: the share of those steps spent decaying to min_lr
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
-    momentum: float = 0.9  # sgd and rmsprop
+    momentum: float = 0.9  # sgd, rmsprop, and muon's matrices (PyTorch's Muon default: 0.95)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool | None = None  # None: compile on CUDA only
@@ -235,13 +246,18 @@ class RunConfig:
              f"train.micro_batch_size must be >= 1 (got {t.micro_batch_size})"),
             (t.batch_tokens is None or t.batch_tokens >= 1,
              f"train.batch_tokens must be >= 1 or null (got {t.batch_tokens})"),
-            (t.optimizer in ("adamw", "adam", "sgd", "rmsprop", "adagrad"),
-             f"train.optimizer must be adamw, adam, sgd, rmsprop or adagrad "
+            (t.optimizer in ("adamw", "adam", "sgd", "rmsprop", "adagrad", "muon"),
+             f"train.optimizer must be adamw, adam, sgd, rmsprop, adagrad or muon "
              f"(got {t.optimizer!r})"),
+            (t.optimizer != "muon" or f.lora_r == 0,
+             "train.optimizer=muon does not train LoRA adapters (finetune.lora_r > 0): Muon is "
+             "for full hidden weight matrices; use train.optimizer=adamw"),
             (t.lr > 0, f"train.lr must be > 0 (got {t.lr})"),
             (0 <= t.min_lr <= t.lr, f"train.min_lr must be in [0, train.lr] (got {t.min_lr})"),
-            (t.schedule in ("cosine", "linear", "constant"),
-             f"train.schedule must be cosine, linear or constant (got {t.schedule!r})"),
+            (t.schedule in ("cosine", "linear", "constant", "wsd"),
+             f"train.schedule must be cosine, linear, constant or wsd (got {t.schedule!r})"),
+            (0 <= t.cooldown_fraction <= 1,
+             f"train.cooldown_fraction must be in [0, 1] (got {t.cooldown_fraction})"),
             (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0 (got {t.warmup_steps})"),
             (t.decay_steps is None or t.decay_steps >= 1,
              f"train.decay_steps must be >= 1 or null (got {t.decay_steps})"),
@@ -297,11 +313,28 @@ class RunConfig:
              f"log.sample_tokens must be >= 0, 0 = off (got {g.sample_tokens})"),
             (g.wandb_project.strip() != "", "log.wandb_project must not be empty"),
         ]
+        checks += model_option_checks(m)
         checks += sample_checks(s)
         for ok, message in checks:
             if not ok:
                 raise GptkitError(message)
         return self
+
+
+def model_option_checks(m: ModelConfig) -> list[tuple[bool, str]]:
+    """Checks on the architecture options beyond GPT-2, shared by the config and `GPT`."""
+    head_dim = m.n_embd // max(m.n_head, 1)
+    return [
+        (m.pos_embedding in ("learned", "rope"),
+         f"model.pos_embedding must be learned or rope (got {m.pos_embedding!r})"),
+        (m.pos_embedding != "rope" or head_dim % 2 == 0,
+         f"model.pos_embedding=rope rotates pairs of channels and needs an even head size; "
+         f"model.n_embd / model.n_head is {head_dim}: change either"),
+        (m.norm in ("layernorm", "rmsnorm"),
+         f"model.norm must be layernorm or rmsnorm (got {m.norm!r})"),
+        (m.mlp in ("gelu", "relu2", "swiglu"),
+         f"model.mlp must be gelu, relu2 or swiglu (got {m.mlp!r})"),
+    ]
 
 
 def sample_checks(s: SampleConfig, prefix: str = "sample.") -> list[tuple[bool, str]]:
@@ -528,7 +561,8 @@ def load_config(recipe: str = "shakespeare-char", overrides: list[str] | None = 
 
 
 # What fixes the shapes of a model's tensors (resume and init_from must keep them).
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "pos_embedding",
+              "norm", "qk_norm", "mlp", "tie_embeddings")
 
 
 def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,6 +9,13 @@ key map plus a transpose: HF stores these layers as `Conv1D` (weight `(in, out)`
 step to show its weights (Hugging Face's `output_attentions`); the fused kernel stays the
 only path of `forward`.
 
+Options beyond GPT-2, each a `ModelConfig` switch whose default keeps GPT-2 exactly (these
+are what later models, e.g. LLaMA and the nanoGPT speedruns, changed): rotary position
+embeddings instead of the position table (`pos_embedding`), RMSNorm instead of LayerNorm
+(`norm`), RMSNorm of queries and keys (`qk_norm`), squared-ReLU or SwiGLU MLPs (`mlp`), and
+an output layer of its own (`tie_embeddings`). Modules keep GPT-2's names where their role
+is the same (`ln_1` is an RMSNorm under `norm: rmsnorm`).
+
 The model knows nothing about parallelism, precision or compilation: the trainer wraps an
 unchanged module, and checkpoints hold this module's own state dict.
 """
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptkit.config import ModelConfig
+from gptkit.config import ModelConfig, model_option_checks
 from gptkit.errors import GptkitError
 
 
@@ -73,6 +80,45 @@ class KVCache:
         self.v[:, :, :, filled] = self.v[:, rows, :, filled]
 
 
+class RMSNorm(nn.RMSNorm):
+    """x / RMS(x) times a learnt gain (Zhang & Sennrich 2019): LayerNorm without the mean
+    and the bias. Computed in at least fp32, as autocast runs LayerNorm, and returned in the
+    input's dtype (a bf16 input with an fp32 gain would miss PyTorch's fused kernel)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        return super().forward(x.to(wide)).to(x.dtype)
+
+
+def norm(config: ModelConfig, size: int) -> nn.Module:
+    """GPT-2's LayerNorm, or RMSNorm (`norm: rmsnorm`)."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(size, eps=1e-5)
+    return nn.LayerNorm(size, bias=config.bias)
+
+
+ROPE_BASE = 10_000.0  # RoFormer's and LLaMA's
+
+
+def rotary_angles(position_ids: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """cos and sin (B, 1, T, head_dim / 2) of position * ROPE_BASE ** (-2i / head_dim), fp32."""
+    exponent = torch.arange(0, head_dim, 2, device=position_ids.device) / head_dim
+    angles = position_ids[:, None, :, None].float() * ROPE_BASE ** -exponent
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary position embedding (Su et al. 2021) of queries or keys (B, n_head, T, head_dim).
+
+    Channel pairs (i, i + head_dim / 2) are turned by angles growing with the position, so a
+    query-key product depends only on how far apart the two are: positions need no table
+    and left padding shifts nothing.
+    """
+    cos, sin = (t.to(x.dtype) for t in rope)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention in which a position sees only itself and earlier positions."""
 
@@ -83,26 +129,43 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm (Dehghani et al. 2023): unit-RMS queries and keys (times a learnt gain)
+        # keep attention logits from growing, which lets higher learning rates train stably.
+        head_dim = config.n_embd // config.n_head
+        self.q_norm = RMSNorm(head_dim, eps=1e-5) if config.qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps=1e-5) if config.qk_norm else None
 
     def forward(
         self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
         mask: Tensor | None = None, attentions: list[Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """`mask` (bool, True = may attend) replaces the plain causal rule when given.
 
         Given a list `attentions`, the attention is computed step by step instead of by the
         fused kernel, and its weights (B, n_head, T, keys) are appended to the list.
+        `rope`: the rotary angles of the new positions (`rotary_angles`); keys are cached
+        rotated.
         """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rotate(q, rope), rotate(k, rope)
         start = 0 if kv_cache is None else kv_cache.length
         if kv_cache is not None:
             cached_k, cached_v = kv_cache.update(layer, k, v)
             if start > 0:
                 k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
         if attentions is None:
+            dtype = q.dtype
+            if q.device.type == "cpu" and dtype == torch.bfloat16:
+                # PyTorch's CPU flash attention runs its bf16 backward ~5x slower than fp32;
+                # the matmuls around it stay in bf16
+                q, k, v = q.float(), k.float(), v.float()
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -111,7 +174,7 @@ class CausalSelfAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 # without a mask: causal from position 0; one new token after a cache sees all
                 is_causal=mask is None and start == 0,
-            )
+            ).to(dtype)
         else:
             if mask is None and start == 0:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -137,18 +200,41 @@ class CausalSelfAttention(nn.Module):
         return (weights @ v.to(wide)).to(q.dtype), weights
 
 
+def mlp_width(config: ModelConfig) -> int:
+    """The MLP's hidden width: 4 x n_embd, or for SwiGLU 8/3 x n_embd rounded up to a
+    multiple of 64, so that its three matrices hold about as many weights as GELU's two."""
+    if config.mlp == "swiglu":
+        return 64 * math.ceil(8 * config.n_embd / 3 / 64)
+    return 4 * config.n_embd
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward layer, 4x wide, GELU with GPT-2's tanh approximation."""
+    """Position-wise feed-forward layer, 4x wide, GELU with GPT-2's tanh approximation.
+
+    `mlp: relu2` squares a ReLU instead (So et al. 2021, "Primer"); `mlp: swiglu` gates:
+    SiLU(gate) * up (Shazeer 2020), c_fc computing gate and up together.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        hidden = mlp_width(config)
+        fc_width = 2 * hidden if self.kind == "swiglu" else hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_width, bias=config.bias)
         self.act = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = self.act(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -156,16 +242,17 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(
         self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
         mask: Tensor | None = None, attentions: list[Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer, mask, attentions)
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, mask, attentions, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -204,11 +291,14 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
+        self.head_dim = config.n_embd // config.n_head
         self.wte = nn.Embedding(vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # a learnt vector per position (GPT-2), or none: RoPE turns queries and keys instead
+        self.wpe = (nn.Embedding(config.block_size, config.n_embd)
+                    if config.pos_embedding == "learned" else None)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = norm(config, config.n_embd)
 
     def forward(
         self,
@@ -222,10 +312,16 @@ class Transformer(nn.Module):
         start = 0 if kv_cache is None else kv_cache.length
         if position_ids is None:
             position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
-        x = self.drop(self.wte(idx) + self.wpe(position_ids))
+        x = self.wte(idx)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        else:
+            rope = rotary_angles(position_ids, self.head_dim)
+        x = self.drop(x)
         mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
         for layer, block in enumerate(self.h):
-            x = block(x, kv_cache, layer, mask, attentions)
+            x = block(x, kv_cache, layer, mask, attentions, rope)
         return self.ln_f(x)
 
 
@@ -244,11 +340,15 @@ class GPT(nn.Module):
                 f"model.n_embd ({config.n_embd}) must be a multiple of model.n_head "
                 f"({config.n_head})"
             )
+        for ok, message in model_option_checks(config):
+            if not ok:
+                raise GptkitError(message)
         self.config = config
         self.transformer = Transformer(config, config.vocab_size)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2017, as in GPT-2): one matrix embeds and un-embeds.
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_embeddings:
+            # Weight tying (Press & Wolf 2017, as in GPT-2): one matrix embeds and un-embeds.
+            self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(number of residual additions), so
         # the residual stream's variance does not grow with depth.
@@ -374,12 +474,17 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count, tied weights once.
 
-        `non_embedding` leaves out the position embeddings only: the token embedding is also
-        the output layer, whose matrix multiply is real work (nanoGPT's convention).
+        `non_embedding` leaves out the tables that are only looked up: the position
+        embeddings, and the token embedding when the output layer has its own matrix. A tied
+        token embedding is also the output layer, whose matrix multiply is real work
+        (nanoGPT's convention).
         """
         n = sum(p.numel() for p in self.parameters())  # parameters() yields shared ones once
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if self.transformer.wpe is not None:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def flops_per_token(self, training: bool = True) -> int:

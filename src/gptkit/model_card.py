@@ -13,6 +13,7 @@ from typing import Any
 
 from gptkit.config import RunConfig, read_config
 from gptkit.memory import parameter_count
+from gptkit.runinfo import architecture_options
 
 CARD_FILE = "README.md"
 
@@ -55,15 +56,18 @@ def render(
         origin = f"fine-tuned from the run `{t.init_from}` with gptkit"
     else:
         origin = "trained from scratch with gptkit"
+    options = architecture_options(m)
+    positions = m.block_size * m.n_embd if m.pos_embedding == "learned" else 0
     lines = [
         f"# {cfg.name}", "",
-        f"A GPT-2-architecture language model, {origin}.", "",
+        f"A GPT-2-architecture language model, {origin}." if not options else
+        f"A GPT-2-style language model ({', '.join(options)}), {origin}.", "",
         "## Model", "",
         *_table([
             ("layers / heads / width", f"{m.n_layer} / {m.n_head} / {m.n_embd}"),
             ("context", f"{m.block_size} tokens"),
             ("vocabulary", f"{vocab:,} tokens"),
-            ("parameters", f"{n_params:,} ({n_params - m.block_size * m.n_embd:,} without "
+            ("parameters", f"{n_params:,} ({n_params - positions:,} without "
                            "position embeddings)"),
             ("dropout / bias", f"{m.dropout} / {str(m.bias).lower()}"),
         ]),

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gptkit import compress
 from gptkit.config import RunConfig, read_config
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
@@ -35,12 +36,15 @@ class Run:
 
 
 def load_run(
-    path: str | Path, *, which: str = "best", device: str | torch.device = "cpu"
+    path: str | Path, *, which: str = "best", device: str | torch.device = "cpu",
+    quantize: str | None = None,
 ) -> Run:
     """The run's model in eval mode, from `best/` (default) or its newest valid checkpoint.
 
     `which="best"` falls back to the newest checkpoint when no best model was saved yet, and
     `which="last"` to `best/` in a run without checkpoints (an imported one).
+    `quantize="int8"` returns the model with int8 linear layers (`gptkit.compress`), on the
+    CPU; a run written by `gptkit export --quantize int8` always loads that way.
     """
     run_dir = Path(path)
     if not run_dir.is_dir():
@@ -71,6 +75,14 @@ def load_run(
         ckpt, _ = checkpoint.latest_valid_checkpoint(run_dir)
         weights = ckpt / "model.safetensors"
     model = GPT.from_config(config.model, tokenizer.vocab_size)
+    compress.check_quantize(quantize)
+    stored = compress.stored_quantization(run_dir) if weights == best_weights else None
+    if (quantize or stored) and torch.device(device).type != "cpu":
+        raise GptkitError(f"int8 models run on the CPU; load {run_dir} with device cpu "
+                          "(--device cpu)")
+    if stored:
+        model = compress.load_int8(model, weights)
+        return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)
     # a LoRA run's checkpoints hold the adapters beside the frozen weights; best/ is merged
     lora_checkpoint = config.finetune.lora_r > 0 and weights != best_weights
     target: torch.nn.Module = model
@@ -90,4 +102,6 @@ def load_run(
     if lora_checkpoint:
         model = target.merge_and_unload()  # type: ignore[operator]
     model.to(device).eval()
+    if quantize:
+        model = compress.quantize_int8(model)
     return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gptkit.config import RunConfig, read_config
+from gptkit.config import ModelConfig, RunConfig, read_config
 from gptkit.memory import human_bytes, inference_memory, training_memory
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
@@ -25,14 +25,32 @@ _COMPONENTS = (
     (".attn.", "attention"),
     (".mlp.", "MLP"),
     ("ln_", "LayerNorms"),
+    ("lm_head.", "output layer"),
 )
+# the architecture options beyond GPT-2, as `gptkit info` names them when they are used
+_OPTIONS = (
+    ("pos_embedding", "rope", "rotary positions"), ("norm", "rmsnorm", "RMSNorm"),
+    ("qk_norm", True, "QK-norm"), ("mlp", "relu2", "ReLU² MLP"), ("mlp", "swiglu", "SwiGLU MLP"),
+    ("tie_embeddings", False, "untied output layer"),
+)
+
+
+def architecture_options(model: ModelConfig) -> list[str]:
+    """The options beyond GPT-2 a model uses, by name (empty: GPT-2 exactly)."""
+    return [name for key, value, name in _OPTIONS if getattr(model, key) == value]
 
 
 def parameter_breakdown(model: GPT) -> dict[str, int]:
     """Parameter counts per component (the tied LM head counted once, as the embedding)."""
-    counts = {name: 0 for _, name in _COMPONENTS}
+    rename = {}
+    if not model.config.tie_embeddings:
+        rename["token embedding (tied output layer)"] = "token embedding"
+    if model.config.norm == "rmsnorm":
+        rename["LayerNorms"] = "RMSNorms"
+    counts = {rename.get(name, name): 0 for _, name in _COMPONENTS}
     for param_name, param in model.named_parameters():  # yields the tied weight once
         component = next((c for key, c in _COMPONENTS if key in param_name), "other")
+        component = rename.get(component, component)
         counts[component] = counts.get(component, 0) + param.numel()
     return counts
 
@@ -48,6 +66,7 @@ def describe(cfg: RunConfig, vocab_size: int, precision: str = "fp32") -> dict[s
             "n_embd": cfg.model.n_embd, "block_size": cfg.model.block_size,
             "vocab_size": model.config.vocab_size, "dropout": cfg.model.dropout,
             "bias": cfg.model.bias,
+            "options": architecture_options(cfg.model),
         },
         "parameters": model.num_params(),
         "parameters_non_embedding": model.num_params(non_embedding=True),
@@ -92,8 +111,10 @@ def format_info(info: dict[str, Any]) -> str:
         f"  model        {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, "
         f"context {m['block_size']}, vocabulary {m['vocab_size']:,}",
         f"  parameters   {info['parameters']:,} ({info['parameters_non_embedding']:,} "
-        "without position embeddings)",
+        "non-embedding)",
     ]
+    if m.get("options"):
+        lines.insert(2, f"  options      {', '.join(m['options'])}")
     for component, count in info["parameters_by_component"].items():
         if count:
             share = 100 * count / max(info["parameters"], 1)

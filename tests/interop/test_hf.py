@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -75,11 +76,12 @@ def jitter(model: torch.nn.Module, seed: int = 0) -> None:
             param.add_(torch.randn(param.shape, generator=gen) * 0.05)
 
 
-def make_run(path: Path, tokenizer: Tokenizer, *, pad: int = 0, bias: bool = True) -> Path:
+def make_run(path: Path, tokenizer: Tokenizer, *, pad: int = 0, bias: bool = True,
+             **options: Any) -> Path:
     """A run directory as the trainer writes it, holding a tiny random model."""
     cfg = RunConfig(name=path.name, model=ModelConfig(
         n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tokenizer.vocab_size + pad,
-        bias=bias)).validate()
+        bias=bias, **options)).validate()
     torch.manual_seed(0)
     model = GPT(cfg.model)
     jitter(model)
@@ -257,6 +259,28 @@ def test_export_of_last_checkpoint_and_overwrite(tiny_run, tmp_path, capsys):
     card = (out / "README.md").read_text()  # the run's model card travels with it
     assert card.startswith("---\nlibrary_name: transformers")
     assert card.endswith((tiny_run / "best" / "README.md").read_text())
+
+
+@pytest.mark.parametrize(("option", "shown"), [
+    ({"pos_embedding": "rope"}, "model.pos_embedding=rope"),
+    ({"norm": "rmsnorm"}, "model.norm=rmsnorm"),
+    ({"qk_norm": True}, "model.qk_norm=true"),
+    ({"mlp": "relu2"}, "model.mlp=relu2"),
+    ({"mlp": "swiglu"}, "model.mlp=swiglu"),
+    ({"tie_embeddings": False}, "model.tie_embeddings=false"),
+], ids=str)
+def test_export_refuses_architecture_options_beyond_gpt2(option, shown, tmp_path, capsys,
+                                                         tokenizers_by_kind):
+    from gptkit.interop.hf import to_transformers
+
+    run = make_run(tmp_path / "run", tokenizers_by_kind["char"], **option)
+    out = tmp_path / "hf"
+    expect_error(capsys, "export", str(run), "--out", str(out),
+                 match=f"cannot export a model with {shown}: Hugging Face export needs the "
+                       "GPT-2 architecture")
+    no_leftovers(out)
+    with pytest.raises(GptkitError, match=shown):
+        to_transformers(load_run(run).model)
 
 
 # --- import ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,105 @@ def test_no_trainable_parameters_is_an_error() -> None:
     model.requires_grad_(False)
     with pytest.raises(GptkitError, match="no trainable"):
         build_optimizer(model, TrainConfig(), "cpu")
+
+
+# --- Muon (hidden matrices) + AdamW (the rest) ------------------------------------------------
+
+
+def _gpt(**options: object) -> nn.Module:
+    from gptkit.config import ModelConfig
+    from gptkit.model import GPT
+
+    torch.manual_seed(0)
+    return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11,
+                           **options))  # type: ignore[arg-type]
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, seed: int = 0) -> None:
+    idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(seed))
+    model(idx, idx)[1].backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest() -> None:
+    model = _gpt(tie_embeddings=False)
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", momentum=0.95), "cpu")
+    assert isinstance(opt, torch.optim.Optimizer)
+    muon = {n for g in opt.muon.param_groups for n in g["param_names"]}
+    adamw = {n for g in opt.adamw.param_groups for n in g["param_names"]}
+    assert muon == {f"transformer.h.{i}.{m}.weight" for i in range(2)
+                    for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight",
+            "transformer.ln_f.weight", "transformer.h.0.attn.c_attn.bias"} <= adamw
+    assert muon.isdisjoint(adamw)
+    assert len(muon | adamw) == len(list(model.parameters()))
+    # the trainer's view: every group, each carrying its own lr_scale and weight decay
+    assert opt.param_groups == opt.muon.param_groups + opt.adamw.param_groups
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.1, 0.0]
+    assert opt.muon.defaults["adjust_lr_fn"] == "match_rms_adamw"
+    assert opt.muon.defaults["momentum"] == 0.95 and opt.adamw.defaults["foreach"]
+    for group in opt.param_groups:  # what the schedule does each step reaches both
+        group["lr"] = 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    _step(model, opt)
+    after = list(model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    _step(model, opt)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_muon_update_is_scaled_to_adamw_size_from_one_learning_rate() -> None:
+    """match_rms_adamw: the update's RMS is 0.2 x lr, whatever the matrix's shape."""
+    model = _gpt()
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-2, weight_decay=0.0),
+                          "cpu")
+    matrices = {n: p for n, p in model.named_parameters() if n.startswith("transformer.h.")
+                and p.dim() == 2}
+    before = {n: p.detach().clone() for n, p in matrices.items()}
+    _step(model, opt)
+    for name, p in matrices.items():
+        rms = (p.detach() - before[name]).pow(2).mean().sqrt().item()
+        assert rms == pytest.approx(0.2 * 1e-2, rel=0.35), name
+
+
+def test_muon_state_dict_round_trip_continues_identically() -> None:
+    model, twin = _gpt(), _gpt()
+    cfg = TrainConfig(optimizer="muon", lr=1e-2)
+    opt, twin_opt = build_optimizer(model, cfg, "cpu"), build_optimizer(twin, cfg, "cpu")
+    _step(model, opt, 1)
+    _step(twin, twin_opt, 1)
+    saved = copy.deepcopy(opt.state_dict())  # as if read back from optimizer.pt
+    assert set(saved) == {"muon", "adamw"}
+    fresh = build_optimizer(twin, cfg, "cpu")
+    fresh.load_state_dict(saved)
+    for group in fresh.param_groups:
+        group["lr"] = 5e-3  # the loaded groups are the ones the trainer sets
+    for group in opt.param_groups:
+        group["lr"] = 5e-3
+    _step(model, opt, 2)
+    _step(twin, fresh, 2)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError):
+        fresh.load_state_dict(build_optimizer(twin, TrainConfig(), "cpu").state_dict())
+
+
+def test_muon_with_layer_lr_scales_and_without_block_matrices() -> None:
+    model = _gpt()
+    scale = lambda name: 0.5 if ".h.0." in name else 1.0  # noqa: E731
+    opt = build_optimizer(model, TrainConfig(optimizer="muon"), "cpu", scale)
+    assert sorted(g["lr_scale"] for g in opt.muon.param_groups) == [0.5, 1.0]
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("transformer.h."))
+    with pytest.raises(GptkitError, match="no trainable weight matrices"):
+        build_optimizer(model, TrainConfig(optimizer="muon"), "cpu")
+
+
+def test_muon_with_lora_is_a_config_error() -> None:
+    from gptkit.config import load_config
+
+    with pytest.raises(GptkitError, match="muon does not train LoRA"):
+        load_config("shakespeare-char", ["train.optimizer=muon", "finetune.lora_r=4"])

@@ -75,6 +75,32 @@ def test_decay_ending_before_warmup_gives_min_lr() -> None:
     assert lr_at(0, cfg(warmup_steps=0, max_steps=0)) == pytest.approx(MIN_LR)
 
 
+def test_wsd_warms_up_holds_then_cools_down_linearly() -> None:
+    c = cfg(schedule="wsd", warmup_steps=10, max_steps=110, cooldown_fraction=0.2)
+    assert lr_at(0, c) == pytest.approx(LR / 11)  # the same warmup as every schedule
+    assert [lr_at(s, c) for s in (10, 50, 88)] == [LR] * 3  # stable until step 110 - 22
+    assert lr_at(99, c) == pytest.approx((LR + MIN_LR) / 2)
+    assert lr_at(110, c) == pytest.approx(MIN_LR)
+    assert lr_at(500, c) == pytest.approx(MIN_LR)
+    rates = [lr_at(s, c) for s in range(10, 120)]
+    assert all(a >= b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    steps = [b - a for a, b in zip(rates[78:100], rates[79:101], strict=True)]
+    assert steps == pytest.approx([steps[0]] * len(steps))  # a straight line down
+
+
+def test_wsd_cooldown_fraction_edges_and_decay_steps() -> None:
+    assert lr_at(100, cfg(schedule="wsd", cooldown_fraction=1.0)) == pytest.approx(
+        lr_at(100, cfg(schedule="linear")))  # all decay: linear after warmup
+    none = cfg(schedule="wsd", cooldown_fraction=0.0)
+    assert lr_at(109, none) == LR and lr_at(110, none) == pytest.approx(MIN_LR)
+    early = cfg(schedule="wsd", decay_steps=60, cooldown_fraction=0.5)  # cools 30 -> 60
+    assert lr_at(30, early) == LR and lr_at(45, early) == pytest.approx((LR + MIN_LR) / 2)
+    assert lr_at(80, early) == pytest.approx(MIN_LR)
+    short = cfg(schedule="wsd", warmup_steps=10, max_steps=12, cooldown_fraction=0.5)
+    assert lr_at(10, short) == LR  # a cooldown reaching into warmup starts when warmup ends
+    assert lr_at(11, short) == pytest.approx((LR + MIN_LR) / 2)
+
+
 def test_unknown_schedule_is_an_error() -> None:
     with pytest.raises(GptkitError, match="'step'"):
         lr_at(0, cfg(schedule="step", warmup_steps=0))

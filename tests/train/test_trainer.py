@@ -82,6 +82,32 @@ def test_resume_is_bit_for_bit(data_dir, tmp_path):
     assert elapsed == sorted(elapsed)  # the clock carries on across the resume
 
 
+def test_resume_is_bit_for_bit_with_muon_wsd_and_the_architecture_options(data_dir, tmp_path):
+    fast = ["train.optimizer=muon", "train.schedule=wsd", "train.momentum=0.95",
+            "model.pos_embedding=rope", "model.norm=rmsnorm", "model.qk_norm=true",
+            "model.mlp=relu2", "model.tie_embeddings=false"]
+    config = cfg(*fast, "train.checkpoint_interval=6", "train.eval_interval=6",
+                 "train.max_steps=12", "log.sample_tokens=0")
+    straight = tmp_path / "straight"
+    train(config, straight, progress=False)
+    saved = torch.load(straight / "checkpoints" / "step-000012" / "optimizer.pt",
+                       weights_only=True)
+    assert set(saved) == {"muon", "adamw"}
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000012")
+    train(config, resumed, resume=True, progress=False)
+    a, b = weights(straight, 12), weights(resumed, 12)
+    assert a.keys() == b.keys() and "lm_head.weight" in a and "transformer.wpe.weight" not in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    losses = lambda d: [r["loss"] for r in records(d, "train")]  # noqa: E731
+    assert losses(straight) == losses(resumed)
+    with pytest.raises(GptkitError, match="model.mlp=gelu"):
+        train(cfg(*fast[:-2], "model.tie_embeddings=false", "train.max_steps=14"), resumed,
+              resume=True, progress=False)
+
+
 def test_resume_falls_back_past_a_corrupt_checkpoint(data_dir, tmp_path, capsys):
     config = cfg("train.max_steps=20")
     run = tmp_path / "run"

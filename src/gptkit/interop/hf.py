@@ -49,8 +49,27 @@ BIASES = ("ln_1.bias", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias", "mlp
           "mlp.c_proj.bias")
 
 
+# the architecture options beyond GPT-2 and their GPT-2 values (config.ModelConfig)
+GPT2_ARCHITECTURE = {"pos_embedding": "learned", "norm": "layernorm", "qk_norm": False,
+                     "mlp": "gelu", "tie_embeddings": True}
+
+
+def check_gpt2_architecture(config: ModelConfig) -> None:
+    """Export writes GPT-2 (`GPT2LMHeadModel`); a model using an option beyond it cannot be."""
+    for key, gpt2 in GPT2_ARCHITECTURE.items():
+        value = getattr(config, key)
+        if value != gpt2:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise GptkitError(
+                f"cannot export a model with model.{key}={shown}: Hugging Face export needs "
+                f"the GPT-2 architecture (model.{key}={str(gpt2).lower()}, and the other "
+                "architecture options at their defaults)"
+            )
+
+
 def hf_config(config: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
     """`config.json` of a `GPT2LMHeadModel` with this shape."""
+    check_gpt2_architecture(config)
     if config.vocab_size is None:
         raise GptkitError("model.vocab_size is not set; export a built model, not a recipe")
     token = 0 if eot_id is None else eot_id
@@ -267,6 +286,7 @@ def export_hf(
     from gptkit.run import load_run
 
     run = load_run(run_dir, which=which)
+    check_gpt2_architecture(run.model.config)
     eot = run.tokenizer.eot_id
     tokens = {} if eot is None else {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
     tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,8 @@ from torch import nn
 from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "muon")
+_IN_BLOCK = re.compile(r"(?:^|\.)h\.\d+\.")  # transformer.h.3.attn.c_attn.weight, under peft too
 
 
 def param_groups(
@@ -73,8 +75,12 @@ def build_optimizer(
     groups = param_groups(model, cfg.weight_decay, lr_scale)
     if not groups:
         raise GptkitError("the model has no trainable parameters; unfreeze some layers")
+    speed: dict[str, bool] = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    if name == "muon":
+        muon_groups, adamw_groups = split_for_muon(groups)
+        return MuonAdamW(muon_groups, adamw_groups, lr=cfg.lr, momentum=cfg.momentum,
+                         betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed)
     if name in ("adamw", "adam"):
-        speed: dict[str, bool] = {"fused": True} if device_type == "cuda" else {"foreach": True}
         adam_cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
         return adam_cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed)
     if name == "sgd":
@@ -84,3 +90,87 @@ def build_optimizer(
             groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, foreach=True
         )
     return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, foreach=True)
+
+
+def split_for_muon(
+    groups: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(Muon's groups, AdamW's groups): the weight matrices inside the transformer blocks go
+    to Muon; embeddings, the output layer, norms and biases stay with AdamW (Muon is for
+    hidden layers: Jordan et al. 2024). Each group keeps its weight decay and `lr_scale`."""
+    muon: list[dict[str, Any]] = []
+    adamw: list[dict[str, Any]] = []
+    for group in groups:
+        hidden = [bool(_IN_BLOCK.search(n)) and p.dim() == 2
+                  for n, p in zip(group["param_names"], group["params"], strict=True)]
+        for target, wanted in ((muon, True), (adamw, False)):
+            pairs = [(n, p) for n, p, h in zip(group["param_names"], group["params"], hidden,
+                                               strict=True) if h == wanted]
+            if pairs:
+                target.append({**group, "param_names": [n for n, _ in pairs],
+                               "params": [p for _, p in pairs]})
+    if not muon:
+        raise GptkitError(
+            "train.optimizer=muon found no trainable weight matrices in transformer blocks "
+            "(transformer.h.N....weight) to optimise; use train.optimizer=adamw"
+        )
+    return muon, adamw
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """`torch.optim.Muon` for the blocks' weight matrices, AdamW for the rest, as one optimizer.
+
+    Muon follows each matrix's momentum, orthogonalised by Newton-Schulz iterations, so that
+    every direction of the update moves about as much. With `adjust_lr_fn="match_rms_adamw"`
+    (Liu et al. 2025, "Muon is Scalable for LLM Training") its step is scaled to AdamW's usual
+    update size, 0.2 * lr * sqrt(max(rows, columns)), so one learning rate, schedule and
+    weight decay serve both. The trainer sees one object: `param_groups` are the two
+    optimizers' groups themselves (setting a group's lr reaches the right one), `step` steps
+    both, and `state_dict` holds both states. Per-parameter state lives in `.muon.state`
+    and `.adamw.state`.
+    """
+
+    def __init__(
+        self,
+        muon_groups: list[dict[str, Any]],
+        adamw_groups: list[dict[str, Any]],
+        *,
+        lr: float,
+        momentum: float,
+        betas: tuple[float, float],
+        eps: float,
+        **adamw_speed: bool,
+    ) -> None:
+        self.muon = torch.optim.Muon(muon_groups, lr=lr, momentum=momentum,
+                                     adjust_lr_fn="match_rms_adamw")
+        self.adamw = (torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, **adamw_speed)
+                      if adamw_groups else None)
+        super().__init__(self._groups(), {})
+
+    def _groups(self) -> list[dict[str, Any]]:
+        adamw = [] if self.adamw is None else self.adamw.param_groups
+        return self.muon.param_groups + adamw
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(),
+                "adamw": None if self.adamw is None else self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"muon", "adamw"} or (state_dict["adamw"] is None) != (
+                self.adamw is None):
+            raise ValueError("not the state of a Muon + AdamW optimizer with these parameters")
+        self.muon.load_state_dict(state_dict["muon"])
+        if self.adamw is not None:
+            self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self._groups()  # loading replaced the group dicts

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: linear warmup, then cosine, linear or constant.
+"""Learning-rate schedules: linear warmup, then cosine, linear, constant or warmup-stable-decay.
 
 A pure function of the step (no scheduler object with its own state), so resuming needs
 nothing beyond the step number and the schedule can be plotted or tested at any step.
@@ -11,7 +11,7 @@ import math
 from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -20,6 +20,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     Warmup starts above zero, at lr / (warmup_steps + 1), so the very first step already
     learns, and reaches lr at step warmup_steps. The decay then runs from lr at step
     warmup_steps to min_lr at step decay_steps (default max_steps) and stays at min_lr after.
+
+    wsd (warmup-stable-decay; Hägele et al. 2024, as in the nanoGPT speedruns) holds lr and
+    decays linearly only over the last `cooldown_fraction` of the steps up to decay_steps:
+    most of the run learns at the full rate, and the short cooldown gives the loss drop a
+    long cosine spreads out. (Stopping a stable phase early and cooling down gives a
+    finished model of any length.)
     """
     if cfg.schedule not in SCHEDULES:
         raise GptkitError(
@@ -31,8 +37,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_steps
-    # a decay that ends before warmup does has nothing left to decay: min_lr from here on
-    ratio = 1.0 if decay <= warmup else min(max((step - warmup) / (decay - warmup), 0.0), 1.0)
-    if cfg.schedule == "linear":
+    # the decay starts where warmup ends; wsd holds lr until its cooldown starts
+    start = warmup
+    if cfg.schedule == "wsd":
+        start = max(warmup, decay - round(cfg.cooldown_fraction * decay))
+    # min_lr from step decay_steps on (also when the decay would end before warmup does)
+    ratio = 1.0 if step >= decay else max(step - start, 0) / max(decay - start, 1)
+    if cfg.schedule in ("linear", "wsd"):
         return cfg.lr - ratio * (cfg.lr - cfg.min_lr)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gptkit.compress import stored_quantization
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, prepare
@@ -309,6 +310,11 @@ class Trainer:
             )
         if path.resolve() == self.run_dir.resolve():
             raise GptkitError(f"train.init_from ({path}) must be another run than --out")
+        if stored_quantization(path):
+            raise GptkitError(
+                f"train.init_from: {path} holds int8 weights (an inference export), which "
+                "cannot be trained; start from the run it was exported from"
+            )
         init = load_run(path)
         if model.vocab_size is None:
             model.vocab_size = init.model.config.vocab_size
