@@ -33,7 +33,9 @@ def sft_config(source: Path, steps: int, **sections: dict) -> object:
         "data": {"source": str(source), "format": "sft"},
         "train": {"max_steps": steps, "micro_batch_size": 16, "lr": 3e-3, "min_lr": 3e-4,
                   "warmup_steps": 20, "weight_decay": 0.0, "eval_interval": 100,
-                  "log_interval": 50, "checkpoint_interval": 1000},
+                  "log_interval": 50, "checkpoint_interval": 1000,
+                  # the thresholds below were measured in fp32 (auto is bf16 on some CPUs)
+                  "precision": "fp32"},
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

@@ -196,3 +196,30 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     assert [e["step"] for e in ddp_evals] == [e["step"] for e in single_evals]
     for x, y in zip(single_evals, ddp_evals, strict=True):
         assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-5)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_matrix_instructions(monkeypatch):
+    from gptkit.train import distributed
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
+    assert distributed.resolve_precision("auto", cpu) == "bf16"
+    assert distributed.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
+    assert distributed.resolve_precision("auto", cpu) == "fp32"
+
+
+def test_bf16_autocast_on_cpu_trains_like_fp32():
+    """Attention runs in fp32 inside bf16 autocast on the CPU (speed); the rest in bf16."""
+    from gptkit.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT.from_config(cfg().model, 65)
+    x = torch.randint(0, 65, (4, 32))
+    _, loss32 = model(x, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss16 = model(x, x)
+    assert logits.dtype == torch.bfloat16
+    assert float(loss16) == pytest.approx(float(loss32), rel=2e-2)
+    loss16.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -172,7 +172,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise GptkitError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
         return precision
     if precision == "auto":
-        return "fp32"  # TEMP until helpers finish
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
     if precision == "fp16":
         raise GptkitError(
             f"train.precision=fp16 needs a CUDA GPU (device is {device.type}); use bf16 or fp32"
