@@ -203,10 +203,11 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_matrix_instructions(monke
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
-    assert distributed.resolve_precision("auto", cpu) == "bf16"
-    assert distributed.resolve_precision("fp32", cpu) == "fp32"
+    assert distributed.resolve_precision("auto", cpu, 384) == "bf16"
+    assert distributed.resolve_precision("auto", cpu, 128) == "fp32"  # too narrow to gain
+    assert distributed.resolve_precision("fp32", cpu, 384) == "fp32"
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
-    assert distributed.resolve_precision("auto", cpu) == "fp32"
+    assert distributed.resolve_precision("auto", cpu, 384) == "fp32"
 
 
 def test_bf16_autocast_on_cpu_trains_like_fp32():
