@@ -15,20 +15,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import full_val_loss
 from gptkit.config import load_config
-from gptkit.evaluate import score_tokens
-from gptkit.run import load_run
 from gptkit.train.trainer import train
-
-
-def full_val_loss(run_dir: Path) -> float:
-    from gptkit.data.prepare import prepare
-
-    run = load_run(run_dir, which="last")
-    data = prepare(run.config.data, tokenizer=run.tokenizer)
-    score = score_tokens(run.model, data.tokens(run.config.data.eval_split),
-                         block_size=run.config.model.block_size, batch_size=64)
-    return score.nll / score.tokens
 
 
 def main() -> None:
@@ -53,11 +42,11 @@ def main() -> None:
             cfg = load_config("shakespeare-char-student", overrides)
             out = work / f"student-{name}-{seed}"
             train(cfg, out, overwrite=True, progress=False)
-            row[name] = full_val_loss(out)
+            row[name] = full_val_loss(out, which="last")
         row["gain"] = row["alone"] - row["distilled"]
         results.append(row)
         print(json.dumps(row))
-    teacher_loss = full_val_loss(teacher)
+    teacher_loss = full_val_loss(teacher, which="last")
     mean = {k: sum(r[k] for r in results) / len(results) for k in ("alone", "distilled", "gain")}
     print(f"teacher ({teacher}): full val loss {teacher_loss:.4f}")
     print(f"student alone:      {mean['alone']:.4f} (mean of {len(results)} seeds)")

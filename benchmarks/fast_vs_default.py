@@ -19,19 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gptkit.data.prepare import prepare
-from gptkit.evaluate import score_tokens
-from gptkit.run import load_run
+from benchmarks.common import full_val_loss
 
 RECIPES = ("shakespeare-char", "shakespeare-char-fast")
-
-
-def full_val_loss(run_dir: Path) -> float:
-    run = load_run(run_dir)
-    data = prepare(run.config.data, tokenizer=run.tokenizer)
-    score = score_tokens(run.model, data.tokens(run.config.data.eval_split),
-                         block_size=run.config.model.block_size, batch_size=64)
-    return score.nll / score.tokens
 
 
 def main() -> None:
