@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gptkit.config import load_config
+from gptkit.data.prepare import prepare
+from gptkit.train.distributed import autocast
 from gptkit.train.metrics import measured_matmul_flops
 from gptkit.train.trainer import Trainer
 
@@ -82,88 +86,105 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def bench_shape(name: str, repeats: int, nanogpt: Path | None, data_dir: str | None
-                ) -> dict[str, Any]:
-    cfg = load_config("shakespeare-char", [
+def shape_config(name: str) -> Any:
+    return load_config("shakespeare-char", [
         *SHAPES[name], "train.max_steps=1000000", "log.tensorboard=false", "log.plots=false",
         "log.sample_tokens=0", "train.warmup_steps=10"])
-    trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / name, data_dir=data_dir, progress=False)
-    gpt = trainer.model
-    vocab = gpt.config.vocab_size
-    batch, block = cfg.train.micro_batch_size, cfg.model.block_size
-    tokens_per_step = batch * block
-    train_tokens = torch.from_numpy(trainer.data.tokens("train")[: 2_000_000].astype("int64")
-                                    ) if trainer.data is not None else None
-    assert train_tokens is not None
-    gen = torch.Generator().manual_seed(0)
 
-    def batches() -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(0, len(train_tokens) - block - 1, (batch,), generator=gen)
-        rows = torch.stack([train_tokens[s: s + block + 1] for s in starts.tolist()])
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
-    def gptkit_run(steps: int) -> None:
-        for _ in range(steps):
-            trainer._train_step()
-            trainer.step += 1
+class Sides:
+    """gptkit's Trainer and the baselines on one shape: a training run(steps) and an eval
+    forward per side, on the same batches of real text."""
 
-    sides: dict[str, Callable[[int], None]] = {"gptkit": gptkit_run}
-    eval_sides: dict[str, Callable[[], None]] = {}
-    from transformers import GPT2Config, GPT2LMHeadModel
+    def __init__(self, name: str, names: list[str], nanogpt: Path | None,
+                 data_dir: str | None) -> None:
+        cfg = self.cfg = shape_config(name)
+        data = prepare(cfg.data, data_dir=data_dir)
+        vocab = cfg.model.vocab_size or data.tokenizer.vocab_size
+        batch, block = cfg.train.micro_batch_size, cfg.model.block_size
+        self.tokens_per_step = batch * block
+        train_tokens = torch.from_numpy(np.asarray(data.tokens("train")[:2_000_000],
+                                                   dtype=np.int64))
+        gen = torch.Generator().manual_seed(0)
 
-    hf = GPT2LMHeadModel(GPT2Config(
-        vocab_size=vocab, n_positions=block, n_embd=cfg.model.n_embd, n_layer=cfg.model.n_layer,
-        n_head=cfg.model.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    hf.train()
-    sides["transformers"] = plain_loop(
-        hf, batches, cfg.train.lr, lambda m, x, y: m(input_ids=x, labels=x).loss)
-    if nanogpt is not None:
-        module = load_nanogpt(nanogpt)
-        ngpt = module.GPT(module.GPTConfig(
-            block_size=block, vocab_size=vocab, n_layer=cfg.model.n_layer,
-            n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, dropout=0.0, bias=cfg.model.bias))
-        ngpt.train()
-        sides["nanogpt"] = plain_loop(ngpt, batches, cfg.train.lr, lambda m, x, y: m(x, y)[1])
+        def batches() -> tuple[torch.Tensor, torch.Tensor]:
+            starts = torch.randint(0, len(train_tokens) - block - 1, (batch,), generator=gen)
+            rows = torch.stack([train_tokens[s: s + block + 1] for s in starts.tolist()])
+            return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
-    eval_x = batches()[0].repeat(max(1, 8 // batch), 1)
-    models: dict[str, Callable[[torch.Tensor], Any]] = {
-        "gptkit": lambda x: gpt(x),
-        "transformers": lambda x: hf(input_ids=x),
-    }
-    if nanogpt is not None:
-        models["nanogpt"] = lambda x: ngpt(x, x)
-    from gptkit.train.distributed import autocast
+        self.eval_x = batches()[0].repeat(max(1, 8 // batch), 1)
+        self.train: dict[str, Callable[[int], None]] = {}
+        self.eval: dict[str, Callable[[], None]] = {}
+        self.trainer: Trainer | None = None
+        if "gptkit" in names:
+            trainer = self.trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / name,
+                                             data_dir=data_dir, progress=False)
+            gpt = trainer.model
 
-    for side, model_fn in models.items():
-        def evaluate(fn: Callable[[torch.Tensor], Any] = model_fn, side: str = side) -> None:
+            def gptkit_run(steps: int) -> None:
+                for _ in range(steps):
+                    trainer._train_step()
+                    trainer.step += 1
+
+            def gptkit_eval() -> None:
+                with torch.no_grad(), autocast(trainer.env.device, trainer.precision):
+                    gpt(self.eval_x)
+
+            self.train["gptkit"], self.eval["gptkit"] = gptkit_run, gptkit_eval
+        if "transformers" in names:
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            hf = GPT2LMHeadModel(GPT2Config(
+                vocab_size=vocab, n_positions=block, n_embd=cfg.model.n_embd,
+                n_layer=cfg.model.n_layer, n_head=cfg.model.n_head, resid_pdrop=0.0,
+                embd_pdrop=0.0, attn_pdrop=0.0)).train()
+            self.train["transformers"] = plain_loop(
+                hf, batches, cfg.train.lr, lambda m, x, y: m(input_ids=x, labels=x).loss)
+            self.eval["transformers"] = self._no_grad(lambda: hf(input_ids=self.eval_x))
+        if "nanogpt" in names and nanogpt is not None:
+            module = load_nanogpt(nanogpt)
+            ngpt = module.GPT(module.GPTConfig(
+                block_size=block, vocab_size=vocab, n_layer=cfg.model.n_layer,
+                n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, dropout=0.0,
+                bias=cfg.model.bias)).train()
+            self.train["nanogpt"] = plain_loop(ngpt, batches, cfg.train.lr,
+                                               lambda m, x, y: m(x, y)[1])
+            self.eval["nanogpt"] = self._no_grad(lambda: ngpt(self.eval_x, self.eval_x))
+
+    @staticmethod
+    def _no_grad(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
             with torch.no_grad():
-                if side == "gptkit":
-                    with autocast(trainer.env.device, trainer.precision):
-                        fn(eval_x)
-                else:
-                    fn(eval_x)
-        eval_sides[side] = evaluate
+                fn()
+        return run
 
+
+def bench_shape(name: str, repeats: int, nanogpt: Path | None, data_dir: str | None
+                ) -> dict[str, Any]:
+    sides = Sides(name, ["gptkit", "transformers", "nanogpt"], nanogpt, data_dir)
+    trainer = sides.trainer
+    assert trainer is not None
+    gpt = trainer.model
     steps = CHUNK_STEPS[name]
-    for run in sides.values():  # warm-up
+    for run in sides.train.values():  # warm-up
         run(steps)
-    times: dict[str, list[float]] = {side: [] for side in sides}
-    eval_times: dict[str, list[float]] = {side: [] for side in eval_sides}
+    times: dict[str, list[float]] = {side: [] for side in sides.train}
+    eval_times: dict[str, list[float]] = {side: [] for side in sides.train}
     for i in range(repeats):
-        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        order = list(sides.train) if i % 2 == 0 else list(reversed(sides.train))
         for side in order:
-            times[side].append(timed(sides[side], steps))
+            times[side].append(timed(sides.train[side], steps))
             start = time.perf_counter()
-            eval_sides[side]()
+            sides.eval[side]()
             eval_times[side].append(time.perf_counter() - start)
     flops_per_token = gpt.flops_per_token(training=True)
     peaks = {dtype: measured_matmul_flops(torch.device("cpu"), dtype)
              for dtype in (torch.float32, torch.bfloat16)}
     result: dict[str, Any] = {"precision_gptkit": trainer.precision,
                               "parameters": gpt.num_params(), "sides": {}}
-    for side in sides:
-        tok_s = [steps * tokens_per_step / t for t in times[side]]
-        eval_tok_s = [eval_x.numel() / t for t in eval_times[side]]
+    for side in sides.train:
+        tok_s = [steps * sides.tokens_per_step / t for t in times[side]]
+        eval_tok_s = [sides.eval_x.numel() / t for t in eval_times[side]]
         dtype = torch.bfloat16 if side == "gptkit" and trainer.precision == "bf16" \
             else torch.float32
         result["sides"][side] = {
@@ -182,6 +203,57 @@ def bench_shape(name: str, repeats: int, nanogpt: Path | None, data_dir: str | N
     return result
 
 
+def peak_memory(name: str, side: str, nanogpt: Path | None, data_dir: str | None,
+                steps: int = 3) -> dict[str, float]:
+    """Peak resident memory of a fresh process training `side` for `steps` steps, in a
+    subprocess so that no other side's tensors or allocator caches count."""
+    command = [sys.executable, "-m", "benchmarks.train_speed", "--peak-memory", side,
+               "--shapes", name, "--steps", str(steps)]
+    if nanogpt is not None:
+        command += ["--nanogpt-dir", str(nanogpt)]
+    if data_dir is not None:
+        command += ["--data-dir", data_dir]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _measure_peak(name: str, side: str, nanogpt: Path | None, data_dir: str | None,
+                  steps: int) -> None:
+    import transformers  # noqa: F401  every side's process holds the same libraries
+
+    if nanogpt is not None:
+        load_nanogpt(nanogpt)
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    before = _status_bytes("VmRSS")
+    sides = Sides(name, [side], nanogpt, data_dir)
+    sides.train[side](steps)
+    peak = _status_bytes("VmHWM")
+    print(json.dumps({"peak_rss_bytes": peak, "above_start_bytes": peak - before}))
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    print(f"training {name} ({result['parameters']:,} parameters; gptkit in "
+          f"{result['precision_gptkit']})")
+    for side, f in result["sides"].items():
+        t, e = f["train_tokens_per_s"], f["eval_tokens_per_s"]
+        ratio = "" if side == "gptkit" else (
+            f"  gptkit/{side}: train {f['ratio_train']:.2f}x, eval {f['ratio_eval']:.2f}x")
+        memory = f.get("peak_memory")
+        rss = "" if memory is None else (
+            f", peak RSS +{memory['above_start_bytes'] / 2**20:,.0f} MiB")
+        print(f"  {side:<13} train {t['median']:9,.0f} tok/s ({t['min']:,.0f}-{t['max']:,.0f}),"
+              f" MFU {100 * f['mfu']:4.1f}%, eval {e['median']:9,.0f} tok/s{rss}{ratio}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["char", "mid"], choices=list(SHAPES))
@@ -189,21 +261,19 @@ def main() -> None:
     parser.add_argument("--nanogpt-dir", type=Path)
     parser.add_argument("--data-dir")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_speed.json"))
+    parser.add_argument("--peak-memory", choices=("gptkit", "transformers", "nanogpt"),
+                        help=argparse.SUPPRESS)  # the subprocess of `peak_memory`
+    parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_memory:
+        _measure_peak(args.shapes[0], args.peak_memory, args.nanogpt_dir, args.data_dir,
+                      args.steps)
+        return
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}", file=sys.stderr)
     results = {}
     for name in args.shapes:
-        result = bench_shape(name, args.repeats, args.nanogpt_dir, args.data_dir)
-        results[name] = result
-        print(f"{name} ({result['parameters']:,} parameters; gptkit in "
-              f"{result['precision_gptkit']})")
-        for side, f in result["sides"].items():
-            t, e = f["train_tokens_per_s"], f["eval_tokens_per_s"]
-            ratio = "" if side == "gptkit" else (
-                f"  gptkit/{side}: train {f['ratio_train']:.2f}x, eval {f['ratio_eval']:.2f}x")
-            print(f"  {side:<13} train {t['median']:9,.0f} tok/s ({t['min']:,.0f}-{t['max']:,.0f}),"
-                  f" MFU {100 * f['mfu']:4.1f}%, eval {e['median']:9,.0f} tok/s{ratio}",
-                  flush=True)
+        results[name] = bench_shape(name, args.repeats, args.nanogpt_dir, args.data_dir)
+        report(name, results[name])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
 

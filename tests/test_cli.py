@@ -108,6 +108,20 @@ def test_corpus_not_utf8(capsys, tmp_path):
     assert "latin1.txt" in line and "offset 3" in line
 
 
+def test_prepare_writes_shards_with_workers(capsys, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be\n" * 50)
+    code, out, _ = run_cli(capsys, "prepare", "--set", f"data.source={corpus}", "--set",
+                           "data.shard_tokens=200", "--workers", "2", "--cache-dir",
+                           str(tmp_path / "cache"))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].split()[:2] == ["train:", "856"] and lines[1].endswith(" 5 shards")
+    assert lines[2].split()[:2] == ["val:", "96"] and lines[2].endswith(" 1 shards")
+    expect_error(capsys, "prepare", "--set", f"data.source={corpus}", "--workers", "-1",
+                 match="data.workers must be >= 0")
+
+
 def test_unknown_recipe_and_bad_overrides(capsys):
     expect_error(capsys, "train", "--recipe", "nope", match="unknown recipe")
     expect_error(capsys, "train", "--set", "train.lrr=1", match="unknown setting")

@@ -129,6 +129,9 @@ def test_cli_sample_eval_and_export_int8(tiny_run, capsys, tmp_path):
     assert json.loads(out)["loss"] == scores["int8"]["loss"]
     code, out, err = run_cli(capsys, "sample", str(exported), "--max-new-tokens", "5")
     assert code == 0, err
+    code, out, err = run_cli(capsys, "info", str(exported))
+    assert code == 0, err
+    assert "compressed   int8 weights (from " in out
     expect_error(capsys, "export", str(tiny_run), "--quantize", "int8", "--out", str(exported),
                  match="--overwrite")
     expect_error(capsys, "export", str(tiny_run), "--quantize", "int8", "--format", "hf",
@@ -259,6 +262,9 @@ def test_cli_prune_writes_a_run_every_command_reads(tiny_run, fp32, capsys, tmp_
     info = json.loads((out / "best" / "config.json").read_text())
     assert info["pruned"]["method"] == "magnitude" and info["pruned"]["amount"] == 0.5
     assert "Pruned from" in (out / "best" / "README.md").read_text()
+    code, text, err = run_cli(capsys, "info", str(out))
+    assert code == 0, err
+    assert "pruned (magnitude, amount 0.5): 50.0% of the blocks' weights zero" in text
     assert (out / "data.json").is_file()
     code, text, err = run_cli(capsys, "eval", str(out), "--json")
     assert code == 0, err

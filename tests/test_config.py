@@ -47,6 +47,12 @@ def test_fast_recipe_is_the_default_task_with_the_options_beyond_gpt2():
     assert (t.optimizer, t.schedule, t.cooldown_fraction, t.momentum) == ("muon", "wsd", 0.4, 0.9)
 
 
+def test_gpt2_recipe_prepares_large_corpora_in_shards_with_several_processes():
+    data = load_config("gpt2-124m").data
+    assert (data.shard_tokens, data.workers) == (2**28, 4)
+    assert (load_config().data.shard_tokens, load_config().data.workers) == (2**28, 1)
+
+
 def test_overrides_are_typed():
     cfg = load_config("shakespeare-char", [
         "train.lr=3e-4", "model.n_layer=6", "model.bias=true", "train.compile=auto",
@@ -77,6 +83,8 @@ def test_overrides_are_typed():
         ("train.optimizer=lion", "train.optimizer must be"),
         ("train.schedule=step", "train.schedule must be cosine, linear, constant or wsd"),
         ("train.cooldown_fraction=1.5", "train.cooldown_fraction must be in [0, 1]"),
+        ("data.shard_tokens=0", "data.shard_tokens must be >= 1"),
+        ("data.workers=-1", "data.workers must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, fragment):

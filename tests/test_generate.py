@@ -149,6 +149,20 @@ def test_seeds_reproduce_and_differ(model):
     assert a[0] != a[1]  # the samples of one call differ too
 
 
+def test_seed_groups_sample_as_if_alone(model):
+    """Each group of prompts draws from its own generator: what it gets does not depend on
+    the prompts batched with it (the server's guarantee)."""
+    def steps(prompts, **kw):
+        out = generate_tokens(model, prompts, max_new_tokens=15, num_samples=2, **kw)
+        return torch.stack(list(out), dim=1).tolist()
+
+    alone = [steps([[1, 2, 3]], seed=5), steps([[4], [7, 8]], seed=6)]
+    together = steps([[1, 2, 3], [4], [7, 8]], seed_groups=[(1, 5), (2, 6)])
+    assert together == alone[0] + alone[1]
+    with pytest.raises(GptkitError, match="seed_groups"):
+        steps([[1], [2]], seed_groups=[(1, 5)])
+
+
 def test_global_rng_is_untouched(model):
     torch.manual_seed(123)
     state = torch.get_rng_state()

@@ -61,3 +61,28 @@ def test_info_of_a_run_shows_everything(tiny_run, capsys):
     info = json.loads(out)
     assert info["memory"]["training"]["total"] > info["memory"]["inference_fp32_batch_1"]["total"]
     assert info["best"]["metrics"]["val_perplexity"] > 1
+
+
+def test_memory_plan_of_a_recipe_needs_no_data(capsys):
+    """GPT-2's presets fix the vocabulary: the plan is printed offline, without its corpus."""
+    code, out, _ = run_cli(capsys, "info", "--recipe", "gpt2-124m", "--world-size", "8",
+                           "--precision", "bf16")
+    assert code == 0 and "memory plan" in out and "8 processes" in out
+    table = out[out.index("memory plan"):].splitlines()[2:]
+    assert [line.split()[:3] for line in table] == [
+        [s, w, ac] for s, w in (("none", "1"), ("ddp", "8"), ("fsdp", "8"), ("fsdp+offload", "8"))
+        for ac in ("no", "yes")]
+    code, out, _ = run_cli(capsys, "info", "--recipe", "gpt2-124m", "--world-size", "2",
+                           "--json", "--set", "model.preset=gpt2-xl")
+    plan = json.loads(out)["memory"]["plan"]
+    assert plan["world_size"] == 2 and len(plan["rows"]) == 8
+    assert plan["rows"][0]["total"] == training_memory(
+        load_config("gpt2-124m", ["model.preset=gpt2-xl"]), 50257).total
+    code, _, err = run_cli(capsys, "info", "--recipe", "gpt2-124m", "--world-size", "0")
+    assert code == 2 and "--world-size must be >= 1" in err
+
+
+def test_memory_plan_of_a_run(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "info", str(tiny_run), "--world-size", "4")
+    assert code == 0 and "memory plan  per process" in out and "fsdp+offload" in out
+    assert "plan" not in describe(load_config("shakespeare-char"), 65)["memory"]

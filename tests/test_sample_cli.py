@@ -11,9 +11,9 @@ import pytest
 from tests.test_cli import expect_error, run_cli
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
-FLAGS = ("--prompt", "--prompts-file", "--min-new-tokens", "--typical-p", "--repetition-penalty",
-         "--no-repeat-ngram-size", "--bad-words", "--stop", "--num-beams", "--length-penalty",
-         "--early-stopping", "--num-return-sequences")
+FLAGS = ("--prompt", "--prompts-file", "--precision", "--min-new-tokens", "--typical-p",
+         "--repetition-penalty", "--no-repeat-ngram-size", "--bad-words", "--stop",
+         "--num-beams", "--length-penalty", "--early-stopping", "--num-return-sequences")
 
 
 def sample(capsys, run, *argv: str) -> list[str]:
@@ -102,3 +102,12 @@ def test_beam_search(tiny_run, capsys):
 )
 def test_nonsensical_generation_options(tiny_run, capsys, argv, match):
     expect_error(capsys, "sample", str(tiny_run), *argv, match=match)
+
+
+def test_precision_flag(tiny_run, capsys):
+    """bf16 weights generate text from the same prompt; auto keeps a 32-wide model fp32."""
+    greedy = ("--prompt", "ROMEO:", "--temperature", "0")
+    (bf16,) = sample(capsys, tiny_run, *greedy, "--precision", "bf16")
+    assert bf16.startswith("ROMEO:") and len(bf16) > len("ROMEO:")
+    assert sample(capsys, tiny_run, *greedy) == sample(capsys, tiny_run, *greedy,
+                                                        "--precision", "fp32")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gptkit.config import DataConfig
 from gptkit.errors import GptkitError
-from gptkit.tokenizers import EOT, UNK, Tokenizer, build_tokenizer
+from gptkit.tokenizers import EOT, UNK, Tokenizer, build_tokenizer, training_pieces
 
 ALPHABET = "ab c\n\r\t.,'1中文字😀é"
 CHINESE = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。\n" * 20
@@ -56,6 +56,41 @@ def test_pieces_encode_like_the_whole(bpe, text, max_chars):
         pieces = tok.split_text(text, max_chars)
         assert "".join(pieces) == text
         assert [i for ids in tok.encode_batch(pieces) for i in ids] == tok.encode(text)
+
+
+def chunked(text: str, sizes: list[int]) -> list[str]:
+    """`text` cut into chunks of the given sizes (cycled), the way a file is read."""
+    chunks, start, i = [], 0, 0
+    while start < len(text):
+        size = sizes[i % len(sizes)] if sizes else len(text)
+        chunks.append(text[start : start + size])
+        start, i = start + size, i + 1
+    return chunks
+
+
+@settings(max_examples=300)
+@given(text=TRICKY, max_chars=st.integers(1, 8), sizes=st.lists(st.integers(1, 20), max_size=4))
+def test_streamed_pieces_encode_like_the_whole(bpe, text, max_chars, sizes):
+    char = Tokenizer.train_char([text + "x"])
+    for tok in (bpe, char):
+        pieces = list(tok.split_stream(iter(chunked(text, sizes)), max_chars))
+        assert "".join(pieces) == text
+        assert [i for ids in tok.encode_batch(pieces) for i in ids] == tok.encode(text)
+    pieces = list(training_pieces(chunked(text, sizes), max_chars))
+    assert "".join(pieces) == text
+    # every cut ends a pre-token whatever follows: words are counted as in the whole text
+    words = bpe.backend.pre_tokenizer.pre_tokenize_str
+    assert [w for p in pieces for w, _ in words(p)] == [w for w, _ in words(text)]
+
+
+def test_streamed_pieces_stay_small_and_train_the_same_bpe():
+    chunks = chunked(ENGLISH * 50, [999, 4096, 7])
+    pieces = list(Tokenizer.train_bpe([ENGLISH], 300).split_stream(iter(chunks), 500))
+    assert len(pieces) > 50 and max(map(len, pieces)) < 600
+    whole = Tokenizer.train_bpe([ENGLISH * 50, CHINESE], 400)
+    streamed = Tokenizer.train_bpe(
+        [*training_pieces(iter(chunks), 300), *training_pieces([CHINESE], 300)], 400)
+    assert streamed.sha256() == whole.sha256()
 
 
 def test_char_vocabulary_is_sorted_characters_then_specials(char):
@@ -165,3 +200,18 @@ def test_unknown_tokenizer_keeps_whole_texts(bpe):
     text = "A \n B \n C \n" * 10
     assert Tokenizer(backend).split_text(text, 2) == [text]
     assert len(bpe.split_text(text, 2)) > 1
+
+
+
+@given(st.lists(st.one_of(ANY_TEXT, st.sampled_from(ALPHABET), st.just(EOT), st.just(UNK)),
+                max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_char_fast_path_encodes_exactly_like_the_hf_tokenizer(char, parts):
+    """The numpy lookup that encodes char text gives HF's ids: unknown characters, EOT in the
+    text and the unknown token's own spelling included."""
+    text = "".join(parts)
+    expected = char.backend.encode(text, add_special_tokens=False).ids
+    assert char._char_table is not None
+    assert char.encode(text) == expected
+    assert [a.tolist() for a in char.encode_arrays([text, text[:3]])] == [
+        expected, char.backend.encode(text[:3], add_special_tokens=False).ids]

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where prepared data is kept (default: $GPTKIT_CACHE_DIR, "
                    "else ~/.cache/gptkit/prepared)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes that tokenise (default: data.workers; 0: one per core)")
     _common(p)
 
     p = commands.add_parser(
@@ -203,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("int8",),
                    help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU; "
                    "faster generation on a CPU")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="weights' dtype for generation; auto (default): bf16 on GPUs and on "
+                   "CPUs with bf16 matrix instructions for models at least 256 wide (about 2x "
+                   "faster per token there), else fp32")
     _common(p)
 
     p = commands.add_parser(
@@ -212,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", nargs="?", help="run directory")
     _recipe_args(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--world-size", type=int, metavar="N",
+                   help="add the memory plan: per-process training memory over N processes "
+                   "for each strategy (none, ddp, fsdp, fsdp + CPU offload), with and without "
+                   "activation checkpointing")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="precision of the memory figures (default: the run's, else "
+                   "train.precision; auto counts as fp32)")
     _common(p)
 
     p = commands.add_parser(
@@ -398,6 +411,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the tokens and the drawn weights [layer][head][query][key] as "
                    "JSON")
     _common(p)
+
+    p = commands.add_parser(
+        "serve", help="serve a run over HTTP: OpenAI-style API, streaming, playground page",
+        description="Serve a run's model on an HTTP API (needs the serve extra: pip install "
+        "-e '.[serve]'): POST /v1/completions (OpenAI's completions API; server-sent events "
+        "with \"stream\": true; same settings and meaning as gptkit sample), GET /v1/models, "
+        "GET /health, POST /v1/classify for finetune-classify runs, and a playground page at "
+        "/. Requests that arrive together are generated as one batch. Listens on 127.0.0.1 "
+        "(this machine only) unless --host says otherwise.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
+                   "finetune-classify run)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; "
+                   "0.0.0.0 = every network, better with --api-key)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="port (default: 8000; 0 = any free port, printed at start)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (the page asks for it)")
+    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+                   help="completion rows (prompts x n) generated together (default 8; 1 = "
+                   "no batching)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, metavar="N",
+                   help="longest prompt accepted, in tokens (default 2048; longer: 413)")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
+                   help="largest max_tokens a request may ask for (default 1024; more: 422)")
+    p.add_argument("--max-concurrent", type=int, default=32, metavar="N",
+                   help="requests in progress at once, queued or generating (default 32; "
+                   "more: 429)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
+                   help="largest request body (default 1000000; larger: 413)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which weights to load (default: best)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU, as "
+                   "for gptkit sample")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default="info", help="server log detail; info shows each request "
+                   "(default: info)")
+    _common(p)
     return parser
 
 
@@ -415,13 +471,16 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from gptkit.data.prepare import prepare
 
+    if args.workers is not None:
+        args.overrides = [*args.overrides, f"data.workers={args.workers}"]
     cfg = _config_from(args)
     data = prepare(cfg.data, data_dir=args.data_dir, cache=args.cache_dir, progress=True)
     print(f"prepared {cfg.data.source} with a {data.meta['tokenizer_kind']} tokenizer "
           f"({data.tokenizer.vocab_size} tokens) in {data.path}")
     for name, split in data.meta["splits"].items():
         print(f"  {name:>6}: {split['tokens']:>11,} tokens {split['words']:>11,} words "
-              f"{split['bytes']:>12,} bytes {split['documents']:>7,} documents")
+              f"{split['bytes']:>12,} bytes {split['documents']:>7,} documents "
+              f"{len(split['shards']):>5,} shards")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -484,7 +543,8 @@ def _load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
 
     int8 = args.quantize or stored_quantization(args.run)
     device = resolve_device("cpu" if int8 and args.device == "auto" else args.device)
-    run = load_run(args.run, which=args.checkpoint, device=device, quantize=args.quantize)
+    run = load_run(args.run, which=args.checkpoint, device=device, quantize=args.quantize,
+                   precision=getattr(args, "precision", "fp32"))
     return run, device
 
 
@@ -619,16 +679,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     from gptkit.runinfo import describe, format_info, run_info
 
+    if args.world_size is not None and args.world_size < 1:
+        raise GptkitError(f"--world-size must be >= 1 (got {args.world_size})")
     if args.run:
-        info = run_info(args.run)
+        info = run_info(args.run, args.precision, args.world_size)
     else:
-        from gptkit.data.prepare import prepare
-
         cfg = _config_from(args)
-        prepared = prepare(cfg.data, data_dir=args.data_dir)
-        precision = "bf16" if cfg.train.precision in ("bf16", "fp16") else "fp32"
-        info = describe(cfg, prepared.tokenizer.vocab_size, precision)
-        info["data"] = prepared.meta
+        precision = args.precision or (
+            "bf16" if cfg.train.precision in ("bf16", "fp16") else "fp32")
+        if cfg.model.vocab_size is not None:  # e.g. the GPT-2 presets: no data to read
+            info = describe(cfg, cfg.model.vocab_size, precision, args.world_size)
+        else:  # the vocabulary is the tokenizer's, learnt from the data
+            from gptkit.data.prepare import prepare
+
+            prepared = prepare(cfg.data, data_dir=args.data_dir)
+            info = describe(cfg, prepared.tokenizer.vocab_size, precision, args.world_size)
+            info["data"] = prepared.meta
     print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
@@ -807,6 +873,32 @@ def cmd_viz(args: argparse.Namespace) -> None:
           f"head {args.head}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from gptkit.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key,
+        max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
+        max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+        max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
+    )
+    settings.check()
+    try:
+        import fastapi  # noqa: F401  (the serve extra)
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise GptkitError(f"gptkit serve needs the serve extra ({exc.name} is missing): "
+                          "pip install -e '.[serve]'") from exc
+    from gptkit.serve import server
+
+    model: Any
+    if (Path(args.run) / "labels.json").is_file():
+        model = server.load_model(args.run, device=args.device, quantize=args.quantize)
+    else:
+        model, _ = _load_for_inference(args)
+    server.serve(model, settings, log_level=args.log_level)
+
+
 COMMANDS = {
     "prepare": cmd_prepare,
     "train": cmd_train,
@@ -825,6 +917,7 @@ COMMANDS = {
     "viz": cmd_viz,
     "plot": cmd_plot,
     "compare": cmd_compare,
+    "serve": cmd_serve,
 }
 
 

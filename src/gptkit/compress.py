@@ -68,6 +68,7 @@ from torch.nn.utils import prune
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, Block
+from gptkit.train import checkpoint
 
 if TYPE_CHECKING:
     from gptkit.run import Run
@@ -509,11 +510,11 @@ def _all_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
 # --- run folders ------------------------------------------------------------------------------
 def _check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
     """Before any work: `out` is a new folder, or a run to replace with `overwrite`."""
-    from gptkit.interop.hf import _check_target
 
     if out.resolve() == run_dir.resolve():
         raise GptkitError(f"--out {out} is the run itself; write the result to a new folder")
-    _check_target(out.resolve(), overwrite=overwrite, marker="config.yaml", what="gptkit run")
+    checkpoint.check_target(out.resolve(), overwrite=overwrite, marker="config.yaml",
+                            what="gptkit run")
 
 
 def _write_run(run: Run, out: Path, *, overwrite: bool, write_best: Callable[[Path], None]
@@ -521,9 +522,9 @@ def _write_run(run: Run, out: Path, *, overwrite: bool, write_best: Callable[[Pa
     """A new run folder: config, tokenizer, data and environment records of `run`, and
     `best/` from `write_best`; built aside and renamed into place at the end, replacing an
     existing run only with `overwrite`."""
-    from gptkit.interop.hf import _new_folder
 
-    with _new_folder(out, overwrite=overwrite, marker="config.yaml", what="gptkit run") as tmp:
+    with checkpoint.new_folder(out, overwrite=overwrite, marker="config.yaml",
+                               what="gptkit run") as tmp:
         for name in ("config.yaml", "tokenizer.json", "data.json", "environment.json"):
             if (run.path / name).is_file():
                 shutil.copy2(run.path / name, tmp / name)

@@ -76,6 +76,10 @@ class DataConfig:
     eval_split: str = "val"
     val_fraction: float = 0.1  # held-out share for text/JSONL sources that have no splits
     text_field: str = "text"  # JSONL: the field holding each document's text
+    # prepared token files are shards of at most this many ids (2**28: 512 MiB of uint16), so
+    # no file or write holds the whole corpus; an existing cache keeps the size it was made with
+    shard_tokens: int = 1 << 28
+    workers: int = 1  # processes that tokenise when preparing data (0: one per CPU core)
     # text: language modelling on the whole text. sft: JSONL of {"prompt", "response"} or
     # {"messages": [...]} records, loss on responses only (gptkit.finetune.sft)
     format: str = "text"
@@ -241,6 +245,9 @@ class RunConfig:
             (d.vocab_size >= 260, f"data.vocab_size must be >= 260 (got {d.vocab_size})"),
             (0.0 < d.val_fraction < 1.0,
              f"data.val_fraction must be in (0, 1) (got {d.val_fraction})"),
+            (d.shard_tokens >= 1, f"data.shard_tokens must be >= 1 (got {d.shard_tokens})"),
+            (d.workers >= 0,
+             f"data.workers must be >= 0 (0: one per CPU core; got {d.workers})"),
             (t.max_steps >= 0, f"train.max_steps must be >= 0 (got {t.max_steps})"),
             (t.micro_batch_size >= 1,
              f"train.micro_batch_size must be >= 1 (got {t.micro_batch_size})"),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptkit.data.shards import Tokens
 from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast
 
 
@@ -100,7 +101,7 @@ def _batches(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
 @torch.no_grad()
 def score_tokens(
     model: nn.Module,
-    tokens: np.ndarray,
+    tokens: Tokens,
     *,
     block_size: int,
     stride: int | None = None,

@@ -19,7 +19,7 @@ so even sampled tokens match `transformers` under the same seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,6 +89,20 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     else:
         generator.manual_seed(seed)
     return generator
+
+
+def _sampling_groups(
+    prompts: int, num_samples: int, seed: int | None,
+    seed_groups: Sequence[tuple[int, int | None]] | None, device: torch.device,
+) -> list[tuple[int, torch.Generator]]:
+    """(rows, generator) of each group of consecutive rows that samples on its own."""
+    if seed_groups is None:
+        return [(prompts * num_samples, _generator(seed, device))]
+    counts = [count for count, _ in seed_groups]
+    if any(count < 1 for count in counts) or sum(counts) != prompts:
+        raise GptkitError(f"seed_groups must split the {prompts} prompts into groups of at "
+                          f"least one prompt each, got sizes {counts}")
+    return [(count * num_samples, _generator(s, device)) for count, s in seed_groups]
 
 
 class _Decoder:
@@ -169,12 +183,19 @@ def generate_tokens(
     seed: int | None = None,
     eot_id: int | None = None,
     use_cache: bool = True,
-) -> Iterator[Tensor]:
+    seed_groups: Sequence[tuple[int, int | None]] | None = None,
+) -> Generator[Tensor, None, None]:
     """Yield the next token of every row, a (rows,) int64 tensor per step.
 
     `prompt` is one list of token ids or a batch of them; rows = prompts x `num_samples`,
     each prompt's samples together. temperature 0 is greedy. Stops early once every row has
     produced `eot_id`; a finished row keeps yielding `eot_id` (transformers' padding).
+
+    `seed_groups` [(prompts, seed), ...] splits the prompts, in order, into groups that each
+    sample from a generator of their own (`seed` is then unused; a None seed draws fresh
+    entropy): a group draws exactly what it would draw alone, so the requests a server batches
+    together do not change each other's samples (only their logits may differ, by float
+    rounding, since padding changes the shapes computed).
     """
     _check_settings(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
@@ -190,7 +211,8 @@ def generate_tokens(
         no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
         min_new_tokens=min_new_tokens, **_prompt_facts(seq, mask, eot_id),
     )
-    generator = _generator(seed, seq.device)
+    groups = _sampling_groups(len(_prompt_list(prompt)), num_samples, seed, seed_groups,
+                              seq.device)
     decoder = _Decoder(model, seq.size(0), mask, use_cache)
     done = torch.zeros(seq.size(0), dtype=torch.bool, device=seq.device)
     # one prompt: computed once for all its samples
@@ -200,7 +222,9 @@ def generate_tokens(
         if temperature == 0:
             token = scores.argmax(dim=-1)
         else:
-            token = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+            probs = scores.softmax(dim=-1).split([rows for rows, _ in groups])
+            token = torch.cat([torch.multinomial(part, 1, generator=generator).squeeze(1)
+                               for part, (_, generator) in zip(probs, groups, strict=True)])
         if eot_id is not None:
             token = token.masked_fill(done, eot_id)
             done = done | (token == eot_id)
@@ -434,13 +458,13 @@ def bad_words_ids(tokenizer: TextTokenizer, words: Sequence[str]) -> list[list[i
     return banned
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
     """Where the earliest stop string starts in `text`, None if none occurs."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(found) if found else None
 
 
-def _showable(text: str, stops: Sequence[str]) -> int:
+def showable(text: str, stops: Sequence[str]) -> int:
     """How much of a growing text can be shown for good: not a trailing partial UTF-8
     character (U+FFFD, a byte-level token can end mid-character) nor a tail that could be the
     start of a stop string (the text will be cut there if the stop string completes)."""
@@ -506,12 +530,12 @@ def sample_text(
 
     def cut(ids: list[int]) -> str:
         text = tokenizer.decode(ids)
-        at = _first_stop(text, stops)
+        at = first_stop(text, stops)
         return text if at is None else text[:at]
 
     if cfg.num_beams > 1 and cfg.max_new_tokens > 0:
         def stopped(ids: list[int]) -> bool:
-            return _first_stop(tokenizer.decode(ids), stops) is not None
+            return first_stop(tokenizer.decode(ids), stops) is not None
 
         out = beam_search(
             model, prompt_ids, num_beams=cfg.num_beams, length_penalty=cfg.length_penalty,
@@ -539,10 +563,10 @@ def sample_text(
             if stream is None and not stops:
                 continue
             text = tokenizer.decode(new_ids[i])
-            if _first_stop(text, stops) is not None:
+            if first_stop(text, stops) is not None:
                 finished[i] = True  # its text is cut and flushed below
             elif stream is not None:
-                full = rows[i] + text[: _showable(text, stops)]
+                full = rows[i] + text[: showable(text, stops)]
                 if len(full) > len(shown[i]) and full.startswith(shown[i]):
                     stream(i, full[len(shown[i]) :])
                     shown[i] = full

@@ -22,6 +22,7 @@ unchanged module, and checkpoints hold this module's own state dict.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -162,19 +163,23 @@ class CausalSelfAttention(nn.Module):
                 k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
         if attentions is None:
             dtype = q.dtype
-            if q.device.type == "cpu" and dtype == torch.bfloat16:
+            upcast = q.device.type == "cpu" and dtype == torch.bfloat16
+            if upcast:
                 # PyTorch's CPU flash attention runs its bf16 backward ~5x slower than fp32;
                 # the matmuls around it stay in bf16
                 q, k, v = q.float(), k.float(), v.float()
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                # without a mask: causal from position 0; one new token after a cache sees all
-                is_causal=mask is None and start == 0,
-            ).to(dtype)
+            # autocast would cast q, k, v back to bf16
+            with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
+                y = F.scaled_dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    attn_mask=mask,
+                    dropout_p=self.dropout if self.training else 0.0,
+                    # without a mask: causal from position 0; one new token after a cache
+                    # sees all
+                    is_causal=mask is None and start == 0,
+                ).to(dtype)
         else:
             if mask is None and start == 0:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()

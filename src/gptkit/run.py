@@ -15,6 +15,7 @@ from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint
+from gptkit.train.distributed import resolve_precision
 
 
 @dataclass
@@ -35,9 +36,25 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+# Below this size a model's weights sit in the CPU's caches and bf16 only adds casts:
+# measured at batch 1, 0.8M parameters decoded 0.73x as fast in bf16, 4.7M 1.15x, 30M 2.1x.
+CPU_BF16_INFERENCE_MIN_PARAMS = 2_000_000
+
+
+def inference_dtype(precision: str, device: torch.device, num_params: int) -> torch.dtype | None:
+    """The dtype to cast weights to for `precision`, None for fp32."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise GptkitError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    small = num_params < CPU_BF16_INFERENCE_MIN_PARAMS
+    if precision == "auto" and device.type == "cpu" and small:
+        return None
+    resolved = resolve_precision(precision, device)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved)
+
+
 def load_run(
     path: str | Path, *, which: str = "best", device: str | torch.device = "cpu",
-    quantize: str | None = None,
+    quantize: str | None = None, precision: str = "fp32",
 ) -> Run:
     """The run's model in eval mode, from `best/` (default) or its newest valid checkpoint.
 
@@ -45,6 +62,9 @@ def load_run(
     `which="last"` to `best/` in a run without checkpoints (an imported one).
     `quantize="int8"` returns the model with int8 linear layers (`gptkit.compress`), on the
     CPU; a run written by `gptkit export --quantize int8` always loads that way.
+    `precision` "bf16"/"fp16" casts the weights for inference; "auto" does so where
+    training would run bf16 (`resolve_precision`), on a CPU only for models of at least
+    CPU_BF16_INFERENCE_MIN_PARAMS: there it halves the bytes read per generated token.
     """
     run_dir = Path(path)
     if not run_dir.is_dir():
@@ -104,4 +124,6 @@ def load_run(
     model.to(device).eval()
     if quantize:
         model = compress.quantize_int8(model)
+    elif dtype := inference_dtype(precision, torch.device(device), model.num_params()):
+        model.to(dtype)
     return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from gptkit.config import ModelConfig, RunConfig, read_config
-from gptkit.memory import human_bytes, inference_memory, training_memory
+from gptkit.memory import human_bytes, inference_memory, memory_plan, training_memory
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
 
@@ -55,11 +55,16 @@ def parameter_breakdown(model: GPT) -> dict[str, int]:
     return counts
 
 
-def describe(cfg: RunConfig, vocab_size: int, precision: str = "fp32") -> dict[str, Any]:
-    """Size, parameters, FLOPs and memory of the model a config describes (no weights)."""
+def describe(cfg: RunConfig, vocab_size: int, precision: str = "fp32",
+             world_size: int | None = None) -> dict[str, Any]:
+    """Size, parameters, FLOPs and memory of the model a config describes (no weights).
+
+    With `world_size`, the memory plan too: per-process training memory of every parallel
+    strategy over that many processes, with and without activation checkpointing.
+    """
     with torch.device("meta"):
         model = GPT.from_config(cfg.model, vocab_size)
-    return {
+    info: dict[str, Any] = {
         "name": cfg.name,
         "model": {
             "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
@@ -80,20 +85,29 @@ def describe(cfg: RunConfig, vocab_size: int, precision: str = "fp32") -> dict[s
             "inference_fp32_batch_1": inference_memory(cfg, vocab_size).to_dict(),
         },
     }
+    if world_size is not None:
+        info["memory"]["plan"] = {"world_size": world_size,
+                                  "rows": memory_plan(cfg, vocab_size, precision, world_size)}
+    return info
 
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def run_info(run_dir: str | Path) -> dict[str, Any]:
-    """`describe` for a run directory, plus its data statistics and best metrics."""
+def run_info(run_dir: str | Path, precision: str | None = None,
+             world_size: int | None = None) -> dict[str, Any]:
+    """`describe` for a run directory, plus its data statistics and best metrics.
+
+    `precision` defaults to the one the run trained with.
+    """
     run_dir = Path(run_dir)
     cfg = read_config(run_dir / "config.yaml")
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     environment = _read_json(run_dir / "environment.json") or {}
-    precision = "bf16" if environment.get("precision") in ("bf16", "fp16") else "fp32"
-    info = describe(cfg, tokenizer.vocab_size, precision)
+    if precision is None:
+        precision = "bf16" if environment.get("precision") in ("bf16", "fp16") else "fp32"
+    info = describe(cfg, tokenizer.vocab_size, precision, world_size)
     info["run"] = str(run_dir)
     for key, name in (("data", "data.json"), ("best", "best/config.json"),
                       ("environment", "environment.json")):
@@ -131,6 +145,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"activations {human_bytes(train['activations'])}",
         f"               inference (fp32, batch 1, full KV cache): {human_bytes(infer['total'])}",
     ]
+    if "plan" in mem:
+        lines += format_plan(mem["plan"], mem["precision"], mem["micro_batch_size"],
+                             m["block_size"])
     data = info.get("data")
     if data:
         lines.append(f"  data         {data['source']} ({data['tokenizer_kind']} tokenizer, "
@@ -151,8 +168,39 @@ def format_info(info: dict[str, Any]) -> str:
             if key in metrics)
         lines.append(f"  best         val loss {best['val_loss']:.4f}{extra} at step "
                      f"{best['step']:,} ({best['tokens_seen']:,} tokens seen)")
+    if best and best.get("quantization"):
+        lines.append(f"  compressed   {best['quantization']} weights (from "
+                     f"{best.get('quantized_from')})")
+    if best and best.get("pruned"):
+        pruned = best["pruned"]
+        lines.append(f"  compressed   pruned ({pruned['method']}, amount {pruned['amount']}): "
+                     f"{100 * pruned['sparsity_blocks']:.1f}% of the blocks' weights zero "
+                     f"(from {pruned['from']})")
     env = info.get("environment")
     if env:
         lines.append(f"  trained on   {env.get('world_size', 1)} × {env.get('device_name')} "
                      f"({env.get('device')}, {env.get('precision')}), torch {env.get('torch')}")
     return "\n".join(lines)
+
+
+def format_plan(plan: dict[str, Any], precision: str, micro_batch_size: int,
+                block_size: int) -> list[str]:
+    """The memory plan as a table: one row per strategy and activation checkpointing."""
+    header = ("strategy", "procs", "act. ckpt", "weights", "gradients", "optimizer",
+              "activations", "buffers", "per GPU", "host (CPU)")
+    lines = [f"  memory plan  per process, {precision}, micro-batch {micro_batch_size}, context "
+             f"{block_size}, {plan['world_size']} processes (buffers: DDP's gradient buckets, "
+             "FSDP's unsharded parameters and gradients)"]
+    rows = [header] + [
+        (row["strategy"], str(row["world_size"]), "yes" if row["activation_checkpointing"] else
+         "no", *(human_bytes(row[key]) for key in ("weights", "gradients", "optimizer",
+                                                   "activations", "buffers", "total")),
+         human_bytes(row["host"]) if row["host"] else "-")
+        for row in plan["rows"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("    " + "  ".join(cells))
+    return lines

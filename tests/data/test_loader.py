@@ -123,3 +123,31 @@ def test_state_dict_round_trip(tokens: np.ndarray) -> None:
     assert torch.equal(resumed.step_batches(5)[0][0], loader.step_batches(5)[0][0])
     with pytest.raises(GptkitError, match="position"):
         resumed.load_state_dict({"seed": 1})
+
+
+@pytest.mark.parametrize("shard_tokens", [1000, 97, 8, 1])
+def test_shard_reader_equals_the_single_file_reader(tmp_path: Path, shard_tokens: int) -> None:
+    """The same ids in shards give exactly the batches of one file, on every rank and step;
+    windows may run across shard boundaries."""
+    from tests.data.test_shards import write_shards
+
+    ids = (np.arange(1000, dtype=np.int64) * 7919 % 65000).astype(np.uint16)
+    ids.tofile(tmp_path / "train.bin")
+    single = np.memmap(tmp_path / "train.bin", dtype=np.uint16, mode="r")
+    (tmp_path / "shards").mkdir()
+    sharded = write_shards(tmp_path / "shards", ids, shard_tokens)
+    crossing = 0
+    for rank in range(2):
+        a = windows(single, accum=3, rank=rank, world=2)
+        b = windows(sharded, accum=3, rank=rank, world=2)
+        for step in (0, 1, 7, 1234):
+            for (xa, ya), (xb, yb) in zip(a.step_batches(step), b.step_batches(step),
+                                          strict=True):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb)
+            starts = a.global_starts(step)
+            crossing += int((starts // shard_tokens != (starts + BLOCK) // shard_tokens).sum())
+    assert crossing > 0 or shard_tokens >= 1000
+    resumed = windows(sharded, accum=3)
+    resumed.load_state_dict(windows(single, accum=3).state_dict())
+    expected = windows(single, accum=3).step_batches(5)[1][0]
+    assert torch.equal(resumed.step_batches(5)[1][0], expected)

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from gptkit.config import DataConfig
 from gptkit.data import prepare as prepare_module
+from gptkit.data import sources
 from gptkit.data.prepare import cache_dir, count_words, prepare
 from gptkit.errors import GptkitError
 from gptkit.tokenizers import UNK, Tokenizer
@@ -40,7 +43,7 @@ def test_counts_and_token_stream(corpus, tmp_path):
     data = prepare(cfg, cache=tmp_path / "cache")
     tok, eot = data.tokenizer, data.tokenizer.eot_id
     assert (data.meta["format"], data.meta["source"], data.meta["tokenizer_kind"]) == (
-        1, str(corpus), "char")
+        2, str(corpus), "char")
     assert (data.meta["vocab_size"], data.meta["eot_id"], data.meta["dtype"]) == (
         tok.vocab_size, eot, "uint16")
     for split, docs in (("train", DOCS[:3]), ("val", DOCS[3:])):
@@ -55,7 +58,9 @@ def test_counts_and_token_stream(corpus, tmp_path):
             "documents": len(docs),
         }
     meta = json.loads((data.path / "meta.json").read_text())
-    assert meta["key"] == data.path.name and meta["splits"]["val"]["file"] == "val.bin"
+    assert meta["key"] == data.path.name
+    assert meta["splits"]["val"]["shards"] == [
+        {"file": "val-00000.bin", "tokens": data.split_meta("val")["tokens"], "offset": 0}]
     assert Tokenizer.load(data.path / "tokenizer.json").sha256() == tok.sha256()
 
 
@@ -80,8 +85,10 @@ def test_chunked_encoding_equals_whole_text(wikitext_bpe, data_dir, tmp_path, mo
     text = (data_dir / "wikitext-2" / "wiki.valid.tokens").read_text(encoding="utf-8")
     whole = [tok.eot_id, *tok.encode(text)]
     assert data.tokens("valid").tolist() == whole
+    assert tok.sha256() == Tokenizer.train_bpe([text], 2048).sha256()  # trained streaming
     monkeypatch.setattr(prepare_module, "PIECE_CHARS", 1000)  # many pieces and batches
     monkeypatch.setattr(prepare_module, "BATCH_CHARS", 100_000)
+    monkeypatch.setattr(sources, "READ_BYTES", 30_000)  # read in many blocks
     assert len(tok.split_text(text, 1000)) > 500
     again = prepare(cfg, splits=["valid"], tokenizer=tok, cache=tmp_path)
     assert again.path.name == data.path.name  # same source and tokenizer: same key
@@ -105,7 +112,7 @@ def test_cache_is_reused(corpus, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("tokenised again")
 
-    monkeypatch.setattr(Tokenizer, "encode_batch", forbidden)
+    monkeypatch.setattr(Tokenizer, "encode_arrays", forbidden)
     monkeypatch.setattr(Tokenizer, "train_bpe", forbidden)
     second = prepare(cfg, cache=tmp_path)
     assert second.path == first.path and second.meta == first.meta
@@ -124,8 +131,8 @@ def test_missing_splits_are_added_and_changed_files_rebuilt(data_dir, tmp_path, 
         (root / "wikitext-2" / f"wiki.{split}.tokens").write_text(f" = {split} = \n words \n")
     cfg = DataConfig(source="wikitext2", train_split="valid", eval_split="test")
     encoded: list[list[str]] = []
-    real = Tokenizer.encode_batch
-    monkeypatch.setattr(Tokenizer, "encode_batch",
+    real = Tokenizer.encode_arrays
+    monkeypatch.setattr(Tokenizer, "encode_arrays",
                         lambda self, texts: encoded.append(list(texts)) or real(self, texts))
     first = prepare(cfg, splits=["valid"], data_dir=root, cache=tmp_path)
     assert list(first.meta["splits"]) == ["valid"] and len(encoded) == 1
@@ -179,3 +186,97 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert cache_dir() == tmp_path / "env"
     monkeypatch.delenv("GPTKIT_CACHE_DIR")
     assert cache_dir().parts[-3:] == (".cache", "gptkit", "prepared")
+
+
+def test_shards_of_bounded_size_read_as_one_file(corpus, tmp_path):
+    one = prepare(DataConfig(source=str(corpus), val_fraction=0.25), cache=tmp_path / "one")
+    cfg = DataConfig(source=str(corpus), val_fraction=0.25, shard_tokens=7)
+    many = prepare(cfg, cache=tmp_path / "many")
+    assert many.path.name == one.path.name  # the shard size is not part of the data's identity
+    shards = many.meta["splits"]["train"]["shards"]
+    assert len(shards) == -(-one.split_meta("train")["tokens"] // 7) > 1
+    assert [s["offset"] for s in shards] == [7 * i for i in range(len(shards))]
+    assert all(s["tokens"] == 7 for s in shards[:-1]) and 1 <= shards[-1]["tokens"] <= 7
+    for split in ("train", "val"):
+        assert many.tokens(split).tolist() == one.tokens(split).tolist()
+        assert many.split_meta(split) == one.split_meta(split)
+    assert sorted(p.name for p in many.path.iterdir() if p.name.startswith(".")) == []
+    # a rebuilt split that needs fewer shards leaves none of its old ones behind
+    (corpus / "1.txt").write_text("x\n", encoding="utf-8")
+    rebuilt = prepare(cfg, cache=tmp_path / "many")
+    files = {s["file"] for s in rebuilt.meta["splits"]["train"]["shards"]}
+    assert len(files) < len(shards)
+    assert {p.name for p in rebuilt.path.glob("train-*.bin")} == files
+
+
+@pytest.mark.parametrize(("source", "splits", "kind"), [
+    ("tinyshakespeare", ("train", "val"), "char"), ("tinyshakespeare", ("train", "val"), "bpe"),
+    ("wikitext2", ("valid",), "char"),  # bpe: test_chunked_encoding_equals_whole_text
+])
+def test_streaming_gives_the_whole_text_encoding(data_dir, tmp_path, monkeypatch, source, splits,
+                                                 kind):
+    """Streamed in blocks, cut into pieces and batches, the ids are HF's encoding of each
+    whole split, and the tokenizer is the one trained on the whole text: what prepare gave
+    when it read the corpus into memory."""
+    monkeypatch.setattr(sources, "READ_BYTES", 10_000)  # many blocks, pieces and batches
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 3_000)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 50_000)
+    cfg = DataConfig(source=source, tokenizer=kind, vocab_size=512, train_split=splits[0])
+    data = prepare(cfg, splits=splits, cache=tmp_path)
+    if source == "tinyshakespeare":
+        text = (data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+        cut = int(len(text) * 0.9)
+        texts = {"train": text[:cut], "val": text[cut:]}
+    else:
+        texts = {"valid": (data_dir / "wikitext-2" / "wiki.valid.tokens").read_text("utf-8")}
+    whole = (Tokenizer.train_char([texts[splits[0]]]) if kind == "char"
+             else Tokenizer.train_bpe([texts[splits[0]]], 512))
+    assert data.tokenizer.sha256() == whole.sha256()
+    for split in splits:
+        expected = [whole.eot_id, *whole.backend.encode(texts[split]).ids]
+        assert data.tokens(split).tolist() == expected, split
+        assert data.split_meta(split)["characters"] == len(texts[split])
+
+
+def test_workers_write_what_one_process_writes(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 8)  # a batch per piece or two
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 4)
+    for kind in ("char", "bpe"):
+        cfg = DataConfig(source=str(corpus), tokenizer=kind, vocab_size=300, val_fraction=0.25)
+        one = prepare(cfg, cache=tmp_path / kind / "1")
+        two = prepare(replace(cfg, workers=2), cache=tmp_path / kind / "2")
+        assert two.meta == one.meta
+        for split in ("train", "val"):
+            assert two.tokens(split).tolist() == one.tokens(split).tolist()
+
+
+def test_memory_stays_bounded_while_streaming_a_large_corpus(data_dir, tmp_path, monkeypatch):
+    """22 MB of text is prepared (tokenizer trained, ids written) holding a fraction of it:
+    memory is set by the read, piece and batch sizes (here 16 times smaller than the default),
+    not by the corpus."""
+    monkeypatch.setattr(sources, "READ_BYTES", 1 << 16)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 1 << 16)
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 1 << 13)
+    big = tmp_path / "big.txt"
+    big.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text("utf-8") * 20, "utf-8")
+    size = big.stat().st_size
+    tracemalloc.start()
+    try:
+        data = prepare(DataConfig(source=str(big), shard_tokens=1 << 21), cache=tmp_path / "c")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 8, f"peak {peak:,} bytes for a corpus of {size:,}"
+    train = data.split_meta("train")["tokens"]
+    assert len(data.meta["splits"]["train"]["shards"]) == -(-train // (1 << 21)) >= 9
+    assert data.split_meta("train")["tokens"] + data.split_meta("val")["tokens"] == size + 2
+
+
+def test_empty_split_is_an_error_and_leaves_no_shards(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("text\n")
+    (folder / "b.txt").write_text("\n\n")
+    with pytest.raises(GptkitError, match="split 'val'.*empty"):
+        prepare(DataConfig(source=str(folder)), cache=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith("val")]

@@ -110,7 +110,7 @@ def test_download_when_online(tmp_path, monkeypatch):
 def test_text_file_splits_characters(tmp_path):
     path = tmp_path / "corpus.txt"
     text = "hello world\r\n" * 10 + "中文 😀"
-    path.write_bytes(text.encode("utf-8"))
+    path.write_bytes(text.encode())
     out = load_source(str(path), ["train", "val"], val_fraction=0.25)
     cut = int(len(text) * 0.75)
     assert out == {"train": [text[:cut]], "val": [text[cut:]]}
@@ -196,3 +196,29 @@ def test_only_requested_splits_are_read(tmp_path, data_dir):
     (tmp_path / "wikitext-2").mkdir()
     (tmp_path / "wikitext-2" / "wiki.test.tokens").write_text(" = A = \n")
     assert load_source("wikitext2", ["test"], data_dir=tmp_path) == {"test": [" = A = \n"]}
+
+
+def test_streamed_lines_split_like_splitlines():
+    text = 'a\r\nb\rc\n\n{"x": 1}\u2028d\x85e\r\r\nf\n'
+    for size in (1, 2, 3, 7, 100):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(sources._lines(chunks)) == text.splitlines()
+    assert list(sources._lines(["no newline", " at all"])) == ["no newline at all"]
+
+
+def test_files_are_read_in_blocks_with_exact_offsets(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "READ_BYTES", 3)  # characters cut across blocks
+    path = tmp_path / "t.txt"
+    text = "中文 😀\r\nü" * 5
+    path.write_bytes(text.encode() + b"\xff")
+    with pytest.raises(GptkitError, match=rf"invalid byte 0xff at byte offset "
+                                          rf"{len(text.encode())}\)"):
+        "".join(sources.read_chunks(path))
+    path.write_bytes(text.encode() + "é".encode()[:1])  # a character cut at the end
+    with pytest.raises(GptkitError, match=rf"byte 0xc3 at byte offset {len(text.encode())}\)"):
+        "".join(sources.read_chunks(path))
+    path.write_bytes(text.encode())
+    assert sources.read_text(path) == text
+    out = load_source(str(path), ["train", "val"], val_fraction=0.3)
+    cut = int(len(text) * 0.7)
+    assert out == {"train": [text[:cut]], "val": [text[cut:]]}

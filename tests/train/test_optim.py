@@ -104,7 +104,8 @@ def test_every_optimizer_builds_and_steps(name: str) -> None:
     cfg = TrainConfig(optimizer=name, lr=1e-2, weight_decay=0.1)
     opt = build_optimizer(model, cfg, "cpu")
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
-    assert opt.defaults["foreach"] is True
+    # Adam(W) runs torch's fused CPU kernel, the others the multi-tensor path
+    assert opt.defaults["fused" if name in ("adamw", "adam") else "foreach"] is True
     before = [p.detach().clone() for p in model.parameters()]
     idx = torch.randint(0, 11, (2, 6))
     model(idx, idx).backward()
@@ -114,14 +115,15 @@ def test_every_optimizer_builds_and_steps(name: str) -> None:
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
-def test_adam_settings_and_fused_on_cuda() -> None:
+def test_adam_settings_and_fused_kernels() -> None:
     cfg = TrainConfig(optimizer="adamw", lr=3e-4, beta1=0.8, beta2=0.95, eps=1e-6)
     opt = build_optimizer(TinyLM(), cfg, "cpu")
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.8, 0.95) and opt.defaults["eps"] == 1e-6
-    assert opt.defaults["lr"] == 3e-4 and not opt.defaults["fused"]
-    # the flag choice only; torch also has fused kernels for CPU tensors, so this builds here
+    assert opt.defaults["lr"] == 3e-4 and opt.defaults["fused"] is True
     assert build_optimizer(TinyLM(), cfg, "cuda").defaults["fused"] is True
+    mps = build_optimizer(TinyLM(), cfg, "mps").defaults  # the flag choice only
+    assert mps["foreach"] is True and not mps["fused"]
     assert isinstance(build_optimizer(TinyLM(), TrainConfig(optimizer="adam"), "cpu"),
                       torch.optim.Adam)
 
@@ -179,7 +181,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest() -> None:
     assert opt.param_groups == opt.muon.param_groups + opt.adamw.param_groups
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.1, 0.0]
     assert opt.muon.defaults["adjust_lr_fn"] == "match_rms_adamw"
-    assert opt.muon.defaults["momentum"] == 0.95 and opt.adamw.defaults["foreach"]
+    assert opt.muon.defaults["momentum"] == 0.95 and opt.adamw.defaults["fused"]
     for group in opt.param_groups:  # what the schedule does each step reaches both
         group["lr"] = 0.0
     before = [p.detach().clone() for p in model.parameters()]

@@ -203,11 +203,37 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_matrix_instructions(monke
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
-    assert distributed.resolve_precision("auto", cpu, 384) == "bf16"
-    assert distributed.resolve_precision("auto", cpu, 128) == "fp32"  # too narrow to gain
-    assert distributed.resolve_precision("fp32", cpu, 384) == "fp32"
+    assert distributed.resolve_precision("auto", cpu) == "bf16"
+    assert distributed.resolve_precision("fp32", cpu) == "fp32"
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
-    assert distributed.resolve_precision("auto", cpu, 384) == "fp32"
+    assert distributed.resolve_precision("auto", cpu) == "fp32"
+
+
+def test_cpu_attention_kernel_runs_in_fp32_inside_bf16_autocast():
+    """Autocast lists SDPA among its bf16 ops; the model must keep it from recasting q, k, v
+    (the CPU flash-attention backward is ~5x slower in bf16). Checked below autocast, at the
+    ATen operators that really run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gptkit.model import GPT
+
+    class AttentionDtypes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[torch.dtype] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if "scaled_dot_product" in str(func):
+                self.seen.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    model = GPT.from_config(cfg().model, 65)
+    x = torch.randint(0, 65, (2, 16))
+    mode = AttentionDtypes()
+    with torch.autocast("cpu", dtype=torch.bfloat16), mode:
+        logits, loss = model(x, x)
+    assert mode.seen and set(mode.seen) == {torch.float32}
+    assert logits.dtype == torch.bfloat16  # the matmuls around it do run in bf16
 
 
 def test_bf16_autocast_on_cpu_trains_like_fp32():

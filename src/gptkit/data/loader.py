@@ -1,10 +1,12 @@
-"""Training batches drawn as random windows from a token memmap.
+"""Training batches drawn as random windows from a token memmap or token shards.
 
 A step's batch is a pure function of `(seed, step)`, so resuming at step N reproduces exactly
 the batches an uninterrupted run would have seen (LESSONS.md #12) without replaying the
 earlier steps. All processes draw the same global set of window starts and each takes its own
 chunks of it, so the windows of a step do not depend on how they are spread over processes and
 micro-batches: one process with 2 accumulation steps sees exactly what 2 processes with 1 see.
+Window starts are positions in the whole split, so a sharded split (`TokenShards`) gives the
+same batches as the same ids in one file; a window may run across a shard boundary.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gptkit.data.shards import Tokens, read_windows
 from gptkit.errors import GptkitError
 
 
@@ -23,7 +26,7 @@ class RandomWindows:
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: Tokens,
         block_size: int,
         micro_batch_size: int,
         accum_steps: int,
@@ -59,8 +62,6 @@ class RandomWindows:
         self.world_size = world_size
         self.split = split
         self.position = 0  # the next step to draw; saved so a resumed run knows where it was
-        # offsets 0..block_size of one window (x is the first block_size, y the last)
-        self._offsets = np.arange(block_size + 1, dtype=np.int64)
 
     def global_starts(self, step: int) -> np.ndarray:
         """All window starts of one optimizer step, over every process and micro-batch."""
@@ -81,8 +82,8 @@ class RandomWindows:
         batches = []
         for m in range(self.accum_steps):
             chunk = starts[m * self.world_size + self.rank]
-            # one gather from the memmap reads each window once; x and y are views of it
-            windows = np.asarray(self.tokens[chunk[:, None] + self._offsets], dtype=np.int64)
+            # one gather reads each window once (x is its first block_size ids, y its last)
+            windows = read_windows(self.tokens, chunk, self.block_size + 1)
             x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
             y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
             batches.append((x, y))

@@ -1,38 +1,49 @@
-"""Text -> token ids on disk: one `<split>.bin` per split plus meta.json and tokenizer.json.
+"""Text -> token ids on disk: token shards per split plus meta.json and tokenizer.json.
 
 A split's token stream is `[eot] doc1 [eot] doc2 ...` (EOT only where the tokenizer has
-one), so the first token of each document has a context. Results are cached under a key
-of (source, tokenizer, its settings), so a second run skips tokenisation.
+one), so the first token of each document has a context. It is written as shards of at most
+`data.shard_tokens` ids (`<split>-00000.bin`, ...; see `gptkit.data.shards`), indexed in
+meta.json with each shard's token count and global offset. The source is streamed: files
+are read in blocks, documents cut into pieces that encode exactly as the whole
+(`Tokenizer.split_stream`) and encoded a batch at a time, by `data.workers` processes when
+more than one, so memory stays bounded whatever the corpus size. Results are cached under a
+key of (source, tokenizer, its settings), so a second run skips tokenisation.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
+import tokenizers
 from tqdm import tqdm
 
 from gptkit.config import DataConfig
-from gptkit.data.sources import load_source, source_files
+from gptkit.data.shards import ShardWriter, TokenShards
+from gptkit.data.sources import documents, empty_split_error, source_files, stream_source
 from gptkit.errors import GptkitError
-from gptkit.tokenizers import Tokenizer, build_tokenizer
+from gptkit.tokenizers import Tokenizer, build_tokenizer, training_pieces
 
-FORMAT = 1
-PIECE_CHARS = 1 << 18  # long documents are cut into pieces this long, encoded in parallel
-BATCH_CHARS = 1 << 24  # characters per encode_batch call (bounds memory)
+# 2: splits are token shards listed in meta.json (1: one <split>.bin per split)
+FORMAT = 2
+PIECE_CHARS = 1 << 16  # documents are cut into pieces this long, encoded in parallel
+BATCH_CHARS = 1 << 20  # characters per encode call (bounds memory: ids are int64 until written)
+BATCH_PIECES = 1 << 12
 COUNTS = ("tokens", "words", "bytes", "characters", "documents")
 
 
 @dataclass
 class PreparedData:
-    path: Path  # folder with <split>.bin, meta.json, tokenizer.json
+    path: Path  # folder with the token shards, meta.json, tokenizer.json
     meta: dict[str, Any]
     tokenizer: Tokenizer
 
@@ -43,12 +54,11 @@ class PreparedData:
             have = ", ".join(self.meta["splits"])
             raise GptkitError(f"split {split!r} was not prepared (prepared: {have})") from None
 
-    def tokens(self, split: str) -> np.ndarray:
-        """The split's token ids, memory-mapped read-only."""
-        info, dtype = self._split(split), np.dtype(self.meta["dtype"])
-        if info["tokens"] == 0:
-            return np.zeros(0, dtype)
-        return np.memmap(self.path / info["file"], dtype=dtype, mode="r")
+    def tokens(self, split: str) -> TokenShards:
+        """The split's token ids, memory-mapped read-only, indexed like one 1-D array."""
+        shards = self._split(split)["shards"]
+        return TokenShards([self.path / s["file"] for s in shards],
+                           [s["tokens"] for s in shards], np.dtype(self.meta["dtype"]))
 
     def split_meta(self, split: str) -> dict[str, int]:
         """tokens, words (WikiText convention), bytes (UTF-8), characters, documents."""
@@ -86,57 +96,124 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _encode_split(
-    docs: Sequence[str], tokenizer: Tokenizer, out: BinaryIO, dtype: np.dtype, progress: bool
-) -> int:
-    """Writes `[eot] + encode(doc)` for each document to `out`; returns the token count.
+@dataclass
+class _Encoded:
+    """One batch of pieces encoded, with the counts of its text."""
 
-    Documents are cut into pieces that encode exactly as the whole (`Tokenizer.split_text`)
-    and go through `encode_batch` in batches, so all cores work and memory stays bounded.
+    ids: np.ndarray
+    words: int
+    bytes: int
+    characters: int
+    documents: int
+    has_text: bool
+
+
+def _encode_batch(tokenizer: Tokenizer, dtype: np.dtype, pieces: list[str],
+                  starts: list[bool]) -> _Encoded:
+    """`[eot]` before each document's first piece, then the pieces' ids.
+
+    Pieces are cut where whitespace ends a word, so their word counts add up to the
+    documents'.
     """
     eot = np.array([] if tokenizer.eot_id is None else [tokenizer.eot_id], dtype=np.int64)
-    limit = np.iinfo(dtype).max
-    bar = tqdm(total=sum(map(len, docs)), unit="char", unit_scale=True, disable=not progress)
+    parts = []
+    for start, ids in zip(starts, tokenizer.encode_arrays(pieces), strict=True):
+        if start:
+            parts.append(eot)
+        parts.append(ids)
+    array = np.concatenate(parts) if parts else eot[:0]
+    if len(array) and array.max() > np.iinfo(dtype).max:
+        raise GptkitError(f"token id {array.max()} does not fit {dtype}; report this bug")
+    return _Encoded(
+        ids=array.astype(dtype),
+        words=count_words(pieces),
+        bytes=sum(len(piece.encode("utf-8")) for piece in pieces),
+        characters=sum(map(len, pieces)),
+        documents=sum(starts),
+        has_text=any(piece.strip() for piece in pieces),
+    )
 
-    def write(pieces: list[str], starts: list[bool]) -> int:
-        parts = []
-        for start, ids in zip(starts, tokenizer.encode_batch(pieces), strict=True):
-            if start:
-                parts.append(eot)
-            parts.append(np.asarray(ids, dtype=np.int64))
-        array = np.concatenate(parts) if parts else eot[:0]
-        if len(array) and array.max() > limit:
-            raise GptkitError(f"token id {array.max()} does not fit {dtype}; report this bug")
-        out.write(array.astype(dtype).tobytes())
-        bar.update(sum(map(len, pieces)))
-        return len(array)
 
-    total, size = 0, 0
+_worker: tuple[Tokenizer, np.dtype] | None = None  # a pool process's tokenizer
+
+
+def _start_worker(spec: str, dtype: str, threads: int) -> None:
+    global _worker
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # HF's encode threads: a share of the cores
+    _worker = (Tokenizer(tokenizers.Tokenizer.from_str(spec)), np.dtype(dtype))
+
+
+def _encode_in_worker(batch: tuple[list[str], list[bool]]) -> _Encoded:
+    assert _worker is not None, "pool process not started by _start_worker"
+    return _encode_batch(*_worker, *batch)
+
+
+def _batches(docs: Iterable[Iterable[str]], tokenizer: Tokenizer
+             ) -> Iterator[tuple[list[str], list[bool]]]:
+    """(pieces, starts a document?) in batches of about BATCH_CHARS characters."""
     pieces: list[str] = []
     starts: list[bool] = []
+    size = 0
     for doc in docs:
-        for i, piece in enumerate(tokenizer.split_text(doc, PIECE_CHARS)):
+        for i, piece in enumerate(tokenizer.split_stream(doc, PIECE_CHARS)):
             pieces.append(piece)
             starts.append(i == 0)
             size += len(piece)
-            if size >= BATCH_CHARS or len(pieces) >= 1 << 14:
-                total += write(pieces, starts)
+            if size >= BATCH_CHARS or len(pieces) >= BATCH_PIECES:
+                yield pieces, starts
                 pieces, starts, size = [], [], 0
-    total += write(pieces, starts)
-    bar.close()
-    return total
+    if pieces:
+        yield pieces, starts
 
 
-def _split_info(file: str, tokens: int, docs: Sequence[str], fingerprint: str) -> dict[str, Any]:
-    return {
-        "file": file,
-        "tokens": tokens,
-        "words": count_words(docs),
-        "bytes": sum(len(doc.encode("utf-8")) for doc in docs),
-        "characters": sum(map(len, docs)),
-        "documents": len(docs),
-        "source_files": fingerprint,  # the split is rebuilt when its files change
-    }
+def _encoded(batches: Iterable[tuple[list[str], list[bool]]], tokenizer: Tokenizer,
+             dtype: np.dtype, workers: int) -> Iterator[_Encoded]:
+    """The batches encoded in order: here, or by `workers` processes (a few batches ahead)."""
+    if workers <= 1:
+        for batch in batches:
+            yield _encode_batch(tokenizer, dtype, *batch)
+        return
+    # spawn: a forked copy of a process that already runs threads (torch, tokenizers) can hang
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with context.Pool(workers, _start_worker,
+                      (tokenizer.backend.to_str(), dtype.str, threads)) as pool:
+        pending: collections.deque[Any] = collections.deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_encode_in_worker, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _worker_count(workers: int) -> int:
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+def _write_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, folder: Path,
+                 dtype: np.dtype, data_dir: str | Path | None, progress: bool) -> dict[str, Any]:
+    """Streams one split into shards; its index and counts (meta.json's entry)."""
+    options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=cfg.val_fraction,
+                                   text_field=cfg.text_field)
+    docs = documents(stream_source(cfg.source, split, **options))
+    counts = dict.fromkeys(COUNTS, 0)
+    has_text = False
+    bar = tqdm(unit="char", unit_scale=True, disable=not progress)
+    with ShardWriter(folder, split, dtype, cfg.shard_tokens) as writer:
+        for encoded in _encoded(_batches(docs, tokenizer), tokenizer, dtype,
+                                _worker_count(cfg.workers)):
+            writer.write(encoded.ids)
+            counts["tokens"] += len(encoded.ids)
+            for name in ("words", "bytes", "characters", "documents"):
+                counts[name] += getattr(encoded, name)
+            has_text |= encoded.has_text
+            bar.update(encoded.characters)
+        bar.close()
+        if not has_text:
+            raise empty_split_error(cfg.source, split, **options)
+        shards = writer.close()
+    return {"shards": shards, **counts}
 
 
 def prepare(
@@ -155,6 +232,7 @@ def prepare(
     the source and the tokenizer's hash, so a run's own tokenizer (resume, eval) finds the
     data prepared when it was trained; `<cache>/<settings key>.json` points trained
     tokenizer settings at that folder, so a second run neither trains nor tokenises.
+    The source is streamed (see the module docstring): memory does not grow with its size.
     """
     splits = list(dict.fromkeys(splits or (cfg.train_split, cfg.eval_split)))
     if tokenizer is None and cfg.tokenizer == "gpt2":
@@ -165,7 +243,6 @@ def prepare(
     identity = {"format": FORMAT, "source": _source_id(cfg.source),
                 "val_fraction": cfg.val_fraction, "text_field": cfg.text_field}
     root = cache_dir(cache)
-    docs: dict[str, list[str]] = {}
     link, linked = None, None
     if tokenizer is None:
         settings = {"kind": cfg.tokenizer, "on": cfg.train_split,
@@ -177,11 +254,7 @@ def prepare(
             if (root / linked / "tokenizer.json").is_file():
                 tokenizer = Tokenizer.load(root / linked / "tokenizer.json")
     if tokenizer is None:
-        docs = _load(cfg, [cfg.train_split], data_dir)
-        if progress:
-            print(f"training a {cfg.tokenizer} tokenizer on {cfg.source} [{cfg.train_split}]",
-                  file=sys.stderr)
-        tokenizer = build_tokenizer(cfg, docs[cfg.train_split], data_dir=data_dir)
+        tokenizer = _train_tokenizer(cfg, data_dir, progress)
     key = _key({**identity, "tokenizer": tokenizer.sha256()})
     folder = root / key
     meta_path = folder / "meta.json"
@@ -198,26 +271,46 @@ def prepare(
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "tokenizer.json").is_file():
             _write_atomic(folder / "tokenizer.json", tokenizer.backend.to_str(True).encode())
-        docs.update(_load(cfg, [s for s in todo if s not in docs], data_dir))
-        for split in todo:
-            if progress:
-                print(f"tokenizing {cfg.source} [{split}]", file=sys.stderr)
-            file = f"{split}.bin"
-            tmp = folder / f".{file}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as out:
-                n = _encode_split(docs[split], tokenizer, out, np.dtype(meta["dtype"]), progress)
-            os.replace(tmp, folder / file)
-            meta["splits"][split] = _split_info(file, n, docs[split], fingerprints[split])
+    for split in todo:
+        if progress:
+            print(f"tokenizing {cfg.source} [{split}]", file=sys.stderr)
+        info = _write_split(cfg, split, tokenizer, folder, np.dtype(meta["dtype"]), data_dir,
+                            progress)
+        old = meta["splits"].get(split, {}).get("shards", [])
+        meta["splits"][split] = {**info, "source_files": fingerprints[split]}
         _write_atomic(meta_path, json.dumps(meta, indent=2).encode("utf-8"))
+        kept = {shard["file"] for shard in info["shards"]}
+        for shard in old:  # a rebuilt split that became shorter
+            if shard["file"] not in kept:
+                (folder / shard["file"]).unlink(missing_ok=True)
     if link is not None and linked != key:
         _write_atomic(link, json.dumps({"key": key, "tokenizer": cfg.tokenizer}).encode())
     return PreparedData(folder, meta, tokenizer)
 
 
+def _train_tokenizer(cfg: DataConfig, data_dir: str | Path | None, progress: bool) -> Tokenizer:
+    """char/bpe learnt from the train split, read once as a stream of pieces."""
+    options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=cfg.val_fraction,
+                                   text_field=cfg.text_field)
+    has_text = False
+
+    def pieces() -> Iterator[str]:
+        nonlocal has_text
+        for doc in documents(stream_source(cfg.source, cfg.train_split, **options)):
+            for piece in training_pieces(doc):
+                if not has_text and piece.strip():  # said once the source reads as text
+                    has_text = True
+                    if progress:
+                        print(f"training a {cfg.tokenizer} tokenizer on {cfg.source} "
+                              f"[{cfg.train_split}]", file=sys.stderr)
+                yield piece
+
+    tokenizer = build_tokenizer(cfg, pieces(), data_dir=data_dir)
+    if not has_text:
+        raise empty_split_error(cfg.source, cfg.train_split, **options)
+    return tokenizer
+
+
 def _key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
-
-def _load(cfg: DataConfig, splits: list[str], data_dir: str | Path | None) -> dict[str, list[str]]:
-    return load_source(cfg.source, splits, data_dir=data_dir, val_fraction=cfg.val_fraction,
-                       text_field=cfg.text_field)

@@ -8,12 +8,16 @@ JSONL (one document per line), split into train/val by `val_fraction`.
 
 from __future__ import annotations
 
+import codecs
 import glob
+import itertools
 import json
+import operator
 import os
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from gptkit.errors import GptkitError
 
@@ -31,6 +35,7 @@ WIKITEXT = {
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 NAMED = ("tinyshakespeare", *WIKITEXT)
 ALIASES = {"val": "valid", "valid": "val"}  # either name works for either kind of source
+READ_BYTES = 1 << 20  # bytes read from a file at a time
 
 
 def data_root(data_dir: str | Path | None = None) -> Path:
@@ -141,32 +146,66 @@ def source_files(
     return {split: files for split in splits}
 
 
+def read_chunks(path: Path, block_bytes: int | None = None) -> Iterator[str]:
+    """A file's text exactly (no newline translation) in chunks, or where it is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes handed to the decoder so far
+    with open(path, "rb") as file:
+        while True:
+            block = file.read(block_bytes or READ_BYTES)
+            pending = decoder.getstate()[0]  # the start of a character cut by the last block
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                data = pending + block
+                raise GptkitError(
+                    f"{path} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at byte "
+                    f"offset {offset - len(pending) + exc.start}); convert it to UTF-8 (e.g. "
+                    "iconv -t utf-8)"
+                ) from None
+            offset += len(block)
+            if text:
+                yield text
+            if not block:
+                return
+
+
 def read_text(path: Path) -> str:
     """A file's text exactly (no newline translation), or where it is not UTF-8."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GptkitError(
-            f"{path} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at byte offset "
-            f"{exc.start}); convert it to UTF-8 (e.g. iconv -t utf-8)"
-        ) from None
+    return "".join(read_chunks(path))
 
 
-def _read_parquet(path: Path) -> str:
+def _parquet_chunks(path: Path) -> Iterator[str]:
     """WikiText parquet rows are lines; HF stored blank lines (" \\n" in the files) as ""."""
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1 << 14, columns=["text"])
+        for batch in batches:
+            yield "".join(row or " \n" for row in batch.column("text").to_pylist())
     except Exception as exc:
         raise GptkitError(f"cannot read {path} as WikiText parquet ({exc}); delete it") from exc
-    return "".join(row or " \n" for row in rows)
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[str]:
-    docs = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
+def _lines(chunks: Iterable[str]) -> Iterator[str]:
+    """`str.splitlines` of the joined chunks, one line at a time."""
+    rest: list[str] = []  # the line under way, in pieces (a long line is joined once)
+    for chunk in chunks:
+        if "\n" not in chunk:
+            rest.append(chunk)
+            continue
+        parts = chunk.split("\n")
+        parts[0] = "".join([*rest, parts[0]])
+        rest = [parts.pop()]
+        for part in parts:  # "\n" ends a line; the other line breaks are split here
+            yield from part.splitlines() or [""]
+    if "".join(rest):
+        yield from "".join(rest).splitlines()
+
+
+def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
+    """The text of each record (non-blank line) of a JSONL file, in order."""
+    for number, line in enumerate(_lines(read_chunks(path)), start=1):
         if not line.strip():
             continue
         try:
@@ -177,27 +216,131 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
             raise GptkitError(
                 f"{path}:{number} has no text field {text_field!r}; set data.text_field"
             )
-        docs.append(record[text_field])
-    return docs
+        yield record[text_field]
 
 
-def _read_documents(files: Sequence[Path], text_field: str) -> list[str]:
-    docs: list[str] = []
+def _document_count(files: Sequence[Path], text_field: str) -> int:
+    """Documents of a path source: one per text file, one per JSONL record.
+
+    Reads every JSONL record, so a broken line is reported before any tokenising starts.
+    """
+    return sum(
+        sum(1 for _ in _jsonl_texts(path, text_field)) if path.suffix == ".jsonl" else 1
+        for path in files
+    )
+
+
+def _documents(files: Sequence[Path], text_field: str, first: int, stop: int
+               ) -> Iterator[tuple[int, Iterable[str]]]:
+    """Documents number `first` to `stop - 1` of a path source, each as text chunks.
+
+    Text files outside the range are not opened; JSONL files are read line by line.
+    """
+    number = 0
     for path in files:
-        if path.suffix == ".jsonl":
-            docs.extend(_read_jsonl(path, text_field))
-        else:
-            docs.append(read_text(path))
-    return docs
+        if number >= stop:
+            return
+        if path.suffix != ".jsonl":
+            if number >= first:
+                yield number, read_chunks(path)
+            number += 1
+            continue
+        for text in _jsonl_texts(path, text_field):
+            if number >= first:
+                yield number, [text]
+            number += 1
+            if number >= stop:
+                return
 
 
-def _train_val(docs: list[str], split: str, val_fraction: float) -> list[str]:
-    """One document: cut its characters; several: the last documents are validation."""
-    if len(docs) == 1:
-        cut = int(len(docs[0]) * (1 - val_fraction))
-        return [docs[0][:cut] if split == "train" else docs[0][cut:]]
-    n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
-    return docs[:-n_val] if split == "train" else docs[-n_val:]
+def _single_document(files: Sequence[Path], text_field: str) -> Callable[[], Iterable[str]]:
+    """A way to read a one-document source's text (again): its text file, or its one record."""
+    text_files = [path for path in files if path.suffix != ".jsonl"]
+    if text_files:
+        return lambda: read_chunks(text_files[0])
+    [(_, doc)] = _documents(files, text_field, 0, 1)
+    return lambda: doc
+
+
+def _characters(chunks: Iterable[str], start: int, stop: int | None) -> Iterator[str]:
+    """Characters [start, stop) of the text the chunks join into."""
+    seen = 0
+    for chunk in chunks:
+        lo, hi = max(start - seen, 0), len(chunk) if stop is None else min(stop - seen, len(chunk))
+        if lo < hi:
+            yield chunk[lo:hi]
+        seen += len(chunk)
+        if stop is not None and seen >= stop:
+            return
+
+
+def stream_source(
+    spec: str,
+    split: str,
+    *,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    text_field: str = "text",
+) -> Iterator[tuple[int, str]]:
+    """One split as (document number, text) pairs, a document's text in one or more chunks.
+
+    Reads as it goes, so a corpus larger than memory streams through; every document gives
+    at least one pair (an empty document gives ""). The split is the one `load_source` gives:
+    WikiText's files whole, else a single document cut by characters (the last
+    `val_fraction` is val; Tiny Shakespeare 10%) or the last documents as val.
+    """
+    name = _split_name(spec, split)
+    [paths] = source_files(spec, [split], data_dir=data_dir).values()
+    if spec in WIKITEXT:
+        [path] = paths
+        chunks = _parquet_chunks(path) if path.suffix == ".parquet" else read_chunks(path)
+        yield from _numbered(0, chunks)
+        return
+    fraction = 0.1 if spec == "tinyshakespeare" else val_fraction  # nanoGPT's 90/10
+    count = _document_count(paths, text_field)
+    if count == 0:
+        raise GptkitError(f"data source {spec!r} is empty (only whitespace); give it text")
+    if count == 1:  # one document: cut its characters
+        read = _single_document(paths, text_field)
+        cut = int(sum(map(len, read())) * (1 - fraction))
+        start, stop = (0, cut) if name == "train" else (cut, None)
+        yield from _numbered(0, _characters(read(), start, stop))
+        return
+    n_val = min(count - 1, max(1, round(count * fraction)))
+    first, stop = (0, count - n_val) if name == "train" else (count - n_val, count)
+    for number, doc in _documents(paths, text_field, first, stop):
+        yield from _numbered(number, doc)
+
+
+def _numbered(number: int, chunks: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(number, chunk) for each non-empty chunk; ("") when there is none."""
+    empty = True
+    for chunk in chunks:
+        if chunk:
+            empty = False
+            yield number, chunk
+    if empty:
+        yield number, ""
+
+
+def documents(stream: Iterable[tuple[int, str]]) -> Iterator[Iterator[str]]:
+    """A `stream_source` stream as one chunk iterator per document (consume them in order)."""
+    for _, group in itertools.groupby(stream, key=operator.itemgetter(0)):
+        yield (chunk for _, chunk in group)
+
+
+def empty_split_error(spec: str, split: str, *, data_dir: str | Path | None = None,
+                      val_fraction: float = 0.1, text_field: str = "text") -> GptkitError:
+    """What to say when a split holds only whitespace: the source's fault or the split's."""
+    if spec not in WIKITEXT:
+        streams = (stream_source(spec, s, data_dir=data_dir, val_fraction=val_fraction,
+                                 text_field=text_field) for s in available_splits(spec))
+        if not any(chunk.strip() for stream in streams for _, chunk in stream):
+            return GptkitError(f"data source {spec!r} is empty (only whitespace); give it text")
+    return GptkitError(
+        f"split {split!r} of {spec!r} is empty (only whitespace); give the source more "
+        "text or change data.val_fraction"
+    )
 
 
 def load_source(
@@ -208,25 +351,18 @@ def load_source(
     val_fraction: float = 0.1,
     text_field: str = "text",
 ) -> dict[str, list[str]]:
-    """Split name (as asked) -> its documents. Only the requested splits are read."""
-    files = source_files(spec, splits, data_dir=data_dir)
-    if not files:
-        return {}
-    if spec in WIKITEXT:
-        out = {
-            split: [_read_parquet(path) if path.suffix == ".parquet" else read_text(path)]
-            for split, [path] in files.items()
-        }
-    else:
-        docs = _read_documents(next(iter(files.values())), text_field)
+    """Split name (as asked) -> its documents, in memory. Only the requested splits are read.
+
+    For corpora that fit in memory (and tests); `prepare` streams with `stream_source`.
+    """
+    for split in splits:
+        _split_name(spec, split)
+    out = {}
+    options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=val_fraction,
+                                   text_field=text_field)
+    for split in splits:
+        docs = ["".join(doc) for doc in documents(stream_source(spec, split, **options))]
         if not any(doc.strip() for doc in docs):
-            raise GptkitError(f"data source {spec!r} is empty (only whitespace); give it text")
-        cut = 0.1 if spec == "tinyshakespeare" else val_fraction  # nanoGPT's 90/10
-        out = {split: _train_val(docs, _split_name(spec, split), cut) for split in splits}
-    for split, docs in out.items():
-        if not any(doc.strip() for doc in docs):
-            raise GptkitError(
-                f"split {split!r} of {spec!r} is empty (only whitespace); give the source more "
-                "text or change data.val_fraction"
-            )
+            raise empty_split_error(spec, split, **options)
+        out[split] = docs
     return out

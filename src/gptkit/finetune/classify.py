@@ -312,7 +312,7 @@ def finetune_classifier(
     gpt, tokenizer = _backbone(cfg, run_dir, data, data_dir)
     cfg.model.vocab_size = gpt.config.vocab_size
     device = distributed.resolve_device(t.device)
-    precision = distributed.resolve_precision(t.precision, device, cfg.model.n_embd)
+    precision = distributed.resolve_precision(t.precision, device)
     model = GPTClassifier.from_gpt(gpt, len(data.labels), cfg.classify.task,
                                    cfg.classify.pooling).to(device)
     augmenter = Augmenter(cfg.data.augment, seed=t.seed, vocab_size=tokenizer.vocab_size,

@@ -17,9 +17,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,38 +217,6 @@ HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json",
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-@contextmanager
-def _new_folder(out: Path, *, overwrite: bool, marker: str, what: str) -> Iterator[Path]:
-    """A temporary sibling of `out` to fill; renamed to `out` only if the block succeeds.
-
-    An existing non-empty `out` is replaced only with `overwrite`, and only when it holds
-    `marker` (so that a typo cannot replace an unrelated folder).
-    """
-    out = out.resolve()
-    _check_target(out, overwrite=overwrite, marker=marker, what=what)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        checkpoint.replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _check_target(out: Path, *, overwrite: bool, marker: str, what: str) -> None:
-    if out.exists() and not out.is_dir():
-        raise GptkitError(f"{out} exists and is not a folder; choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise GptkitError(f"{out} already exists; use --overwrite to replace it, or another --out")
-    if not (out / marker).is_file():
-        raise GptkitError(
-            f"refusing to overwrite {out}: it is not a {what} (no {marker}); choose another --out"
-        )
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -291,7 +256,7 @@ def export_hf(
     tokens = {} if eot is None else {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
     tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size)
     special = {k: v for k, v in tokenizer_config.items() if k.endswith("_token")}
-    with _new_folder(Path(out), overwrite=overwrite, marker="config.json",
+    with checkpoint.new_folder(Path(out), overwrite=overwrite, marker="config.json",
                      what="Hugging Face model folder") as tmp:
         save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
@@ -378,7 +343,7 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     checkpoints, so `load_run`, eval, sample, info and `train.init_from` accept it.
     """
     out = Path(out)
-    _check_target(out.resolve(), overwrite=overwrite, marker="config.yaml",
+    checkpoint.check_target(out.resolve(), overwrite=overwrite, marker="config.yaml",
                   what="gptkit run")  # before a download, which may be long
     folder = hf_folder(source)
     config_file = folder / "config.json"
@@ -409,7 +374,8 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2")).validate()
     info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": asdict(config),
             "imported_from": source}
-    with _new_folder(out, overwrite=overwrite, marker="config.yaml", what="gptkit run") as tmp:
+    with checkpoint.new_folder(out, overwrite=overwrite, marker="config.yaml",
+                               what="gptkit run") as tmp:
         save_config(cfg, tmp / "config.yaml")
         tokenizer.save(tmp / "tokenizer.json")
         card = render_card(cfg, info)

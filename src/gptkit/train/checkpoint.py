@@ -21,7 +21,8 @@ import pickle
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,38 @@ def replace_dir(src: Path, dst: Path) -> None:
     else:
         os.replace(src, dst)
     _fsync_dir(dst.parent)
+
+
+@contextmanager
+def new_folder(out: Path, *, overwrite: bool, marker: str, what: str) -> Iterator[Path]:
+    """A temporary sibling of `out` to fill; renamed to `out` only if the block succeeds.
+
+    An existing non-empty `out` is replaced only with `overwrite`, and only when it holds
+    `marker` (so that a typo cannot replace an unrelated folder).
+    """
+    out = out.resolve()
+    check_target(out, overwrite=overwrite, marker=marker, what=what)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_target(out: Path, *, overwrite: bool, marker: str, what: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise GptkitError(f"{out} exists and is not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise GptkitError(f"{out} already exists; use --overwrite to replace it, or another --out")
+    if not (out / marker).is_file():
+        raise GptkitError(
+            f"refusing to overwrite {out}: it is not a {what} (no {marker}); choose another --out"
+        )
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -219,8 +219,7 @@ class Trainer:
                 "finetune.unfreeze_every (gradual unfreezing) runs on one process only: DDP "
                 "needs the trainable parameters fixed; use finetune.freeze_layers instead"
             )
-        self.precision = distributed.resolve_precision(
-            cfg.train.precision, env.device, cfg.model.n_embd)
+        self.precision = distributed.resolve_precision(cfg.train.precision, env.device)
         self.compiled = distributed.resolve_compile(cfg.train.compile, env.device)
 
         random.seed(cfg.train.seed)

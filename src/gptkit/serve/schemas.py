@@ -1,0 +1,191 @@
+"""Request and response bodies of the HTTP API, shaped like OpenAI's completions API.
+
+Requests are validated strictly (`extra="forbid"`, no string-to-number coercion, finite
+numbers only), so that a misspelt or unsupported field (`frequency_penalty`, `logprobs`,
+...) is a 422 naming it rather than a silently ignored wish. Omitted sampling settings take
+the run's `sample` section, as `gptkit sample` does; an omitted seed draws fresh randomness.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_N = 16  # completions per prompt
+MAX_PROMPTS = 16  # prompts in one request
+MAX_STOP = 4  # stop strings, as OpenAI
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+
+
+class Strict(BaseModel):
+    """Unknown fields and wrongly typed values are errors (422), never guessed at."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(Strict):
+    include_usage: bool = Field(
+        False, description="send a last chunk with the token counts before [DONE]")
+
+
+class CompletionRequest(Strict):
+    """POST /v1/completions."""
+
+    model: str | None = Field(None, description="the served model's id (optional)")
+    prompt: str | list[str] | None = Field(
+        None, description="text to continue, or a list of them; none or empty: start a fresh "
+        "document (from the end-of-text token)")
+    max_tokens: int | None = Field(
+        None, ge=0, description="new tokens per completion (default: the run's "
+        "sample.max_new_tokens, at most the server's limit)")
+    temperature: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="0 = greedy; default: the run's")
+    top_p: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass, in (0, 1]")
+    top_k: int | None = Field(
+        None, ge=0, description="sample among the K most likely tokens; 0 = all")
+    stop: str | list[str] | None = Field(
+        None, description=f"up to {MAX_STOP} strings; the text ends before the first one")
+    n: int = Field(1, ge=1, le=MAX_N, description="completions per prompt")
+    seed: int | None = Field(
+        None, ge=SEED_MIN, le=SEED_MAX, description="same seed, same text; none: random")
+    stream: bool = Field(False, description="send server-sent events as text appears")
+    stream_options: StreamOptions | None = None
+    echo: bool = Field(False, description="start each completion's text with its prompt")
+    user: str | None = Field(None, max_length=256, description="ignored (OpenAI compatibility)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_PROMPTS:
+            raise ValueError(f"a list of prompts must hold 1 to {MAX_PROMPTS} prompts")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
+        if not all(stops):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    def prompts(self) -> list[str | None]:
+        """The prompts as a list; None starts a fresh document."""
+        items = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+        return [p or None for p in items]
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ClassifyRequest(Strict):
+    """POST /v1/classify (classifier runs from `gptkit finetune-classify`)."""
+
+    model: str | None = None
+    input: str | list[str] = Field(
+        description="a text, or a list of them; a tagging run tags their whitespace-separated "
+        "words")
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value: str | list[str]) -> str | list[str]:
+        items = value if isinstance(value, list) else [value]
+        if not 1 <= len(items) <= 64:
+            raise ValueError("input must hold 1 to 64 texts")
+        if not all(text.strip() for text in items):
+            raise ValueError("input texts must not be empty")
+        return value
+
+
+class AttentionRequest(Strict):
+    """POST /v1/attention: the prompt's attention weights of one layer (the playground's map)."""
+
+    model: str | None = None
+    prompt: str = Field(min_length=1)
+    layer: int = Field(0, ge=0, description="layer from 0; every head of it is returned")
+
+
+# --- responses --------------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gptkit"
+    task: Literal["generate", "classify"]
+    context_length: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class WordTag(BaseModel):
+    word: str
+    tag: str
+    score: float
+
+
+class Classification(BaseModel):
+    index: int
+    label: str | None = None  # sequence task
+    score: float | None = None
+    scores: list[LabelScore] | None = None  # every label, most likely first
+    words: list[WordTag] | None = None  # token task
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    task: Literal["sequence", "token"]
+    data: list[Classification]
+
+
+class AttentionResponse(BaseModel):
+    model: str
+    tokens: list[str]  # readable labels (space as ␣, newline as \n)
+    layer: int
+    n_layer: int
+    n_head: int
+    weights: list[list[list[float]]]  # [head][query][key], rows sum to 1
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

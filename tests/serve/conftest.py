@@ -1,0 +1,150 @@
+"""Servers for the serve tests: in-process (TestClient) and real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gptkit.run import Run, load_run
+from gptkit.serve import ServeSettings
+
+# what the serve extra and the dev extra bring; without them the serve tests skip
+NEEDED = {"fastapi": "the serve extra is not installed: pip install -e '.[serve]'",
+          "uvicorn": "the serve extra is not installed: pip install -e '.[serve]'",
+          "httpx": "httpx is not installed: pip install -e '.[dev]'"}
+
+
+def require_serve() -> None:
+    """Skip the calling test module unless FastAPI, uvicorn and httpx are installed (called
+    before its imports, which is why tests/serve may import below code)."""
+    for module, reason in NEEDED.items():
+        pytest.importorskip(module, reason=reason)
+
+
+@pytest.fixture(scope="session")
+def run(tiny_run: Path) -> Run:
+    return load_run(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def client(run: Run) -> Iterator[Any]:
+    """The API of the tiny run with default settings, in process (FastAPI's TestClient)."""
+    from fastapi.testclient import TestClient
+
+    from gptkit.serve import create_app
+
+    with TestClient(create_app(run, ServeSettings(max_tokens=256))) as test_client:
+        yield test_client
+
+
+@contextmanager
+def live_server(model: Any, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """(base URL, app) of a real uvicorn server on a free loopback port."""
+    from gptkit.serve import background, create_app
+
+    app = create_app(model, ServeSettings(**settings))
+    with background(app) as url:
+        yield url, app
+
+
+def sse_events(lines: Iterator[str]) -> list[Any]:
+    """The `data:` payloads of a server-sent event stream, JSON-decoded, [DONE] as a string."""
+    events: list[Any] = []
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+        else:
+            assert line == "", line  # one data line per event, then a blank line
+    return events
+
+
+def stream_texts(events: list[Any]) -> tuple[dict[int, str], dict[int, str]]:
+    """Each choice's concatenated text and its finish_reason."""
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    for event in events:
+        if isinstance(event, str):
+            continue
+        for choice in event["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+            if choice["finish_reason"]:
+                reasons[choice["index"]] = choice["finish_reason"]
+    return texts, reasons
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll until `condition` holds; fail naming `what` after `timeout` (a bound, not a
+    measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.01)
+
+
+@contextmanager
+def worker_blocked(app: Any) -> Iterator[threading.Event]:
+    """Hold the model's worker thread busy until the block ends (or the event is set), so
+    requests queue and then run together."""
+    release = threading.Event()
+    app.state.executor.submit(release.wait)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+def health(url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(url + "/health", timeout=10).json()
+
+
+@pytest.fixture(scope="session")
+def cli_server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`gptkit serve` itself, in a subprocess on a free loopback port: its base URL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gptkit", "serve", str(tiny_run), "--port", "0",
+             "--log-level", "warning", "--max-tokens", "256"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # "serving tiny (generate) on http://127.0.0.1:N: ..."
+        assert first.startswith("serving tiny (generate) on http://127.0.0.1:"), (
+            first, log.read_text())
+        url = first.split(" on ", 1)[1].split(": ", 1)[0]
+        wait_until(lambda: _answers(url), "the server answers")
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn shuts down gracefully
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

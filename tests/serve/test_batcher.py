@@ -1,0 +1,111 @@
+"""Micro-batching: requests arriving together share a batch, and none of them gets a different
+text for it; a short bounded load of concurrent requests all succeeds."""
+
+from __future__ import annotations
+
+from tests.serve.conftest import require_serve
+
+require_serve()
+
+import asyncio
+import threading
+from typing import Any
+
+import httpx
+
+from gptkit.serve.batcher import Batcher
+from gptkit.serve.engine import Job
+from tests.serve.conftest import health, live_server, sse_events, stream_texts, wait_until
+from tests.serve.conftest import worker_blocked as blocked
+
+# mixed requests: prompt lengths (padding), n, max_tokens, stops, seeds, greedy and sampled
+REQUESTS: list[dict[str, Any]] = [
+    {"prompt": "ROMEO:", "temperature": 0, "max_tokens": 60},
+    {"prompt": "A", "temperature": 0, "max_tokens": 45},
+    {"prompt": "To be, or not to be, that is the", "temperature": 0, "max_tokens": 50,
+     "stop": ["\n\n"]},
+    {"prompt": ["KING:", "First Citizen:\nWe"], "temperature": 0, "max_tokens": 30},
+    {"prompt": "ROMEO:", "seed": 1, "max_tokens": 60},
+    {"prompt": "JULIET:\nO", "seed": 2, "n": 3, "max_tokens": 40},
+    {"prompt": "A", "seed": 3, "max_tokens": 50, "stop": ["e"]},
+    {"prompt": ["To be", "Hark"], "seed": 4, "n": 2, "max_tokens": 35},
+]
+
+
+def texts(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [c["text"] for c in response.json()["choices"]]
+
+
+def test_a_requests_text_does_not_depend_on_its_batch(run):
+    with live_server(run, max_batch_size=64, max_tokens=256) as (url, app):
+        alone = [texts(httpx.post(url + "/v1/completions", json=r, timeout=60))
+                 for r in REQUESTS]
+        assert health(url)["stats"]["largest_batch"] == 1
+        together: list[Any] = [None] * len(REQUESTS)
+
+        def ask(i: int) -> None:
+            together[i] = httpx.post(url + "/v1/completions", json=REQUESTS[i], timeout=60)
+
+        with blocked(app):  # all of them queue, then run as batches
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(REQUESTS))]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: health(url)["queued"] == len(REQUESTS), "all requests queue")
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [texts(r) for r in together] == alone
+        stats = health(url)["stats"]
+        # one batch of the greedy requests, one of the sampled ones (same settings)
+        assert stats["largest_batch"] == 4 and stats["batches"] == len(REQUESTS) + 2
+
+
+def test_batches_respect_the_row_limit_and_sampling_settings():
+    def job(rows: int, temperature: float = 0.0, top_k: int | None = None) -> Job:
+        return Job(prompts=[[1]] * rows, n=1, max_tokens=1, temperature=temperature,
+                   top_k=top_k, top_p=1.0, stops=[], seed=None, stream=False,
+                   emit=lambda event: None)
+
+    batcher = Batcher(lambda jobs: None, max_batch_size=4, window_s=0.0)
+    jobs = [job(2), job(1, 0.8), job(1), job(2), job(1), job(6), job(1, 0.8, 5), job(1, 0.8)]
+    jobs[4].cancelled.set()
+    batcher.pending.extend(jobs)
+    assert batcher._take() == [jobs[0], jobs[2]]  # greedy, 3 rows: the next greedy one won't fit
+    assert batcher._take() == [jobs[1], jobs[7]]  # same temperature and filters only
+    assert batcher._take() == [jobs[3]]  # the cancelled one is dropped
+    assert batcher._take() == [jobs[5]]  # larger than a batch: alone
+    assert batcher._take() == [jobs[6]]
+    assert batcher._take() == [] and not batcher.pending
+
+
+async def _load(url: str, count: int, concurrency: int) -> list[tuple[dict[str, Any], Any]]:
+    """`count` requests (streamed and not), at most `concurrency` at a time."""
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def one(i: int) -> tuple[dict[str, Any], Any]:
+            body = {**REQUESTS[i % len(REQUESTS)], "stream": i % 2 == 1}
+            async with limit:
+                if not body["stream"]:
+                    response = await client.post("/v1/completions", json=body)
+                    assert response.status_code == 200, response.text
+                    return body, [c["text"] for c in response.json()["choices"]]
+                async with client.stream("POST", "/v1/completions", json=body) as response:
+                    assert response.status_code == 200
+                    lines = [line async for line in response.aiter_lines()]
+                joined, _ = stream_texts(sse_events(iter(lines)))
+                return body, [joined[k] for k in range(len(joined))]
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_concurrent_requests_under_a_short_bounded_load(run):
+    with live_server(run, max_batch_size=8, max_tokens=256, batch_window_ms=20) as (url, app):
+        expected = [texts(httpx.post(url + "/v1/completions", json=r, timeout=60))
+                    for r in REQUESTS]
+        results = asyncio.run(_load(url, count=32, concurrency=8))
+        for i, (_, got) in enumerate(results):
+            assert got == expected[i % len(REQUESTS)], i
+        after = health(url)
+        assert after["status"] == "ok" and after["in_progress"] == 0
+        assert after["stats"]["largest_batch"] > 1  # they did share batches

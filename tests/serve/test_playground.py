@@ -1,0 +1,120 @@
+"""The playground page in a real headless Chromium, against `gptkit serve` itself: type a
+prompt, generate, watch the text stream in; then the attention tab draws the prompt's map.
+
+Needs selenium (dev extra) and Chromium with its driver (Debian: apt-get install chromium
+chromium-driver, which .ci/run does); skips, saying which is missing, where they are not.
+Set GPTKIT_PLAYGROUND_SCREENSHOT=FILE.png to keep a screenshot of the page.
+"""
+
+from __future__ import annotations
+
+from tests.serve.conftest import require_serve
+
+require_serve()
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+BINARY = next((path for name in BROWSERS if (path := shutil.which(name))), None)
+DRIVER = shutil.which("chromedriver")
+if BINARY is None or DRIVER is None:
+    MISSING = " and ".join(n for n, p in (("chromium", BINARY), ("chromedriver", DRIVER))
+                           if p is None)
+    pytest.skip(f"no headless browser: {MISSING} not found on PATH (Debian: apt-get install "
+                "chromium chromium-driver; .ci/run installs them as root)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = BINARY
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1200,760", "--hide-scrollbars"):
+        options.add_argument(arg)
+    # an explicit driver path: selenium's manager never looks anything up online
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_script_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: Any, script: str, what: str, timeout: float = 60) -> Any:
+    """Poll a JavaScript expression in the page until it is truthy (a bound, not a timing)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: d.execute_script("return " + script), message=f"waiting until {what}")
+
+
+def set_value(driver: Any, element_id: str, value: str) -> None:
+    """Set an input as a user would leave it (range inputs cannot be typed into)."""
+    driver.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+        "e.dispatchEvent(new Event('input'));", element_id, value)
+
+
+def test_the_playground_streams_text_and_draws_attention(browser, cli_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(cli_server + "/")
+    wait_for(browser, "document.body.dataset.ready === '1'", "the page has read /health")
+    assert "tiny" in browser.find_element(By.ID, "model-info").text
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("ROMEO:")
+    set_value(browser, "temperature", "0")
+    set_value(browser, "max_tokens", "80")
+    # count the updates of the text: streamed text arrives in many pieces
+    browser.execute_script(
+        "window.updates = 0; new MutationObserver(() => window.updates++).observe("
+        "document.getElementById('completion'), {childList: true, characterData: true, "
+        "subtree: true});")
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, "document.body.dataset.finish", "the stream has finished")
+    assert browser.execute_script("return document.body.dataset.finish") in ("stop", "length")
+    shown = browser.execute_script("return document.getElementById('completion').textContent")
+    expected = httpx.post(cli_server + "/v1/completions", timeout=60, json={
+        "prompt": "ROMEO:", "max_tokens": 80, "temperature": 0}).json()["choices"][0]["text"]
+    assert shown == expected and shown
+    assert browser.execute_script("return window.updates") > 10
+    assert "finished" in browser.find_element(By.ID, "stats").text
+    assert not browser.find_element(By.ID, "stop-button").is_enabled()
+    keep = os.environ.get("GPTKIT_PLAYGROUND_SCREENSHOT")
+    browser.save_screenshot(str(keep and Path(keep) or tmp_path / "playground.png"))
+
+    browser.find_element(By.ID, "tab-attention").click()
+    assert browser.find_element(By.ID, "panel-attention").is_displayed()
+    assert not browser.find_element(By.ID, "panel-generate").is_displayed()
+    assert browser.find_element(By.ID, "attn-prompt").get_attribute("value") == "ROMEO:"
+    browser.find_element(By.ID, "show-attention").click()
+    wait_for(browser, "document.body.dataset.attention === 'drawn'", "the map is drawn")
+    canvas = browser.find_element(By.ID, "attn-canvas")
+    assert canvas.get_attribute("data-tokens") == str(len("ROMEO:"))
+    assert canvas.size["width"] > 100 and canvas.size["height"] > 100
+    # the first query's only key (itself) has weight 1: the colour map's bright yellow
+    pixel = browser.execute_script(
+        "const c = document.getElementById('attn-canvas'), r = window.devicePixelRatio || 1;"
+        "const left = +c.dataset.left, cell = +c.dataset.cell;"
+        "return Array.from(c.getContext('2d').getImageData((left + cell / 2) * r, "
+        "(left + cell / 2) * r, 1, 1).data);")
+    assert pixel[:3] == [253, 231, 37]
+    heads = [o.get_attribute("value") for o in
+             browser.find_element(By.ID, "head").find_elements(By.TAG_NAME, "option")]
+    assert heads == ["mean", "0", "1"]
+    assert browser.get_log("browser") == []  # no script errors, no failed requests
