@@ -140,13 +140,15 @@ class _Decoder:
             mask = self.mask[:, window_from:]
             positions = _positions(mask)[:, new_from - window_from :]
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # train()/eval() walk every module: a cost per token worth skipping
+            self.model.eval()
         try:
             logits, _ = self.model(
                 idx, kv_cache=self.cache, attention_mask=mask, position_ids=positions
             )
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return logits[:, -1].float().expand(rows, -1)
 
     def reorder(self, rows: Tensor) -> None:
