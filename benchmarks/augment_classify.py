@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import random
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_results
 from gptkit.config import build_config
 from gptkit.finetune.classify import finetune_classifier
 
@@ -119,9 +119,8 @@ def main() -> None:
               f"     {statistics.mean(f1s):.3f} ± {statistics.stdev(f1s):.3f}"
               f"     {statistics.mean(diffs):+.3f} ± {spread:.3f} "
               f"({summary[name]['seeds_better_than_none']}/{len(diffs)} seeds better)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"train": args.train, "val": args.val, "steps": args.steps,
-                                     "seeds": seeds, "settings": summary}, indent=2))
+    write_results(args.json, {"train": args.train, "val": args.val, "steps": args.steps,
+                              "seeds": seeds, "settings": summary})
 
 
 if __name__ == "__main__":

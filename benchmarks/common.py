@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
-
-from gptkit.data.prepare import prepare
-from gptkit.evaluate import score_tokens
-from gptkit.run import load_run
+from typing import Any
 
 
 def full_val_loss(run_dir: Path, which: str = "best") -> float:
     """Mean token loss of a run's model over its whole eval split (not training's subset)."""
+    # imported here: serve_load's client imports this module for write_results, without torch
+    from gptkit.data.prepare import prepare
+    from gptkit.evaluate import score_tokens
+    from gptkit.run import load_run
+
     run = load_run(run_dir, which=which)
     data = prepare(run.config.data, tokenizer=run.tokenizer)
     score = score_tokens(run.model, data.tokens(run.config.data.eval_split),
                          block_size=run.config.model.block_size, batch_size=64)
     return score.nll / score.tokens
+
+
+def write_results(path: Path, results: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """Write a benchmark's results to `path` (its --json) as indented JSON, creating the folder;
+    `default` converts what JSON cannot hold, as in json.dumps."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=default))

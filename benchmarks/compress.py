@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.common import write_results
 from gptkit import compress
 from gptkit.data.prepare import prepare
 from gptkit.errors import GptkitError
@@ -165,12 +165,11 @@ def main() -> None:
               f"{r['perplexity_change']:+.3f} | {r['eval_tokens_per_s']:,.0f} | "
               f"{r['eval_speedup']:.2f}x | {r['generate_tokens_per_s']:,.1f} | "
               f"{r['generate_speedup']:.2f}x | {r['weights_mb']:.2f} |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
+    write_results(args.json, {
         "run": str(args.run), "split": split, "split_tokens": len(tokens),
         "threads": torch.get_num_threads(), "new_tokens": new_tokens,
         "speed_tokens": args.speed_tokens, "repeats": args.repeats, "rows": rows,
-    }, indent=2))
+    })
     print(f"\nwritten to {args.json}")
 
 

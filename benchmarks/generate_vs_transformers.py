@@ -17,7 +17,6 @@ tokens (batch x new) over the median wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import write_results
 from gptkit.config import ModelConfig
 from gptkit.generate import generate
 from gptkit.interop.hf import to_transformers
@@ -138,8 +138,7 @@ def main() -> None:
     results = bench_generation(config, args.batches, args.prompt_tokens, args.new_tokens,
                                args.repeats, args.nanogpt_dir)
     report(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Each figure is MB of UTF-8 text per second, median over `--repeats` runs, sides 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import write_results
 from gptkit.config import DataConfig
 from gptkit.data.prepare import prepare
 from gptkit.tokenizers import Tokenizer
@@ -123,8 +123,7 @@ def main() -> None:
         sys.exit(f"WikiText-2 not found in {args.data_dir}; pass --data-dir")
     results = bench(args.data_dir, args.megabytes, args.repeats, args.workers)
     report(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.common import write_results
+
 # at most 15 characters: with 48 new tokens a request fits the default recipe's 64-token
 # context, where every step decodes from the KV cache (past it, the window slides and each
 # step recomputes the whole window of every row of the batch; try --max-tokens 200)
@@ -239,8 +241,7 @@ def main() -> None:
               "rounds": args.rounds, "threads": os.environ.get("OMP_NUM_THREADS"),
               "run": str(args.run) if args.run else f"shakespeare-char, {args.train_steps} steps",
               "off": off, "on": on, "server_stats": batches, "same_text": same}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_results(args.json, report)
     print(f"wrote {args.json}")
     if off["failed"] or on["failed"]:
         print(f"FAILED requests: off {off['errors']}, on {on['errors']}", file=sys.stderr)

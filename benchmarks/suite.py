@@ -16,7 +16,6 @@ Prints ratios (gptkit / baseline) and writes benchmarks/results/suite.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from benchmarks import prepare_speed, train_speed
+from benchmarks.common import write_results
 from benchmarks.generate_vs_transformers import bench_generation
 from benchmarks.generate_vs_transformers import report as report_generation
 from gptkit.config import ModelConfig
@@ -73,8 +73,7 @@ def main() -> None:
         data_dir = Path(args.data_dir or "../shared/data")
         results["prepare"] = prepare_speed.bench(data_dir, 10.8, 3, [1, 2])
         prepare_speed.report(results["prepare"])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str))
+    write_results(args.json, results, default=str)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.common import write_results
 from gptkit.config import load_config
 from gptkit.data.prepare import prepare
 from gptkit.train.distributed import autocast
@@ -274,8 +275,7 @@ def main() -> None:
     for name in args.shapes:
         results[name] = bench_shape(name, args.repeats, args.nanogpt_dir, args.data_dir)
         report(name, results[name])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

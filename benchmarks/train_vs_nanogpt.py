@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import write_results
 from gptkit.config import ModelConfig
 from gptkit.evaluate import score_tokens
 from gptkit.model import GPT
@@ -136,8 +137,7 @@ def main() -> None:
     }
     summary["wall_ratio_gptkit_over_nanogpt"] = summary["gptkit_wall_s"] / summary["nanogpt_wall_s"]
     print(json.dumps(summary, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
+    write_results(args.json, {"runs": rows, "summary": summary})
 
 
 if __name__ == "__main__":

@@ -25,17 +25,23 @@ def random_ids(batch: int, tokens: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, tokens), generator=torch.Generator().manual_seed(seed))
 
 
+def assert_causal(model: GPT, idx: torch.Tensor, logits: torch.Tensor) -> None:
+    """Changing the tokens of `idx` (20 long) after a position changes none of the `logits`
+    up to it, and does change later ones."""
+    for t in (0, 7, 18):
+        changed = idx.clone()
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 5) % model.config.vocab_size
+        other, _ = model(changed)
+        torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1])
+        assert not torch.allclose(other[:, t + 1 :], logits[:, t + 1 :])
+
+
 def test_changing_future_tokens_never_changes_earlier_logits():
     model = tiny()
     idx = random_ids(2, 20)
     logits, loss = model(idx)
     assert logits.shape == (2, 20, VOCAB) and loss is None
-    for t in (0, 7, 18):
-        changed = idx.clone()
-        changed[:, t + 1 :] = (changed[:, t + 1 :] + 5) % VOCAB
-        other, _ = model(changed)
-        torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1])
-        assert not torch.allclose(other[:, t + 1 :], logits[:, t + 1 :])
+    assert_causal(model, idx, logits)
 
 
 @pytest.mark.parametrize("chunks", [[1] * 20, [5, 1, 4, 7, 1, 2], [20], [3, 17]])

@@ -58,6 +58,24 @@ def _run_out_args(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar or eval lines")
 
 
+def _checkpoint_arg(parser: argparse.ArgumentParser, verb: str = "load") -> None:
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help=f"which weights to {verb} (default: best)")
+
+
+def _device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def _inference_args(parser: argparse.ArgumentParser, quantize: str | None = None) -> None:
+    """--checkpoint and --device of a command that runs a run's model; --quantize int8 too when
+    `quantize`, its help, is given."""
+    _checkpoint_arg(parser)
+    _device_arg(parser)
+    if quantize is not None:
+        parser.add_argument("--quantize", choices=("int8",), help=quantize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptkit",
@@ -139,12 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sliding-window stride in tokens (default: the run's eval.stride, "
                    "else block_size = non-overlapping windows)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to load (default: best)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--quantize", choices=("int8",),
-                   help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU; "
-                   "shows the perplexity int8 costs against a run without it")
+    _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
+                    "CPU; shows the perplexity int8 costs against a run without it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(p)
 
@@ -199,12 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (same seed, same text)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated "
                    "(beam search: when the search ends)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to load (default: best)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--quantize", choices=("int8",),
-                   help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU; "
-                   "faster generation on a CPU")
+    _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
+                    "CPU; faster generation on a CPU")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="weights' dtype for generation; auto (default): bf16 on GPUs and on "
                    "CPUs with bf16 matrix instructions for models at least 256 wide (about 2x "
@@ -243,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("int8",),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to export (default: best)")
+    _checkpoint_arg(p, "export")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     _common(p)
 
@@ -265,8 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share to remove, between 0 and 1: of the weights (magnitude), heads "
                    "or MLP channels (rounded to whole ones)")
     p.add_argument("--out", required=True, metavar="DIR", help="the new run directory")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to prune (default: best)")
+    _checkpoint_arg(p, "prune")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     _common(p)
 
@@ -301,9 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N records")
     p.add_argument("--predictions", metavar="FILE",
                    help="write one JSON line per example: prompt, reference, prediction, exact")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to load (default: best)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _inference_args(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     _common(p)
 
@@ -345,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run directory written by finetune-classify")
     p.add_argument("--text", action="append", required=True, metavar="TEXT",
                    help="a text to classify (repeatable)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _device_arg(p)
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     _common(p)
 
@@ -404,9 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE",
                    help="picture to write (.png, .svg or .pdf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to load (default: best)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _inference_args(p)
     p.add_argument("--json", action="store_true",
                    help="print the tokens and the drawn weights [layer][head][query][key] as "
                    "JSON")
@@ -444,12 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "more: 429)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
                    help="largest request body (default 1000000; larger: 413)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights to load (default: best)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--quantize", choices=("int8",),
-                   help="int8: dynamic int8 linear layers (gptkit.compress), on the CPU, as "
-                   "for gptkit sample")
+    _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
+                    "CPU, as for gptkit sample")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="info", help="server log detail; info shows each request "
                    "(default: info)")
