@@ -123,3 +123,17 @@ def test_save_and_read_round_trip(tmp_path: Path):
     save_config(cfg, tmp_path / "config.yaml")
     assert read_config(tmp_path / "config.yaml") == cfg
     assert RunConfig().validate() == RunConfig()
+
+
+def test_distributed_settings_and_their_recipes():
+    assert load_config().dist.strategy == "auto"
+    assert load_config("gpt2-124m").dist.fsdp_min_params == 500_000_000
+    sharded = load_config("gpt2-medium-fsdp")
+    assert (sharded.dist.strategy, sharded.train.activation_checkpointing) == ("fsdp", True)
+    assert (sharded.dist.cpu_offload, sharded.dist.timeout_s) == (False, 1800)
+    with pytest.raises(GptkitError, match="dist.strategy must be auto, ddp, fsdp or none"):
+        load_config("shakespeare-char", ["dist.strategy=zero3"])
+    with pytest.raises(GptkitError, match="dist.cpu_offload is an FSDP option"):
+        load_config("shakespeare-char", ["dist.cpu_offload=true"])
+    with pytest.raises(GptkitError, match="dist.timeout_s must be > 0"):
+        load_config("shakespeare-char", ["dist.timeout_s=0"])

@@ -305,3 +305,33 @@ def test_attention_weights_in_fp64_and_after_a_kv_cache():
     found: list[torch.Tensor] = []
     model.transformer(idx[:, 8:], kv_cache=cache, attentions=found)
     torch.testing.assert_close(found[0], weights[0, :, :, 8:])  # new queries, all 12 keys
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    """Recomputing the blocks in backward replays their dropout masks: nothing changes."""
+    config = ModelConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=50,
+                         dropout=0.1)
+    idx = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = GPT(config).train()
+        model.transformer.activation_checkpointing = recompute
+        saved: list[int] = []  # what autograd keeps for the backward pass, in elements
+
+        def keep(tensor: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            _, loss = model(idx, idx)
+        assert loss is not None
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()},
+                        sum(saved)))
+    (loss_a, grads_a, kept_a), (loss_b, grads_b, kept_b) = results
+    assert kept_b < kept_a / 2  # only the blocks' inputs are kept
+    assert torch.equal(loss_a, loss_b)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=0, atol=1e-7, msg=name)
+    assert any(grad.abs().sum() > 0 for grad in grads_a.values())

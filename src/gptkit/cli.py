@@ -930,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         message = " ".join(str(exc).split())
         print(f"gptkit: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -124,9 +124,26 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
+    # Recompute each block's activations in the backward pass instead of keeping them: less
+    # memory (one block's activations instead of all), about a third more compute.
+    activation_checkpointing: bool = False
     # A run directory whose best weights, model shape and tokenizer a new run starts from
     # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
     init_from: str | None = None
+
+
+@dataclass
+class DistConfig:
+    """How several processes (torchrun) share the work; ignored in a single process."""
+
+    # ddp: every process holds the whole model; fsdp: weights, gradients and optimizer state
+    # sharded over processes per block (FSDP2); none: one process only; auto: fsdp for
+    # models of at least fsdp_min_params parameters, else ddp
+    strategy: str = "auto"
+    fsdp_min_params: int = 500_000_000
+    # fsdp on CUDA: keep the sharded weights, gradients and optimizer state in host memory
+    cpu_offload: bool = False
+    timeout_s: float = 600.0  # a collective waiting longer than this ends the job
 
 
 @dataclass
@@ -212,6 +229,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -225,7 +243,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Reject settings that cannot work, naming the key and the fix."""
         m, d, t, e, s = self.model, self.data, self.train, self.eval, self.sample
-        f, k, c, g = self.finetune, self.distill, self.classify, self.log
+        f, k, c, g, p = self.finetune, self.distill, self.classify, self.log, self.dist
         checks: list[tuple[bool, str]] = [
             (m.n_layer >= 1, f"model.n_layer must be >= 1 (got {m.n_layer})"),
             (m.n_head >= 1, f"model.n_head must be >= 1 (got {m.n_head})"),
@@ -288,6 +306,13 @@ class RunConfig:
              f"train.early_stopping_patience must be >= 0 (got {t.early_stopping_patience})"),
             (t.init_from is None or t.init_from.strip() != "",
              "train.init_from must name a run directory, or be null"),
+            (p.strategy in ("auto", "ddp", "fsdp", "none"),
+             f"dist.strategy must be auto, ddp, fsdp or none (got {p.strategy!r})"),
+            (p.fsdp_min_params >= 0,
+             f"dist.fsdp_min_params must be >= 0 (got {p.fsdp_min_params})"),
+            (p.timeout_s > 0, f"dist.timeout_s must be > 0 (got {p.timeout_s})"),
+            (not p.cpu_offload or p.strategy == "fsdp",
+             "dist.cpu_offload is an FSDP option; add --set dist.strategy=fsdp"),
             (e.stride is None or e.stride >= 1, f"eval.stride must be >= 1 (got {e.stride})"),
             (e.stride is None or e.stride <= m.block_size,
              f"eval.stride ({e.stride}) must not exceed model.block_size ({m.block_size})"),
@@ -377,6 +402,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
     "train": TrainConfig,
+    "dist": DistConfig,
     "eval": EvalConfig,
     "sample": SampleConfig,
     "finetune": FinetuneConfig,

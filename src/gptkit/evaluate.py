@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptkit.data.shards import Tokens
-from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast
+from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast, is_sharded
 
 
 @dataclass(frozen=True)
@@ -123,19 +123,29 @@ def score_tokens(
     if max_windows is not None and len(plan) > max_windows:
         keep = np.linspace(0, len(plan) - 1, max_windows).round().astype(int)
         plan = [plan[i] for i in sorted(set(keep.tolist()))]
+    batches = list(_batches(plan, batch_size))
+    padding = 0
     if env is not None and env.enabled:
-        plan = plan[env.rank :: env.world_size]
+        share = [list(_batches(plan[r :: env.world_size], batch_size))
+                 for r in range(env.world_size)]
+        batches = share[env.rank]
+        if is_sharded(model):  # a sharded model runs a forward only with every rank:
+            # ranks with fewer batches score the first window again, not counted
+            padding = max(map(len, share)) - len(batches)
+            batches = batches + [plan[:1]] * padding
     special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for batch in _batches(plan, batch_size):
+    for i, batch in enumerate(batches):
         length = batch[0].length
         idx = np.stack([np.asarray(tokens[w.start : w.start + length + 1]) for w in batch])
         rows = torch.from_numpy(idx.astype(np.int64)).to(device)
         x, y = rows[:, :-1], rows[:, 1:]
         with autocast(device, precision):
             logits, _ = model(x)
+        if i >= len(batches) - padding:
+            continue
         nll = F.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
         ).view_as(y)

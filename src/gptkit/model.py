@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from gptkit.config import ModelConfig, model_option_checks
 from gptkit.errors import GptkitError
@@ -304,6 +305,8 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = norm(config, config.n_embd)
+        # recompute each block's activations during backward (train.activation_checkpointing)
+        self.activation_checkpointing = False
 
     def forward(
         self,
@@ -325,8 +328,13 @@ class Transformer(nn.Module):
             rope = rotary_angles(position_ids, self.head_dim)
         x = self.drop(x)
         mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         for layer, block in enumerate(self.h):
-            x = block(x, kv_cache, layer, mask, attentions, rope)
+            if recompute:  # the block's RNG state is replayed, so dropout masks are the same
+                x = checkpoint(block, x, kv_cache, layer, mask, attentions, rope,
+                               use_reentrant=False)
+            else:
+                x = block(x, kv_cache, layer, mask, attentions, rope)
         return self.ln_f(x)
 
 

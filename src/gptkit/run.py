@@ -93,7 +93,8 @@ def load_run(
         weights = best_weights
     else:
         ckpt, _ = checkpoint.latest_valid_checkpoint(run_dir)
-        weights = ckpt / "model.safetensors"
+        weights = ckpt / (checkpoint.SHARDED_DIR if checkpoint.is_sharded(ckpt)
+                          else checkpoint.MODEL_FILE)
     model = GPT.from_config(config.model, tokenizer.vocab_size)
     compress.check_quantize(quantize)
     stored = compress.stored_quantization(run_dir) if weights == best_weights else None
@@ -111,7 +112,12 @@ def load_run(
 
         target = add_lora(model, config.finetune)
     try:
-        checkpoint.load_weights(target, weights)
+        if weights.name == checkpoint.SHARDED_DIR:  # an FSDP run's shards, gathered here
+            from gptkit.train import sharded
+
+            sharded.load(weights.parent, target, None)
+        else:
+            checkpoint.load_weights(target, weights)
     except GptkitError:
         raise
     except (RuntimeError, KeyError, ValueError, OSError) as exc:

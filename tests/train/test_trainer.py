@@ -250,3 +250,12 @@ def test_bf16_autocast_on_cpu_trains_like_fp32():
     assert float(loss16) == pytest.approx(float(loss32), rel=2e-2)
     loss16.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_lora_is_refused_under_fsdp(data_dir, tmp_path, monkeypatch):
+    from gptkit.train import distributed
+
+    monkeypatch.setattr(distributed, "resolve_strategy", lambda *args: "fsdp")
+    with pytest.raises(GptkitError, match=r"LoRA \(finetune.lora_r\) runs with dist.strategy=ddp"):
+        train(cfg("finetune.lora_r=4"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

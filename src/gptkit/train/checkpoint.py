@@ -1,6 +1,7 @@
 """Checkpoints that survive crashes: atomic, checksummed, loaded without unpickling code.
 
     run/checkpoints/step-000500/{model.safetensors, optimizer.pt, state.json}
+    run/checkpoints/step-000500/{sharded/, state.json}    (an FSDP run: gptkit.train.sharded)
     run/best/{model.safetensors, config.json}
 
 A checkpoint is written into a temporary folder next to its final place, its files fsynced,
@@ -38,6 +39,8 @@ from gptkit.errors import GptkitError
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of a sharded (FSDP) run
+SHARDED_INDEX = f"{SHARDED_DIR}/.metadata"
 BEST_INFO_FILE = "config.json"
 # keys save_checkpoint adds to the caller's state; load_checkpoint takes them out again
 _BOOKKEEPING = ("checksums", "sizes")
@@ -153,14 +156,16 @@ def _alias_groups(state: dict[str, Tensor]) -> dict[str, list[str]]:
     return {name: names for names in groups.values() for name in names}
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """The module's state dict as safetensors, each tied tensor once, under its first name.
+def save_weights(model: nn.Module, path: Path, state: dict[str, Tensor] | None = None) -> None:
+    """The module's state dict (or `state`, its gathered copy) as safetensors, each tied
+    tensor once, under its first name.
 
     safetensors refuses tensors that share memory, so `lm_head.weight` (the same tensor as
     `transformer.wte.weight`) is dropped here and filled again by the tie on load. The
     dropped names are listed in the file's metadata. Written to a temp name, then renamed.
     """
-    state = _unwrap(model).state_dict()
+    if state is None:
+        state = _unwrap(model).state_dict()
     aliases = _alias_groups(state)
     tensors: dict[str, Tensor] = {}
     tied: dict[str, str] = {}
@@ -252,19 +257,35 @@ def save_checkpoint(
     timeline that was abandoned (resume fell back past them) and are removed, so they can
     never shadow the new ones.
     """
+    check_checkpoint_args(state, keep)
+    tmp, final = checkpoint_paths(run_dir, step, f".tmp-{{name}}-{os.getpid()}")
+    save_weights(model, tmp / MODEL_FILE)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    _fsync_file(tmp / OPTIMIZER_FILE)
+    return finish_checkpoint(run_dir, tmp, final, [MODEL_FILE, OPTIMIZER_FILE], state, keep)
+
+
+def check_checkpoint_args(state: dict[str, Any], keep: int) -> None:
     if keep < 1:
         raise GptkitError(f"train.keep_checkpoints must be >= 1 (got {keep})")
     clash = sorted(set(_BOOKKEEPING) & set(state))
     if clash:
         raise GptkitError(f"checkpoint state may not use the reserved keys {clash}")
+
+
+def checkpoint_paths(run_dir: Path, step: int, tmp_name: str) -> tuple[Path, Path]:
+    """(temporary folder, final folder) of the checkpoint of `step`; the temporary one fresh."""
     folder = _checkpoints_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
-    tmp = _fresh_dir(folder / f".tmp-{final.name}-{os.getpid()}")
-    save_weights(model, tmp / MODEL_FILE)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    _fsync_file(tmp / OPTIMIZER_FILE)
-    files = (MODEL_FILE, OPTIMIZER_FILE)
+    return _fresh_dir(folder / tmp_name.format(name=final.name)), final
+
+
+def finish_checkpoint(run_dir: Path, tmp: Path, final: Path, files: list[str],
+                      state: dict[str, Any], keep: int) -> Path:
+    """Checksum `files` (paths in `tmp`) into state.json, then move `tmp` into place."""
+    for name in files:
+        _fsync_file(tmp / name)
     record = {
         **state,
         "checksums": {name: _sha256(tmp / name) for name in files},
@@ -276,6 +297,11 @@ def save_checkpoint(
     replace_dir(tmp, final)
     _prune(run_dir, final, keep)
     return final
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether a checkpoint holds torch.distributed.checkpoint shards (an FSDP run's)."""
+    return (Path(path) / SHARDED_DIR).is_dir()
 
 
 def _prune(run_dir: Path, newest: Path, keep: int) -> None:
@@ -315,8 +341,9 @@ def verify_checkpoint(path: Path) -> str | None:
     except GptkitError as exc:
         return str(exc)
     checksums, sizes = state.get("checksums"), state.get("sizes", {})
-    if not isinstance(checksums, dict) or MODEL_FILE not in checksums:
-        return f"{STATE_FILE} has no checksum for {MODEL_FILE}"
+    weights = SHARDED_INDEX if is_sharded(path) else MODEL_FILE
+    if not isinstance(checksums, dict) or weights not in checksums:
+        return f"{STATE_FILE} has no checksum for {weights}"
     if not isinstance(sizes, dict):
         sizes = {}
     for name, digest in sorted(checksums.items()):
@@ -357,12 +384,19 @@ def load_checkpoint(
     """Restore weights and optimizer state in place; return the state given to save.
 
     Does not re-hash the files: pick `path` with `latest_valid_checkpoint`, which does.
+    Either kind of checkpoint loads into either kind of model: a sharded (FSDP) one into a
+    model sharded over any number of processes, or into a plain one, and the other way round.
     """
     path = Path(path)
     try:
         state = _read_state(path)
     except GptkitError as exc:
         raise GptkitError(f"checkpoint {path}: {exc}") from exc
+    from gptkit.train import distributed, sharded
+
+    if is_sharded(path) or distributed.is_sharded(model):
+        sharded.load(path, model, optimizer)
+        return {k: v for k, v in state.items() if k not in _BOOKKEEPING}
     load_weights(model, path / MODEL_FILE)
     if optimizer is not None:
         file = path / OPTIMIZER_FILE
@@ -382,15 +416,16 @@ def load_checkpoint(
 
 def save_best(
     run_dir: Path, model: nn.Module, info: dict[str, Any],
-    extra: Callable[[Path], None] | None = None,
+    extra: Callable[[Path], None] | None = None, state: dict[str, Tensor] | None = None,
 ) -> None:
     """`best/` = weights with the lowest validation loss so far plus `info`, replaced atomically.
 
-    `extra(folder)` may write more files into the new folder before it replaces the old.
+    `extra(folder)` may write more files into the new folder before it replaces the old;
+    `state`: the weights gathered from a sharded model, to write instead of its own.
     """
     run_dir = Path(run_dir)
     tmp = _fresh_dir(run_dir / f".tmp-best-{os.getpid()}")
-    save_weights(model, tmp / MODEL_FILE)
+    save_weights(model, tmp / MODEL_FILE, state)
     if extra is not None:
         extra(tmp)
     (tmp / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")

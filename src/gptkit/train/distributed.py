@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, ProcessGroupError
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,29 @@ def teardown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+# what PyTorch's backends say when a peer is gone or silent (gloo, NCCL, the TCP store)
+_PEER_FAILURE = ("Timed out", "timed out", "Connection closed", "Connection reset",
+                 "Broken pipe", "NCCL", "gloo")
+
+
+@contextlib.contextmanager
+def peer_failures(env: DistEnv, timeout_s: float) -> Iterator[None]:
+    """Turn a collective that failed because another process died or hung into one clear
+    line, instead of a backend traceback (or a hang: every collective has `timeout_s`)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc).strip()
+        if not env.enabled or not (isinstance(exc, dist.DistError)
+                                   or any(key in text for key in _PEER_FAILURE)):
+            raise
+        detail = text.splitlines()[0] if text else type(exc).__name__
+        raise ProcessGroupError(
+            f"rank {env.rank} of {env.world_size}: another process failed or stopped answering "
+            f"(dist.timeout_s={timeout_s:g}); its own log says why. Backend: {detail}"
+        ) from exc
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
@@ -121,20 +144,88 @@ def _collective_device(env: DistEnv) -> torch.device:
     return env.device if env.device.type == "cuda" else torch.device("cpu")
 
 
-def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
+# --- parallel strategies ---------------------------------------------------------------------
+def resolve_strategy(strategy: str, env: DistEnv, num_params: int, fsdp_min_params: int) -> str:
+    """The strategy a run uses: `none` in one process; `auto` shards models of at least
+    `fsdp_min_params` parameters (where a full copy per process stops fitting) and
+    replicates smaller ones, whose DDP all-reduce is cheaper than FSDP's gathers."""
     if not env.enabled:
-        return model
+        return "none"
+    if strategy == "none":
+        raise GptkitError(
+            f"dist.strategy=none runs one process, but {env.world_size} were started; use "
+            "ddp or fsdp, or start one process"
+        )
+    if strategy == "auto":
+        return "fsdp" if num_params >= fsdp_min_params else "ddp"
+    return strategy
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def shard_fsdp(model: nn.Module, blocks: list[nn.Module], env: DistEnv, precision: str,
+               cpu_offload: bool) -> None:
+    """FSDP2 in place: each block is one sharded unit (gathered just before its forward and
+    backward, freed after), the rest (embeddings, final norm, head) the root unit.
+
+    Under bf16/fp16 the gathered weights are cast for compute and gradients reduced in fp32,
+    the sharded master weights staying fp32 (as autocast keeps them without FSDP).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    if cpu_offload and env.device.type != "cuda":
+        raise GptkitError(
+            "dist.cpu_offload keeps FSDP's shards in host memory while a GPU computes; on "
+            f"{env.device.type} they are in host memory already: drop dist.cpu_offload"
+        )
+    mesh = init_device_mesh(env.device.type, (env.world_size,))
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    options: dict[str, Any] = {
+        "mesh": mesh,
+        "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32),
+    }
+    if cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for block in blocks:
+        fully_shard(block, **options)
+    fully_shard(model, **options)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 shards the model: then every rank must run each forward together."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
-    """Skip DDP's gradient all-reduce on every micro-step but the last of a step."""
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on every micro-step but
+    the last of a step."""
+    inner = getattr(model, "_orig_mod", model)  # under torch.compile
+    if is_sharded(inner):
+        return _fsdp_gradient_sync(inner, sync)
     if sync or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def _fsdp_gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+    yield
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a DTensor (e.g. the gradient norm of sharded gradients)."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 # --- precision policy --------------------------------------------------------------------

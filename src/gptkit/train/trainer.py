@@ -41,7 +41,7 @@ from gptkit.model_card import CARD_FILE
 from gptkit.model_card import render as render_card
 from gptkit.run import Run, load_run
 from gptkit.tokenizers import Tokenizer, build_tokenizer
-from gptkit.train import checkpoint, distributed
+from gptkit.train import checkpoint, distributed, sharded
 from gptkit.train.distributed import DistEnv
 from gptkit.train.metrics import LOG_OUTPUTS, MetricsLogger, peak_flops
 from gptkit.train.optim import build_optimizer
@@ -186,7 +186,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.progress = progress
-        self.env = distributed.setup(cfg.train.device)
+        self.env = distributed.setup(cfg.train.device, cfg.dist.timeout_s)
         try:
             self._setup(overwrite, data_dir)
         except BaseException:
@@ -225,12 +225,27 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-        gpt = build_model(cfg, self.tokenizer).to(env.device)
+        gpt = build_model(cfg, self.tokenizer)
         if init is not None:  # only at step 0: a resumed run continues from its checkpoint
             gpt.load_state_dict(init.model.state_dict())
         cfg.model.vocab_size = gpt.config.vocab_size
+        gpt.transformer.activation_checkpointing = cfg.train.activation_checkpointing
         torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
         ft, n_layer = cfg.finetune, cfg.model.n_layer
+        self.strategy = distributed.resolve_strategy(
+            cfg.dist.strategy, env, gpt.num_params(), cfg.dist.fsdp_min_params)
+        if self.strategy == "fsdp":
+            if ft.lora_r:
+                raise GptkitError(
+                    "LoRA (finetune.lora_r) runs with dist.strategy=ddp: its trainable "
+                    "adapters are small, and the frozen weights gain little from sharding"
+                )
+            # sharding moves one block at a time to the device, never a whole copy; it comes
+            # before the optimizer and freezing see the parameters, since it replaces them
+            distributed.shard_fsdp(gpt, list(gpt.transformer.h), env, self.precision,
+                                   cfg.dist.cpu_offload)
+        else:
+            gpt.to(env.device)
         self.model: torch.nn.Module = lora.add_lora(gpt, ft) if ft.lora_r else gpt
         self.learnable = freeze.ever_learnable(self.model, ft, n_layer)
         freeze.apply_freezing(self.model, ft, n_layer, freeze.step_when_all_unfrozen(ft),
@@ -288,6 +303,7 @@ class Trainer:
             (self.run_dir / "data.json").write_text(json.dumps(meta, indent=2))
             self.environment = environment_info(
                 env, self.precision, self.compiled, (self.peak_flops, peak_source))
+            self.environment["strategy"] = self.strategy
             (self.run_dir / "environment.json").write_text(json.dumps(self.environment, indent=2))
             self.logger = MetricsLogger(
                 self.run_dir, cfg, resume_step=self.step if self.resume else None)
@@ -297,8 +313,11 @@ class Trainer:
         trainable, total = freeze.count_parameters(self.model)
         self._say(f"trainable parameters: {trainable:,} of {total:,} "
                   f"({100 * trainable / max(total, 1):.2f}%)")
+        if env.enabled:
+            self._say(f"{self.strategy} over {env.world_size} processes")
         compiled: torch.nn.Module = torch.compile(self.model) if self.compiled else self.model  # type: ignore[assignment]
-        self.train_model = distributed.wrap_ddp(compiled, env)
+        self.train_model = (distributed.wrap_ddp(compiled, env) if self.strategy == "ddp"
+                            else compiled)
 
     def _init_run(self) -> Run:
         """The run named by train.init_from, whose shape this run's model must have."""
@@ -420,17 +439,20 @@ class Trainer:
         """samples.txt and TensorBoard get a continuation of sample.prompt at each evaluation;
         the same seed every time, so the texts show what the model learnt in between."""
         tokens = self.cfg.log.sample_tokens
-        if self.logger is None or not tokens:
+        # a sharded model computes only with every rank: all sample, rank 0 writes
+        if not tokens or (self.logger is None and self.strategy != "fsdp"):
             return
         if not math.isfinite(val_loss):  # a diverged model has no distribution to sample
-            self.logger.sample(self.step, "(no sample: the model has diverged)", val_loss)
+            if self.logger is not None:
+                self.logger.sample(self.step, "(no sample: the model has diverged)", val_loss)
             return
         gpt = self.model.get_base_model() if lora.is_lora(self.model) else self.model  # type: ignore[operator]
         assert isinstance(gpt, GPT)
         settings = replace(self.cfg.sample, max_new_tokens=tokens, num_samples=1, num_beams=1)
         with distributed.autocast(self.env.device, self.precision):
             text = sample_text(gpt, self.tokenizer, self.cfg.sample.prompt, settings)[0]
-        self.logger.sample(self.step, text, val_loss)
+        if self.logger is not None:
+            self.logger.sample(self.step, text, val_loss)
 
     def _evaluate_sft(self) -> dict[str, Any]:
         """Loss and next-token accuracy on the responses of the held-out examples; train loss
@@ -496,7 +518,10 @@ class Trainer:
 
     def _save_best(self, record: dict[str, Any]) -> None:
         """best/ holds a plain GPT and its model card; a LoRA run's GPT is merged, its
-        adapter in best/adapter/."""
+        adapter in best/adapter/. A sharded model is gathered by every rank, written by rank 0."""
+        state = sharded.full_state_dict(self.model) if self.strategy == "fsdp" else None
+        if not self.env.is_main:
+            return
         info = {"step": self.step, "val_loss": self.best_val_loss,
                 "tokens_seen": self.tokens_seen, "model": asdict(self.cfg.model),
                 "metrics": {k: v for k, v in record.items() if k.startswith(("val_", "train_"))},
@@ -511,12 +536,13 @@ class Trainer:
                 lora.save_adapter(self.model, folder / lora.ADAPTER_DIR)
 
         model = lora.merged_copy(self.model) if merge else self.model
-        checkpoint.save_best(self.run_dir, model, info, extra=extra)
+        checkpoint.save_best(self.run_dir, model, info, extra=extra, state=state)
 
     def _save_checkpoint(self) -> None:
         rngs = distributed.all_gather_objects(checkpoint.rng_state(), self.env)
+        state: dict[str, Any] = {}
         if self.env.is_main:
-            state: dict[str, Any] = {
+            state = {
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "best_val_loss": self.best_val_loss,
@@ -528,6 +554,12 @@ class Trainer:
             }
             if self.scaler.is_enabled():
                 state["scaler"] = self.scaler.state_dict()
+        if self.strategy == "fsdp":  # every rank writes its shards
+            sharded.save_sharded_checkpoint(
+                self.run_dir, self.step, self.model, self.optimizer, state,
+                keep=self.cfg.train.keep_checkpoints, env=self.env,
+            )
+        elif self.env.is_main:
             checkpoint.save_checkpoint(
                 self.run_dir, self.step, self.model, self.optimizer, state,
                 keep=self.cfg.train.keep_checkpoints,
@@ -576,8 +608,8 @@ class Trainer:
         grad_norm = None
         if cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.grad is not None], cfg.train.grad_clip)
+            grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None], cfg.train.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -585,6 +617,11 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train to train.max_steps (or an early stop, or Ctrl-C), evaluating and saving."""
+        with distributed.peer_failures(self.env, self.cfg.dist.timeout_s):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg, env = self.cfg, self.env
         interrupted = False
         stop_early = False
@@ -618,8 +655,7 @@ class Trainer:
                     if improved:
                         self.best_val_loss = last_eval["val_loss"]
                         self.bad_evals = 0
-                        if env.is_main:
-                            self._save_best(last_eval)
+                        self._save_best(last_eval)
                     else:
                         self.bad_evals += 1
                     self._log(last_eval)
@@ -650,9 +686,11 @@ class Trainer:
                     window_start, window_tokens = now, 0
                     # model FLOPs utilisation: model FLOPs done / what the devices can do
                     mfu = tok_s * self.flops_per_token / (self.peak_flops * env.world_size)
+                    # the step's loss over every process's batch, not only rank 0's
+                    mean_loss = distributed.all_reduce_sum([loss.item()], env)[0] / env.world_size
                     record = {
                         "step": self.step, "kind": "train", "tokens": self.tokens_seen,
-                        "loss": loss.item(), "lr": lr_at(self.step - 1, cfg.train),
+                        "loss": mean_loss, "lr": lr_at(self.step - 1, cfg.train),
                         "tokens_per_s": tok_s, "elapsed_s": self._elapsed(), "mfu": mfu,
                     }
                     if grad_norm is not None:
