@@ -118,6 +118,36 @@ def test_fsdp_run_writes_sharded_checkpoints_and_a_whole_best_model(runs):
     assert (runs["fsdp"] / "samples.txt").read_text().strip()  # sampled by both ranks
 
 
+def test_each_rank_holds_the_share_of_weights_and_optimizer_state_memory_plans(runs):
+    """What `gptkit info` models for FSDP, against the shards each rank really wrote."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+
+    from gptkit.memory import parameter_count, training_memory
+
+    folder = runs["fsdp"] / "checkpoints" / "step-000006" / "sharded"
+    meta = FileSystemReader(str(folder)).read_metadata()
+    held: dict[tuple[int, str], int] = {}  # (rank, weights | optimizer) -> bytes
+    for name, item in meta.state_dict_metadata.items():
+        if not isinstance(item, TensorStorageMetadata) or not item.size or \
+                name == "model.lm_head.weight":  # tied: the embedding matrix, counted once
+            continue
+        part = "weights" if name.startswith("model.") else "optimizer"
+        for chunk in item.chunks:
+            file = meta.storage_data[MetadataIndex(name, chunk.offsets)].relative_path
+            rank = int(file.split("_")[2])  # __<rank>_0.distcp
+            size = item.properties.dtype.itemsize * int(torch.Size(chunk.sizes).numel())
+            held[rank, part] = held.get((rank, part), 0) + size
+    config = load_config("shakespeare-char", COMMON)
+    n = parameter_count(config, 67)
+    planned = training_memory(config, 67, "fp32", strategy="fsdp", world_size=2)
+    assert held[0, "weights"] + held[1, "weights"] == 4 * n
+    assert held[0, "optimizer"] + held[1, "optimizer"] == 8 * n  # AdamW: two moments
+    for rank in (0, 1):  # uneven only by the rows FSDP pads (67 rows: 34 + 33)
+        assert held[rank, "weights"] == pytest.approx(planned.weights, rel=0.01)
+        assert held[rank, "optimizer"] == pytest.approx(planned.optimizer, rel=0.01)
+
+
 def test_sharded_checkpoint_resumes_in_one_process_and_in_two(runs, tmp_path):
     uninterrupted = last_weights(runs["fsdp"])
     one = drop_last_checkpoint(runs["fsdp"], tmp_path / "one")
