@@ -70,6 +70,8 @@ def save_sharded_checkpoint(
         checkpoint.checkpoint_paths(run_dir, step, tmp.name)
     distributed.barrier(env)
     model_state, optimizer_state = get_state_dict(model, optimizer)
+    for name in tied_names(model):  # the same tensor as another name: written once
+        model_state.pop(name, None)
     dcp.save({"model": model_state, "optimizer": optimizer_state},
              checkpoint_id=tmp / checkpoint.SHARDED_DIR)
     if env.is_main:
@@ -106,15 +108,21 @@ def _load_sharded(path: Path, model: nn.Module, optimizer: Optimizer | None) -> 
 
 def _read_shards(files: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
     if optimizer is None:
-        model_state = get_model_state_dict(model)
-        dcp.load({"model": model_state}, checkpoint_id=files)
-        set_model_state_dict(model, model_state)
-        return
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    wanted: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
+        wanted: dict[str, Any] = {"model": get_model_state_dict(model)}
+    else:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        wanted = {"model": model_state, "optimizer": optimizer_state}
+    tied = tied_names(model)
+    for name in tied:
+        wanted["model"].pop(name, None)
     dcp.load(wanted, checkpoint_id=files)
-    set_state_dict(model, optimizer, model_state_dict=wanted["model"],
-                   optim_state_dict=wanted["optimizer"])
+    for name, first in tied.items():
+        wanted["model"][name] = wanted["model"][first]
+    if optimizer is None:
+        set_model_state_dict(model, wanted["model"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=wanted["model"],
+                       optim_state_dict=wanted["optimizer"])
 
 
 def _load_full_into_sharded(path: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
