@@ -123,16 +123,14 @@ def score_tokens(
     if max_windows is not None and len(plan) > max_windows:
         keep = np.linspace(0, len(plan) - 1, max_windows).round().astype(int)
         plan = [plan[i] for i in sorted(set(keep.tolist()))]
-    batches = list(_batches(plan, batch_size))
+    world, rank = (env.world_size, env.rank) if env is not None else (1, 0)
+    share = [list(_batches(plan[r::world], batch_size)) for r in range(world)]
+    batches = share[rank]
     padding = 0
-    if env is not None and env.enabled:
-        share = [list(_batches(plan[r :: env.world_size], batch_size))
-                 for r in range(env.world_size)]
-        batches = share[env.rank]
-        if is_sharded(model):  # a sharded model runs a forward only with every rank:
-            # ranks with fewer batches score the first window again, not counted
-            padding = max(map(len, share)) - len(batches)
-            batches = batches + [plan[:1]] * padding
+    if is_sharded(model):  # a sharded model runs a forward only with every rank:
+        # ranks with fewer batches score the first window again, not counted
+        padding = max(map(len, share)) - len(batches)
+        batches = batches + [plan[:1]] * padding
     special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()

@@ -188,17 +188,23 @@ def test_two_nodes_on_loopback_train_like_one_node(runs, tmp_path):
     assert_same(last_weights(runs["fsdp"]), last_weights(tmp_path / "run"), exact=True)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
+def _worker_of(launcher: int) -> int:
+    """The gptkit process a torchrun launched (not a helper process it may also start)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+            if parent == launcher and b"gptkit" in command:
+                return int(entry.name)
+    raise AssertionError(f"torchrun {launcher} has no gptkit worker")
+
+
+def records_exist(run: Path) -> bool:
+    path = run / "metrics.jsonl"
+    return path.is_file() and '"kind": "train"' in path.read_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -211,7 +217,7 @@ def test_a_hung_node_ends_the_job_with_a_clear_message(tmp_path):
         while not records_exist(run) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert records_exist(run), "training did not start"
-        worker = _children(nodes[1].pid)[0]
+        worker = _worker_of(nodes[1].pid)
         os.kill(worker, signal.SIGSTOP)  # node 1 stops answering, without dying
         _, err = nodes[0].communicate(timeout=90)  # a hang would time out here
         assert nodes[0].returncode != 0
@@ -224,7 +230,3 @@ def test_a_hung_node_ends_the_job_with_a_clear_message(tmp_path):
             node.kill()
             node.communicate()
 
-
-def records_exist(run: Path) -> bool:
-    path = run / "metrics.jsonl"
-    return path.is_file() and '"kind": "train"' in path.read_text()

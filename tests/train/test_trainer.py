@@ -247,7 +247,7 @@ def test_bf16_autocast_on_cpu_trains_like_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, loss16 = model(x, x)
     assert logits.dtype == torch.bfloat16
-    assert float(loss16) == pytest.approx(float(loss32), rel=2e-2)
+    assert loss16.item() == pytest.approx(loss32.item(), rel=2e-2)
     loss16.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
