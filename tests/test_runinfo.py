@@ -86,3 +86,22 @@ def test_memory_plan_of_a_run(tiny_run, capsys):
     code, out, _ = run_cli(capsys, "info", str(tiny_run), "--world-size", "4")
     assert code == 0 and "memory plan  per process" in out and "fsdp+offload" in out
     assert "plan" not in describe(load_config("shakespeare-char"), 65)["memory"]
+
+
+def test_memory_plan_marks_the_row_the_config_trains_with(capsys):
+    def chosen(*args: str) -> list[tuple[str, bool]]:
+        code, out, _ = run_cli(capsys, "info", "--world-size", "8", "--json", *args)
+        assert code == 0
+        rows = json.loads(out)["memory"]["plan"]["rows"]
+        return [(r["strategy"], r["activation_checkpointing"]) for r in rows if r["chosen"]]
+
+    assert chosen("--recipe", "gpt2-124m") == [("ddp", False)]  # auto, below 500M
+    assert chosen("--recipe", "gpt2-124m", "--set", "model.preset=gpt2-large") == [
+        ("fsdp", False)]
+    assert chosen("--recipe", "gpt2-medium-fsdp") == [("fsdp", True)]
+    assert chosen("--recipe", "gpt2-medium-fsdp", "--set", "dist.cpu_offload=true") == [
+        ("fsdp+offload", True)]
+    assert chosen("--recipe", "gpt2-124m", "--set", "dist.strategy=none") == []
+    code, out, _ = run_cli(capsys, "info", "--recipe", "gpt2-medium-fsdp", "--world-size", "8")
+    marked = [line.split()[:3] for line in out.splitlines() if line.endswith("<-")]
+    assert marked == [["fsdp", "8", "yes"]]

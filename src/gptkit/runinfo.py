@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from gptkit.config import ModelConfig, RunConfig, read_config
+from gptkit.errors import GptkitError
 from gptkit.memory import human_bytes, inference_memory, memory_plan, training_memory
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
+from gptkit.train.distributed import resolve_strategy
 
 # parameter-name pattern -> component; the first match wins
 _COMPONENTS = (
@@ -86,9 +88,25 @@ def describe(cfg: RunConfig, vocab_size: int, precision: str = "fp32",
         },
     }
     if world_size is not None:
-        info["memory"]["plan"] = {"world_size": world_size,
-                                  "rows": memory_plan(cfg, vocab_size, precision, world_size)}
+        rows = memory_plan(cfg, vocab_size, precision, world_size)
+        chosen = chosen_plan_row(cfg, model.num_params(), world_size)
+        for row in rows:
+            row["chosen"] = (row["strategy"], row["activation_checkpointing"]) == chosen
+        info["memory"]["plan"] = {"world_size": world_size, "rows": rows}
     return info
+
+
+def chosen_plan_row(cfg: RunConfig, num_params: int, world_size: int) -> tuple[str, bool] | None:
+    """The memory-plan row (strategy, activation checkpointing) the config trains with on
+    `world_size` processes; None when it cannot (dist.strategy=none on several)."""
+    try:
+        strategy = resolve_strategy(cfg.dist.strategy, world_size, num_params,
+                                    cfg.dist.fsdp_min_params)
+    except GptkitError:
+        return None
+    if strategy == "fsdp" and cfg.dist.cpu_offload:
+        strategy = "fsdp+offload"
+    return strategy, cfg.train.activation_checkpointing
 
 
 def _read_json(path: Path) -> Any:
@@ -190,7 +208,8 @@ def format_plan(plan: dict[str, Any], precision: str, micro_batch_size: int,
               "activations", "buffers", "per GPU", "host (CPU)")
     lines = [f"  memory plan  per process, {precision}, micro-batch {micro_batch_size}, context "
              f"{block_size}, {plan['world_size']} processes (buffers: DDP's gradient buckets, "
-             "FSDP's unsharded parameters and gradients)"]
+             "FSDP's unsharded parameters and gradients; <-: what dist.strategy and "
+             "train.activation_checkpointing choose)"]
     rows = [header] + [
         (row["strategy"], str(row["world_size"]), "yes" if row["activation_checkpointing"] else
          "no", *(human_bytes(row[key]) for key in ("weights", "gradients", "optimizer",
@@ -198,9 +217,10 @@ def format_plan(plan: dict[str, Any], precision: str, micro_batch_size: int,
          human_bytes(row["host"]) if row["host"] else "-")
         for row in plan["rows"]
     ]
+    marks = [""] + ["  <-" if row.get("chosen") else "" for row in plan["rows"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
+    for row, mark in zip(rows, marks, strict=True):
         cells = [row[0].ljust(widths[0])] + [
             cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        lines.append("    " + "  ".join(cells))
+        lines.append("    " + "  ".join(cells) + mark)
     return lines

@@ -12,14 +12,14 @@ TWO = DistEnv(rank=1, local_rank=1, world_size=2, device=CPU)
 
 
 def test_auto_strategy_shards_only_large_models():
-    assert distributed.resolve_strategy("auto", TWO, 499, fsdp_min_params=500) == "ddp"
-    assert distributed.resolve_strategy("auto", TWO, 500, fsdp_min_params=500) == "fsdp"
-    assert distributed.resolve_strategy("ddp", TWO, 10**9, fsdp_min_params=500) == "ddp"
-    assert distributed.resolve_strategy("fsdp", TWO, 1, fsdp_min_params=500) == "fsdp"
+    assert distributed.resolve_strategy("auto", 2, 499, fsdp_min_params=500) == "ddp"
+    assert distributed.resolve_strategy("auto", 2, 500, fsdp_min_params=500) == "fsdp"
+    assert distributed.resolve_strategy("ddp", 2, 10**9, fsdp_min_params=500) == "ddp"
+    assert distributed.resolve_strategy("fsdp", 2, 1, fsdp_min_params=500) == "fsdp"
     for strategy in ("auto", "ddp", "fsdp", "none"):  # one process needs no strategy
-        assert distributed.resolve_strategy(strategy, ONE, 10**9, fsdp_min_params=1) == "none"
+        assert distributed.resolve_strategy(strategy, 1, 10**9, fsdp_min_params=1) == "none"
     with pytest.raises(GptkitError, match="dist.strategy=none runs one process, but 2"):
-        distributed.resolve_strategy("none", TWO, 1, fsdp_min_params=500)
+        distributed.resolve_strategy("none", 2, 1, fsdp_min_params=500)
 
 
 def test_cpu_offload_needs_a_gpu():

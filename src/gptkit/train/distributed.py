@@ -145,15 +145,16 @@ def _collective_device(env: DistEnv) -> torch.device:
 
 
 # --- parallel strategies ---------------------------------------------------------------------
-def resolve_strategy(strategy: str, env: DistEnv, num_params: int, fsdp_min_params: int) -> str:
+def resolve_strategy(strategy: str, world_size: int, num_params: int,
+                     fsdp_min_params: int) -> str:
     """The strategy a run uses: `none` in one process; `auto` shards models of at least
     `fsdp_min_params` parameters (where a full copy per process stops fitting) and
     replicates smaller ones, whose DDP all-reduce is cheaper than FSDP's gathers."""
-    if not env.enabled:
+    if world_size == 1:
         return "none"
     if strategy == "none":
         raise GptkitError(
-            f"dist.strategy=none runs one process, but {env.world_size} were started; use "
+            f"dist.strategy=none runs one process, but {world_size} were started; use "
             "ddp or fsdp, or start one process"
         )
     if strategy == "auto":

@@ -233,7 +233,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
         ft, n_layer = cfg.finetune, cfg.model.n_layer
         self.strategy = distributed.resolve_strategy(
-            cfg.dist.strategy, env, gpt.num_params(), cfg.dist.fsdp_min_params)
+            cfg.dist.strategy, env.world_size, gpt.num_params(), cfg.dist.fsdp_min_params)
         if self.strategy == "fsdp":
             if ft.lora_r:
                 raise GptkitError(
