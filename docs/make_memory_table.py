@@ -59,8 +59,10 @@ What each column counts, per process (see the docstring of `gptkit/memory.py`):
   checked against a GPU run (the activation constants were measured on the CPU).
 
 FSDP's figures assume `fully_shard` per block and at the root with a bf16 parameter /
-fp32 reduction policy; the one-GPU FSDP rows show what mixed precision and offload alone
-change.
+fp32 reduction policy, as `dist.strategy=fsdp` sets it up; the one-GPU FSDP rows show what
+mixed precision and offload alone change. The sharded terms (weights, optimizer state) are
+checked against the shards each process of a 2-process FSDP run writes
+(`tests/train/test_sharded.py`); the unsharded buffers are modelled.
 """
 
 
