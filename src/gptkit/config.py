@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import yaml
 
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, check_all
 
 # Shapes users ask for by name. A preset fills in the model fields a recipe does not set.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -347,9 +347,7 @@ class RunConfig:
         ]
         checks += model_option_checks(m)
         checks += sample_checks(s)
-        for ok, message in checks:
-            if not ok:
-                raise GptkitError(message)
+        check_all(checks)
         return self
 
 

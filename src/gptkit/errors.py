@@ -1,5 +1,7 @@
 """The exception types for everything a user can cause."""
 
+from collections.abc import Iterable
+
 
 class GptkitError(Exception):
     """A problem with the user's input or environment.
@@ -15,3 +17,10 @@ class ProcessGroupError(GptkitError):
     """Another process of a multi-process run failed or stopped answering (exit status 1)."""
 
     exit_code = 1
+
+
+def check_all(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise GptkitError with the message of the first (ok, message) check that failed."""
+    for ok, message in checks:
+        if not ok:
+            raise GptkitError(message)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from gptkit.config import SampleConfig, sample_checks
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, check_all
 from gptkit.logits_process import build_processors
 from gptkit.model import GPT, KVCache
 
@@ -41,9 +41,7 @@ NEG = -1.0e9  # the "impossible" beam score transformers uses (finite, so sums s
 def _check_settings(**settings: object) -> None:
     """The `sample_checks` of the config, for settings given as arguments."""
     cfg = SampleConfig(**settings)  # type: ignore[arg-type]
-    for ok, message in sample_checks(cfg, prefix=""):
-        if not ok:
-            raise GptkitError(message)
+    check_all(sample_checks(cfg, prefix=""))
 
 
 def _prompt_list(prompt: Prompts) -> list[list[int]]:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gptkit.config import ModelConfig, model_option_checks
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, check_all
 
 
 class KVCache:
@@ -353,9 +353,7 @@ class GPT(nn.Module):
                 f"model.n_embd ({config.n_embd}) must be a multiple of model.n_head "
                 f"({config.n_head})"
             )
-        for ok, message in model_option_checks(config):
-            if not ok:
-                raise GptkitError(message)
+        check_all(model_option_checks(config))
         self.config = config
         self.transformer = Transformer(config, config.vocab_size)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

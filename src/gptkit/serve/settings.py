@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from gptkit.errors import GptkitError
+from gptkit.errors import check_all
 
 
 @dataclass
@@ -46,13 +46,11 @@ class ServeSettings:
              f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}"),
             (self.max_attention_tokens >= 1,
              f"max_attention_tokens must be >= 1, got {self.max_attention_tokens}"),
-            (self.api_key is None or (self.api_key.strip() == self.api_key and self.api_key
-                                      and self.api_key.isprintable()),
+            (self.api_key is None or (self.api_key.strip() == self.api_key
+                                      and bool(self.api_key) and self.api_key.isprintable()),
              "--api-key must be a non-empty printable string without surrounding spaces"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise GptkitError(message)
+        check_all(checks)
 
     @property
     def is_loopback(self) -> bool:

@@ -273,12 +273,17 @@ def check_checkpoint_args(state: dict[str, Any], keep: int) -> None:
         raise GptkitError(f"checkpoint state may not use the reserved keys {clash}")
 
 
-def checkpoint_paths(run_dir: Path, step: int, tmp_name: str) -> tuple[Path, Path]:
-    """(temporary folder, final folder) of the checkpoint of `step`; the temporary one fresh."""
+def checkpoint_paths(run_dir: Path, step: int, tmp_name: str, create: bool = True
+                     ) -> tuple[Path, Path]:
+    """(temporary folder, final folder) of the checkpoint of `step`; `tmp_name` with
+    `{name}` for the final folder's name. `create`: make the temporary one, fresh."""
     folder = _checkpoints_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
-    return _fresh_dir(folder / tmp_name.format(name=final.name)), final
+    tmp = folder / tmp_name.format(name=final.name)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+        _fresh_dir(tmp)
+    return tmp, final
 
 
 def finish_checkpoint(run_dir: Path, tmp: Path, final: Path, files: list[str],

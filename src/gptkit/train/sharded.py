@@ -63,11 +63,9 @@ def save_sharded_checkpoint(
 ) -> Path:
     """`checkpoints/step-N` of a sharded model, written by every rank; `state` is rank 0's."""
     checkpoint.check_checkpoint_args(state, keep)
-    folder = Path(run_dir) / "checkpoints"
-    final = folder / f"step-{step:06d}"
-    tmp = folder / f".tmp-{final.name}-sharded"  # one name that every rank knows
-    if env.is_main:
-        checkpoint.checkpoint_paths(run_dir, step, tmp.name)
+    # one name that every rank knows; rank 0 makes the folder
+    tmp, final = checkpoint.checkpoint_paths(run_dir, step, ".tmp-{name}-sharded",
+                                             create=env.is_main)
     distributed.barrier(env)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     for name in tied_names(model):  # the same tensor as another name: written once
