@@ -26,13 +26,13 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
-from safetensors.torch import load_file
-from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -45,7 +45,6 @@ from torch.optim import Optimizer
 from gptkit.errors import GptkitError
 from gptkit.train import checkpoint, distributed
 from gptkit.train.distributed import DistEnv
-
 
 # Every class a DCP `.metadata` file is made of (torch 2.4 to 2.13; checked by saving one, see
 # tests/train/test_safe_load.py): DCP's metadata dataclasses and its memory-format enum, the
@@ -116,9 +115,9 @@ class SafeReader(FileSystemReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata = read_metadata(Path(self._get_metadata_path(kwargs.get("rank"))))
-        if getattr(metadata, "storage_meta", None) is None:
+        if metadata.storage_meta is None:  # as FileSystemReader.read_metadata does
             metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id  # what FileSystemReader does  # type: ignore[union-attr]
+        metadata.storage_meta.load_id = self.load_id
         return metadata
 
 
@@ -218,7 +217,8 @@ def _read_shards(files: Path, model: nn.Module, optimizer: Optimizer | None) -> 
     tied = tied_names(model)
     for name in tied:
         wanted["model"].pop(name, None)
-    read_metadata(files.parent / checkpoint.SHARDED_INDEX)  # refused here with its own message, before DCP runs
+    # refused here with its own message: DCP would swallow the error and try other files
+    read_metadata(files.parent / checkpoint.SHARDED_INDEX)
     try:
         dcp.load(wanted, storage_reader=SafeReader(files), planner=SafePlanner())
     except CheckpointException as exc:  # DCP wraps every rank's error in this BaseException
