@@ -222,8 +222,91 @@ def test_corrupt_newest_falls_back_to_the_previous(tmp_path: Path, kind: str) ->
     assert ck.load_checkpoint(path, *make())["step"] == 1
 
 
+def save_resumable(run: Path, step: int) -> Path:
+    """A checkpoint holding every key the trainer's resume reads."""
+    state = {"tokens_seen": 96 * step, "best_val_loss": 2.5, "bad_evals": 0,
+             "elapsed_s": 1.5, "loader": {"seed": 1, "position": step},
+             "rng": [ck.rng_state()], "world_size": 1}
+    return save(run, step, **state)  # with "step": step
+
+
+def edit_state(path: Path, old: str, new: str, *, keep_digest: bool = True) -> None:
+    """Replace text in state.json; without `keep_digest` it is an old checkpoint's (no
+    state_sha256, as written before the state had a checksum)."""
+    file = path / "state.json"
+    text = file.read_text()
+    assert old in text
+    text = text.replace(old, new, 1)
+    if not keep_digest:
+        state = json.loads(text)
+        del state["state_sha256"]
+        text = json.dumps(state, indent=1)
+    file.write_text(text)
+
+
+def flip_a_digit_bit(path: Path) -> None:
+    """One bit of one digit of tokens_seen (3840 -> 3841), the checksum left as it was."""
+    file = path / "state.json"
+    data = bytearray(file.read_bytes())
+    at = data.index(b'"tokens_seen": 3840') + len(b'"tokens_seen": 384')
+    data[at] ^= 0x01
+    file.write_bytes(bytes(data))
+    assert b'"tokens_seen": 3841' in data
+
+
+STATE_DAMAGE = {
+    "step 40 -> 35": (lambda p: edit_state(p, '"step": 40', '"step": 35'), "its checksum"),
+    "a flipped digit": (flip_a_digit_bit, "its checksum"),
+    "no checksum, step 35": (
+        lambda p: edit_state(p, '"step": 40', '"step": 35', keep_digest=False),
+        "'step' must be the folder's step 40"),
+    "no checksum, step forty": (
+        lambda p: edit_state(p, '"step": 40', '"step": "forty"', keep_digest=False),
+        "'step' must be"),
+    "no checksum, no rng": (
+        lambda p: edit_state(p, '"rng"', '"rng_gone"', keep_digest=False), "'rng' is missing"),
+    "no checksum, loader position -1": (
+        lambda p: edit_state(p, '"position": 40', '"position": -1', keep_digest=False),
+        "'loader' must be"),
+    "no checksum, tokens a float": (
+        lambda p: edit_state(p, '"tokens_seen": 3840', '"tokens_seen": 3840.5',
+                             keep_digest=False), "'tokens_seen' must be"),
+}
+
+
+@pytest.mark.parametrize("kind", list(STATE_DAMAGE))
+def test_changed_or_ill_typed_state_falls_back_to_the_previous(tmp_path: Path, kind: str) -> None:
+    first = save_resumable(tmp_path, 30)
+    newest = save_resumable(tmp_path, 40)
+    assert ck.verify_checkpoint(newest, ck.resume_state_problem) is None
+    damage, words = STATE_DAMAGE[kind]
+    damage(newest)
+    path, warnings = ck.latest_valid_checkpoint(tmp_path, ck.resume_state_problem)
+    assert path == first
+    assert len(warnings) == 1 and "step-000040" in warnings[0] and words in warnings[0], warnings
+    assert ck.load_checkpoint(path, *make())["step"] == 30
+
+
+def test_state_json_holds_a_checksum_of_itself(tmp_path: Path) -> None:
+    path = save_resumable(tmp_path, 40)
+    state = json.loads((path / "state.json").read_text())
+    assert len(state["state_sha256"]) == 64
+    assert "state_sha256" not in ck.load_checkpoint(path, *make())  # bookkeeping, taken out
+    with pytest.raises(GptkitError, match="reserved"):
+        save(tmp_path, 50, state_sha256="x")
+
+
+def test_old_checkpoints_without_the_state_checksum_still_resume(tmp_path: Path) -> None:
+    save_resumable(tmp_path, 30)
+    newest = save_resumable(tmp_path, 40)
+    edit_state(newest, '"step": 40', '"step": 40', keep_digest=False)
+    assert "state_sha256" not in (newest / "state.json").read_text()
+    assert ck.latest_valid_checkpoint(tmp_path, ck.resume_state_problem) == (newest, [])
+    assert ck.load_checkpoint(newest, *make())["tokens_seen"] == 3840
+
+
 def test_all_corrupt_or_none_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(GptkitError, match="no checkpoint.*without --resume"):
+    with pytest.raises(GptkitError, match="no checkpoint.*yet.*--resume"):
         ck.latest_valid_checkpoint(tmp_path)
     truncate(save(tmp_path, 1))
     flip_byte(save(tmp_path, 2))

@@ -7,7 +7,8 @@
 A checkpoint is written into a temporary folder next to its final place, its files fsynced,
 and then renamed into place, so a crash leaves either the whole checkpoint or an ignored
 `.tmp-*` folder. `state.json` holds the caller's resume state plus SHA-256 checksums and sizes
-of the other files; resume walks back from the newest checkpoint to the first that verifies.
+of the other files, and a checksum of itself (`state_sha256`, over its canonical JSON); resume
+walks back from the newest checkpoint to the first that verifies.
 Weights are safetensors (no pickle); the optimizer state is read with
 `torch.load(weights_only=True)` (LESSONS.md, anti-patterns).
 """
@@ -43,7 +44,8 @@ SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of a sharded (FSDP
 SHARDED_INDEX = f"{SHARDED_DIR}/.metadata"
 BEST_INFO_FILE = "config.json"
 # keys save_checkpoint adds to the caller's state; load_checkpoint takes them out again
-_BOOKKEEPING = ("checksums", "sizes")
+STATE_DIGEST = "state_sha256"  # of state.json itself; older checkpoints lack it and still load
+_BOOKKEEPING = ("checksums", "sizes", STATE_DIGEST)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -54,6 +56,13 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of `state` as canonical JSON (sorted keys, no spaces), less its own digest."""
+    rest = {k: v for k, v in state.items() if k != STATE_DIGEST}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -296,6 +305,7 @@ def finish_checkpoint(run_dir: Path, tmp: Path, final: Path, files: list[str],
         "checksums": {name: _sha256(tmp / name) for name in files},
         "sizes": {name: (tmp / name).stat().st_size for name in files},
     }
+    record[STATE_DIGEST] = _state_digest(record)
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
     _fsync_file(tmp / STATE_FILE)
     _fsync_dir(tmp)
@@ -317,9 +327,20 @@ def _prune(run_dir: Path, newest: Path, keep: int) -> None:
     doomed = [p for p in found if _step_of(p) > step] + older[: max(len(older) - (keep - 1), 0)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
-    for leftover in _checkpoints_dir(run_dir).glob(".*"):
-        if leftover.is_dir() and leftover.name.startswith((".tmp-", ".old-")):
-            shutil.rmtree(leftover, ignore_errors=True)
+    remove_leftovers(run_dir)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete what interrupted writes left: `.tmp-*`/`.old-*` folders in checkpoints/, and
+    `.tmp-best-*`/`.old-best-*` (`save_best`, `replace_dir`) beside best/. Only the process
+    that writes the run may call it, when it is not writing."""
+    run_dir = Path(run_dir)
+    for folder, prefixes in ((_checkpoints_dir(run_dir), (".tmp-", ".old-")),
+                             (run_dir, (".tmp-best-", ".old-best-"))):
+        if folder.is_dir():
+            for leftover in folder.glob(".*"):
+                if leftover.is_dir() and leftover.name.startswith(prefixes):
+                    shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -333,11 +354,21 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise GptkitError(f"{STATE_FILE} is not valid JSON ({exc})") from exc
     if not isinstance(state, dict):
         raise GptkitError(f"{STATE_FILE} is not a JSON object")
+    if STATE_DIGEST in state and state[STATE_DIGEST] != _state_digest(state):
+        raise GptkitError(f"{STATE_FILE} does not match its checksum {STATE_DIGEST} (the file "
+                          "was modified or damaged)")
     return state
 
 
-def verify_checkpoint(path: Path) -> str | None:
-    """None when the checkpoint is whole, else a short description of what is wrong."""
+StateCheck = Callable[[dict[str, Any], int], str | None]
+
+
+def verify_checkpoint(path: Path, check_state: StateCheck | None = None) -> str | None:
+    """None when the checkpoint is whole, else a short description of what is wrong.
+
+    `check_state(state, step)`: what is wrong with the caller's own keys in state.json (of
+    the checkpoint of `step`), or None; e.g. `resume_state_problem`.
+    """
     path = Path(path)
     if not path.is_dir():
         return "the folder is missing"
@@ -345,6 +376,8 @@ def verify_checkpoint(path: Path) -> str | None:
         state = _read_state(path)
     except GptkitError as exc:
         return str(exc)
+    if check_state is not None and (problem := check_state(state, _step_of(path))):
+        return f"{STATE_FILE}: {problem}"
     checksums, sizes = state.get("checksums"), state.get("sizes", {})
     weights = SHARDED_INDEX if is_sharded(path) else MODEL_FILE
     if not isinstance(checksums, dict) or weights not in checksums:
@@ -363,20 +396,26 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, list[str]]:
-    """The newest checkpoint that verifies, and a warning for each newer corrupt one skipped."""
+def latest_valid_checkpoint(run_dir: Path, check_state: StateCheck | None = None
+                            ) -> tuple[Path, list[str]]:
+    """The newest checkpoint that verifies, and a warning for each newer corrupt one skipped.
+
+    `check_state`: as for `verify_checkpoint`; a checkpoint whose state it rejects is skipped
+    like one with a damaged file."""
     found = list_checkpoints(run_dir)
     if not found:
         raise GptkitError(
-            f"no checkpoint in {_checkpoints_dir(run_dir)}; train without --resume"
+            f"no checkpoint in {_checkpoints_dir(run_dir)} yet; continue training the run with "
+            f"`gptkit train --resume --out {run_dir}`"
         )
     warnings: list[str] = []
     for path in reversed(found):
-        problem = verify_checkpoint(path)
+        problem = verify_checkpoint(path, check_state)
         if problem is None:
             return path, warnings
         warnings.append(f"skipping corrupt checkpoint {path}: {problem}")
-    details = "; ".join(f"{p.name}: {verify_checkpoint(p)}" for p in reversed(found))
+    details = "; ".join(f"{p.name}: {verify_checkpoint(p, check_state)}"
+                        for p in reversed(found))
     raise GptkitError(
         f"every checkpoint in {_checkpoints_dir(run_dir)} is corrupt ({details}); "
         "train without --resume (with --overwrite) to start over"
@@ -437,6 +476,50 @@ def save_best(
     _fsync_file(tmp / BEST_INFO_FILE)
     _fsync_dir(tmp)
     replace_dir(tmp, run_dir / "best")
+
+
+# --- the trainer's resume state ---------------------------------------------------------------
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_rng(value: Any) -> bool:
+    """The shape `rng_state` writes; the values themselves `set_rng_state` checks."""
+    return (isinstance(value, dict) and isinstance(value.get("python"), list)
+            and len(value["python"]) == 3 and isinstance(value.get("numpy"), dict)
+            and isinstance(value.get("torch"), str))
+
+
+def resume_state_problem(state: dict[str, Any], step: int) -> str | None:
+    """What is wrong with the trainer's keys in the state.json of checkpoint `step-{step}`
+    (Trainer._save_checkpoint writes them, Trainer._restore reads them), or None."""
+    required: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "step": (lambda v: _is_int(v) and v == step, f"the folder's step {step}"),
+        "tokens_seen": (_is_int, "a whole number >= 0"),
+        "loader": (lambda v: isinstance(v, dict) and _is_int(v.get("seed"))
+                   and _is_int(v.get("position")), "an object with whole-number seed and "
+                   "position"),
+        "rng": (lambda v: isinstance(v, list) and bool(v) and all(map(_is_rng, v)),
+                "a list of random-generator states"),
+    }
+    optional: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "best_val_loss": (lambda v: v is None or _is_number(v), "a number or null"),
+        "bad_evals": (_is_int, "a whole number >= 0"),
+        "elapsed_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "world_size": (lambda v: _is_int(v, 1), "a whole number >= 1"),
+        "scaler": (lambda v: isinstance(v, dict), "an object"),
+    }
+    for key, (ok, what) in {**required, **optional}.items():
+        if key not in state:
+            if key in required:
+                return f"{key!r} is missing"
+        elif not ok(state[key]):
+            return f"{key!r} must be {what} (got {json.dumps(state[key])[:40]})"
+    return None
 
 
 # --- random number generators -----------------------------------------------------------------

@@ -198,7 +198,12 @@ class Trainer:
         cfg, env = self.cfg, self.env
         if env.is_main:
             check_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite)
+            checkpoint.remove_leftovers(self.run_dir)  # of a crashed attempt at this run
         distributed.barrier(env)
+        if self.resume and not checkpoint.list_checkpoints(self.run_dir):
+            self._say(f"{self.run_dir} has no checkpoint yet (stopped before its first): "
+                      "training it from step 0")
+            self.resume = False
         if self.resume:
             check_same_shape(read_config(self.run_dir / "config.yaml"), cfg)
         init = self._init_run() if cfg.train.init_from and not self.resume else None
@@ -405,7 +410,8 @@ class Trainer:
         return data
 
     def _restore(self) -> None:
-        path, warnings = checkpoint.latest_valid_checkpoint(self.run_dir)
+        path, warnings = checkpoint.latest_valid_checkpoint(
+            self.run_dir, checkpoint.resume_state_problem)
         for warning in warnings:
             if self.env.is_main:
                 tqdm.write(f"warning: {warning}", file=sys.stderr)
@@ -707,6 +713,8 @@ class Trainer:
             if self.logger is not None:
                 self.logger.close()
             distributed.teardown(env)
+        if env.is_main:
+            checkpoint.remove_leftovers(self.run_dir)
         if self.logger is not None and cfg.log.plots:
             from gptkit.viz.curves import write_run_plots
 
