@@ -118,13 +118,66 @@ def test_resume_falls_back_past_a_corrupt_checkpoint(data_dir, tmp_path, capsys)
     assert "step-000020" in capsys.readouterr().err
 
 
-def test_resume_without_checkpoint_or_with_changed_shape_is_an_error(tiny_run, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    shutil.copy(tiny_run / "config.yaml", empty / "config.yaml")
-    shutil.copy(tiny_run / "tokenizer.json", empty / "tokenizer.json")
-    with pytest.raises(GptkitError, match="no checkpoint"):
-        train(cfg(), empty, resume=True, progress=False)
+def edit_json(file: Path, change) -> None:
+    state = json.loads(file.read_text())
+    change(state)
+    file.write_text(json.dumps(state, indent=1))
+
+
+STATE_EDITS = {  # what review did to state.json; each must fall back to step-000010
+    "step 20 -> 15": lambda s: s.update(step=15),  # state_sha256 no longer matches
+    "old format, no rng": lambda s: [s.pop("state_sha256"), s.pop("rng")],
+    "old format, step forty": lambda s: [s.pop("state_sha256"), s.update(step="forty")],
+}
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+def test_resume_falls_back_past_an_edited_state_json(data_dir, tmp_path, capsys, edit):
+    run = tmp_path / "run"
+    train(cfg("train.max_steps=20"), run, progress=False)
+    newest = run / "checkpoints" / "step-000020"
+    edit_json(newest / "state.json", STATE_EDITS[edit])
+    capsys.readouterr()
+    result = train(cfg("train.max_steps=20"), run, resume=True, progress=True)
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "step-000020" in warnings[0] and "state.json" in warnings[0]
+    assert "resumed from" in out and "step-000010 at step 10" in out
+    assert result.step == 20  # trained steps 10..20 again, then saved step-000020 anew
+    assert json.loads((newest / "state.json").read_text())["step"] == 20
+
+
+def test_crash_leftovers_are_removed_on_resume_and_never_left_at_the_end(tiny_run, tmp_path):
+    leftovers = lambda d: sorted(  # noqa: E731
+        str(p.relative_to(d)) for p in d.rglob(".*") if p.name.startswith((".tmp-", ".old-")))
+    assert leftovers(tiny_run) == []  # a normal run leaves none
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in (".tmp-best-4242", ".old-best-4242", "checkpoints/.tmp-step-000030-4242"):
+        (run / name).mkdir()
+        (run / name / "model.safetensors").write_bytes(b"partial")
+    train(cfg(), run, resume=True, progress=False)
+    assert leftovers(run) == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_leads_somewhere(tiny_run, tmp_path, capsys):
+    """Without --resume the message names --resume and --overwrite; --resume starts at 0."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "checkpoints")  # what a kill before step 10 leaves: files, best/
+    with pytest.raises(GptkitError, match="already exists.*--resume.*--overwrite"):
+        train(cfg(), run, progress=False)
+    capsys.readouterr()
+    result = train(cfg(), run, resume=True, progress=True)
+    out = capsys.readouterr().out
+    assert "no checkpoint yet" in out and "from step 0" in out
+    assert result.step == 20
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000010",
+                                                                       "step-000020"]
+    assert [r["step"] for r in records(run, "eval")] == [0, 10, 20]  # one history, from 0
+
+
+def test_resume_with_changed_shape_is_an_error(tiny_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run, copy)
     with pytest.raises(GptkitError, match="block_size|positions|shape"):
