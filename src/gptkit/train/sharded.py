@@ -114,7 +114,9 @@ class SafeReader(FileSystemReader):
     """DCP's file reader with `read_metadata` that cannot run code (`_MetadataUnpickler`)."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        metadata = read_metadata(Path(self._get_metadata_path(kwargs.get("rank"))))
+        rank = kwargs.get("rank")  # set when DCP looks for one rank's own metadata
+        name = ".metadata" if rank is None else f"__{rank}.metadata"
+        metadata = read_metadata(Path(os.fspath(self.path)) / name)
         if metadata.storage_meta is None:  # as FileSystemReader.read_metadata does
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
