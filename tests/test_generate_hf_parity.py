@@ -9,6 +9,7 @@ top_k=50) must not leak in.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any
@@ -240,8 +241,33 @@ def test_beams_really_finish_at_different_lengths(models):
     assert len(lengths) >= 3 and any(len(t) == 10 for t in out.new_tokens)
 
 
-def test_beam_sampling_matches_transformers_under_the_same_seed(models):
+def rank_drawn_candidates(monkeypatch: pytest.MonkeyPatch, hf: Any) -> None:
+    """Make a `transformers` that keeps beam sampling's draw order rank the draw by score.
+
+    Beam sampling draws 2 x num_beams candidates; transformers 4.45 (`_beam_sample`) and 5.24+
+    (`_get_top_k_continuations`) sort them by score, so the best num_beams may finish; the
+    releases between kept the draw order, so the first ones drawn could. gptkit ranks; on
+    those releases this adds the one sort that 5.24 added, nothing else.
+    """
+    method = getattr(type(hf), "_get_top_k_continuations", None)
+    if method is None or ".sort(" in inspect.getsource(method):
+        return
+    signature = inspect.signature(method)
+
+    def ranked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        scores, sequences, beam_indices = method(self, *args, **kwargs)
+        if not signature.bind(self, *args, **kwargs).arguments["do_sample"]:
+            return scores, sequences, beam_indices
+        scores, order = scores.sort(dim=-1, descending=True)
+        return (scores, sequences.gather(1, order[:, :, None].expand_as(sequences)),
+                beam_indices.gather(1, order[:, :, None].expand_as(beam_indices)))
+
+    monkeypatch.setattr(type(hf), "_get_top_k_continuations", ranked)
+
+
+def test_beam_sampling_matches_transformers_under_the_same_seed(models, monkeypatch):
     model, hf = models
+    rank_drawn_candidates(monkeypatch, hf)
     args = {"max_new_tokens": 8, "temperature": 0.8, "top_k": 10, "num_beams": 3,
             "num_samples": 2, "length_penalty": 1.3}
     ours = beam_search(model, PROMPTS, eot_id=EOT, seed=5, **args)
