@@ -281,6 +281,8 @@ def test_pipeline_with_its_defaults_stays_inside_the_context(tmp_path, tokenizer
     ids = generator("ROMEO:", return_tensors=True)[0]["generated_token_ids"]
     assert len(ids) == 64 and ids[:6] == tokenizer.encode("ROMEO:")
     assert tokenizer.eot_id not in ids
+    asked = generator("ROMEO:", max_new_tokens=10, return_tensors=True)  # still obeyed
+    assert len(asked[0]["generated_token_ids"]) == 6 + 10
 
 
 @pytest.mark.parametrize("kind", list(EXPORT_CASES))
