@@ -325,7 +325,10 @@ def beam_search(
                     "leave fewer tokens; raise top_k / top_p / typical_p or use temperature 0"
                 )
             pick = torch.multinomial(probs, keep, generator=generator)
-            top_scores = totals.gather(1, pick)
+            # the drawn set ranked by score, so that "the first num_beams" below are its best
+            # (transformers 4.45 and >= 5.24 rank it so; the releases between kept draw order)
+            top_scores, order = totals.gather(1, pick).sort(dim=-1, descending=True)
+            pick = pick.gather(1, order)
         else:
             top_scores, pick = totals.topk(keep)
         vocab = log_probs.size(-1)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from gptkit.cli import main
 from gptkit.config import ModelConfig, RunConfig, load_config, save_config
 from gptkit.errors import GptkitError
+from gptkit.generate import generate
 from gptkit.model import GPT
 from gptkit.run import load_run
 from gptkit.tokenizers import Tokenizer
@@ -77,14 +78,22 @@ def jitter(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 def make_run(path: Path, tokenizer: Tokenizer, *, pad: int = 0, bias: bool = True,
-             **options: Any) -> Path:
-    """A run directory as the trainer writes it, holding a tiny random model."""
+             never_ends: bool = False, **options: Any) -> Path:
+    """A run directory as the trainer writes it, holding a tiny random model.
+
+    `never_ends` lowers the end-of-text logit far enough that sampling never draws it, so
+    generation runs to its length limit.
+    """
     cfg = RunConfig(name=path.name, model=ModelConfig(
         n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tokenizer.vocab_size + pad,
         bias=bias, **options)).validate()
     torch.manual_seed(0)
     model = GPT(cfg.model)
     jitter(model)
+    if never_ends:
+        with torch.no_grad():  # the head is tied to wte: this moves the EOT logit by -50
+            eot = model.transformer.wte.weight[tokenizer.eot_id]
+            model.transformer.ln_f.bias.sub_(50 * eot / eot.pow(2).sum())
     path.mkdir(parents=True)
     save_config(cfg, path / "config.yaml")
     tokenizer.save(path / "tokenizer.json")
@@ -223,6 +232,57 @@ def test_export_loads_in_transformers_and_computes_the_same(kind, exported):
     generation = GenerationConfig.from_pretrained(out)
     assert generation.eos_token_id == eot and generation.pad_token_id == eot
     assert_same_function(run.model, hf.eval(), [run.tokenizer.encode(t) for t in TEXTS])
+
+
+@pytest.mark.parametrize("kind", list(EXPORT_CASES))
+def test_exported_tokenizer_output_feeds_the_exported_model_as_is(kind, exported):
+    """`model(**tok(text))` and `generate(**tok(text))` compute what gptkit computes.
+
+    transformers 4.x's tokenizer also returned `token_type_ids` unless told otherwise, and
+    GPT-2 adds them as embeddings: other logits and other text, with no error.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, out = exported[kind]
+    run = load_run(run_dir)
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    for text in TEXTS:
+        inputs = tok(text, return_tensors="pt")
+        assert sorted(inputs) == ["attention_mask", "input_ids"], text
+        with torch.no_grad():
+            theirs = hf(**inputs).logits
+            ours = run.model(inputs["input_ids"])[0]
+            new = hf.generate(**inputs, do_sample=False, max_new_tokens=6)
+        assert (theirs - ours).abs().max().item() < 1e-5, text
+        expected = generate(run.model, inputs["input_ids"][0].tolist(), max_new_tokens=6,
+                            temperature=0.0, eot_id=run.tokenizer.eot_id)
+        assert torch.equal(new, expected), text
+
+
+def test_pipeline_with_its_defaults_stays_inside_the_context(tmp_path, tokenizers_by_kind):
+    """`pipeline("text-generation", model=EXPORT)(prompt)`, nothing set, on a 64-token model.
+
+    transformers 5.x's pipeline asks for 256 new tokens unless the model's generation config
+    bounds the length: past 64 positions GPT-2 raised an IndexError. It now generates up to
+    the context, prompt included, and stops there (the model never draws end-of-text).
+    """
+    from transformers import pipeline
+
+    tokenizer = tokenizers_by_kind["char"]
+    run = make_run(tmp_path / "run", tokenizer, never_ends=True)
+    out = tmp_path / "hf"
+    main(["export", str(run), "--format", "hf", "--out", str(out)])
+    generator = pipeline("text-generation", model=str(out))
+    torch.manual_seed(0)
+    text = generator("ROMEO:")[0]["generated_text"]
+    assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+    torch.manual_seed(0)
+    ids = generator("ROMEO:", return_tensors=True)[0]["generated_token_ids"]
+    assert len(ids) == 64 and ids[:6] == tokenizer.encode("ROMEO:")
+    assert tokenizer.eot_id not in ids
+    asked = generator("ROMEO:", max_new_tokens=10, return_tensors=True)  # still obeyed
+    assert len(asked[0]["generated_token_ids"]) == 6 + 10
 
 
 @pytest.mark.parametrize("kind", list(EXPORT_CASES))

@@ -228,6 +228,10 @@ def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]
     EOT is named: transformers turns every named special token into an added token, so
     naming the char tokenizer's `<unk>` would make a literal "<unk>" in text one token for
     transformers but five characters for gptkit. Unknown characters still map to `<unk>`.
+
+    `model_input_names` is stated because transformers 4.x otherwise has a fast tokenizer
+    return `token_type_ids` too, which GPT-2 adds as embeddings: `model(**tok(text))`,
+    `generate` and `pipeline` would then compute other logits, with no error.
     """
     special = {}
     if tokenizer.eot_id is not None:
@@ -237,11 +241,26 @@ def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_length,
+        "model_input_names": ["input_ids", "attention_mask"],
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         **special,
     }
+
+
+def hf_generation_config(block_size: int, eot_id: int | None) -> dict[str, Any]:
+    """generation_config.json: the special tokens, and generation kept inside the context.
+
+    `max_length` (prompt plus new tokens) is the context: without it transformers 4.x stops
+    at 20 tokens, and 5.x's `pipeline("text-generation")` asks for 256 new tokens, past the
+    position embeddings of a short-context model (an IndexError). A set `max_length` makes
+    5.x's pipeline leave out its `max_new_tokens` default; an explicit `max_new_tokens`
+    still wins, as the caller asked for it.
+    """
+    tokens = {} if eot_id is None else {"bos_token_id": eot_id, "eos_token_id": eot_id,
+                                        "pad_token_id": eot_id}
+    return {**tokens, "max_length": block_size}
 
 
 def export_hf(
@@ -253,7 +272,6 @@ def export_hf(
     run = load_run(run_dir, which=which)
     check_gpt2_architecture(run.model.config)
     eot = run.tokenizer.eot_id
-    tokens = {} if eot is None else {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
     tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size)
     special = {k: v for k, v in tokenizer_config.items() if k.endswith("_token")}
     with checkpoint.new_folder(Path(out), overwrite=overwrite, marker="config.json",
@@ -261,7 +279,8 @@ def export_hf(
         save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         _write_json(tmp / "config.json", hf_config(run.model.config, eot))
-        _write_json(tmp / "generation_config.json", tokens)
+        _write_json(tmp / "generation_config.json",
+                    hf_generation_config(run.model.config.block_size, eot))
         run.tokenizer.save(tmp / "tokenizer.json")
         _write_json(tmp / "tokenizer_config.json", tokenizer_config)
         _write_json(tmp / "special_tokens_map.json", special)
