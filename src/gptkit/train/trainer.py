@@ -63,6 +63,8 @@ class TrainResult:
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Never touch a user's directory by accident (DESIGN.md, "A run directory")."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GptkitError(f"--out {run_dir} is a file, not a run directory; choose another --out")
     if resume and overwrite:
         raise GptkitError("--resume and --overwrite contradict each other; pick one")
     exists = run_dir.exists() and any(run_dir.iterdir())
