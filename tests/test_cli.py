@@ -235,3 +235,12 @@ def test_zero_is_no_default_for_eval_numbers(tiny_run, capsys):
 def test_overflowing_settings(capsys):
     expect_error(capsys, "train", "--set", "train.lr=inf", match="train.lr must be a finite")
     expect_error(capsys, "info", "--set", "train.seed=9007199254740993", match="train.seed")
+
+
+def test_temperatures_too_small_to_divide_by_act_as_greedy(tiny_run, capsys):
+    args = ("sample", str(tiny_run), "--prompt", "ROMEO:", "--max-new-tokens", "30")
+    code, greedy, err = run_cli(capsys, *args, "--temperature", "0")
+    assert code == 0, err
+    for tiny in ("1e-320", "1e-45"):
+        code, out, err = run_cli(capsys, *args, "--temperature", tiny)
+        assert code == 0 and out == greedy, err
