@@ -182,3 +182,65 @@ def test_debug_shows_the_traceback(capsys):
 
 def test_missing_run_directory(capsys, tmp_path: Path):
     expect_error(capsys, "sample", str(tmp_path / "nothing"), match="does not exist")
+
+
+@pytest.mark.parametrize("content", [b"model: [unclosed\n", b"just a string\n",
+                                     b"\xff\xfe\x00\x01"])
+def test_damaged_config_of_a_run(tiny_run, capsys, tmp_path, content):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "config.yaml").write_bytes(content)
+    for argv in (["sample", str(copy)], ["eval", str(copy)], ["info", str(copy)],
+                 ["compare", str(copy), str(tiny_run)], ["serve", str(copy), "--port", "0"],
+                 ["train", "--resume", "--out", str(copy)],
+                 ["export", str(copy), "--out", str(tmp_path / "hf")]):
+        line = expect_error(capsys, *argv, match="config.yaml is damaged")
+        assert str(copy / "config.yaml") in line
+
+
+def test_out_that_is_a_file(capsys, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    expect_error(capsys, "train", "--out", str(taken), match="is a file, not a run directory")
+    expect_error(capsys, "plot", str(tmp_path), "--out", str(taken / "loss.png"),
+                 match="is a file, not a folder")
+    assert taken.read_text() == "mine"
+
+
+def test_prompts_that_are_not_unicode(tiny_run, capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("ROMEO:\ncaf\u00e9\n".encode("latin-1"))
+    expect_error(capsys, "sample", str(tiny_run), "--prompts-file", str(prompts),
+                 match="is not UTF-8 text (byte 10")
+    # a non-UTF-8 byte on a command line reaches Python as a lone surrogate
+    expect_error(capsys, "sample", str(tiny_run), "--prompt", "ab\udcff",
+                 match="lone surrogate")
+
+
+def test_bad_argument_types_are_one_line(capsys):
+    line = expect_error(capsys, "sample", "RUN", "--max-new-tokens", "ten",
+                        match="argument --max-new-tokens: invalid int value: 'ten'")
+    assert "gptkit sample --help" in line
+    expect_error(capsys, "eval", "RUN", "--stride", "1.5", match="invalid int value")
+    expect_error(capsys, "viz", "attention", "RUN", match="required")
+    expect_error(capsys, match="required: COMMAND")
+
+
+def test_zero_is_no_default_for_eval_numbers(tiny_run, capsys):
+    expect_error(capsys, "eval", str(tiny_run), "--stride", "0", match="--stride must be >= 1")
+    expect_error(capsys, "eval", str(tiny_run), "--batch-size", "0",
+                 match="--batch-size must be >= 1")
+
+
+def test_overflowing_settings(capsys):
+    expect_error(capsys, "train", "--set", "train.lr=inf", match="train.lr must be a finite")
+    expect_error(capsys, "info", "--set", "train.seed=9007199254740993", match="train.seed")
+
+
+def test_temperatures_too_small_to_divide_by_act_as_greedy(tiny_run, capsys):
+    args = ("sample", str(tiny_run), "--prompt", "ROMEO:", "--max-new-tokens", "30")
+    code, greedy, err = run_cli(capsys, *args, "--temperature", "0")
+    assert code == 0, err
+    for tiny in ("1e-320", "1e-45"):
+        code, out, err = run_cli(capsys, *args, "--temperature", tiny)
+        assert code == 0 and out == greedy, err

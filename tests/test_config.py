@@ -137,3 +137,63 @@ def test_distributed_settings_and_their_recipes():
         load_config("shakespeare-char", ["dist.cpu_offload=true"])
     with pytest.raises(GptkitError, match="dist.timeout_s must be > 0"):
         load_config("shakespeare-char", ["dist.timeout_s=0"])
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "NaN", "1e400"])
+def test_non_finite_numbers_are_refused(value):
+    for key in ("train.lr", "train.grad_clip", "dist.timeout_s", "sample.temperature"):
+        with pytest.raises(GptkitError, match=f"{key} must be a finite number"):
+            load_config("shakespeare-char", [f"{key}={value}"])
+    with pytest.raises(GptkitError, match="train.max_steps must be int"):
+        load_config("shakespeare-char", [f"train.max_steps={value}"])
+
+
+def test_non_finite_numbers_in_a_recipe_are_refused(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: .nan\n")
+    with pytest.raises(GptkitError, match="train.lr must be a finite number"):
+        load_config(str(recipe))
+    recipe.write_text("train:\n  max_steps: .inf\n")
+    with pytest.raises(GptkitError, match="train.max_steps must be int"):
+        load_config(str(recipe))
+
+
+def test_integers_stay_exact():
+    big = 9007199254740993  # 2**53 + 1: a float would make it ...992
+    cfg = load_config("shakespeare-char", [f"train.max_steps={big}", "data.shard_tokens=1_000",
+                                           "train.eval_interval=1e3", "train.seed=4294967295"])
+    assert cfg.train.max_steps == big and cfg.data.shard_tokens == 1000
+    assert cfg.train.eval_interval == 1000 and cfg.train.seed == 2**32 - 1
+    with pytest.raises(GptkitError, match="train.max_steps must be int"):
+        load_config("shakespeare-char", ["train.max_steps=1e999"])
+    # a seed numpy cannot take is refused, not changed
+    for seed in (big, -1):
+        with pytest.raises(GptkitError, match=r"train.seed must be in \[0, 2\*\*32 - 1\]"):
+            load_config("shakespeare-char", [f"train.seed={seed}"])
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"model: [unclosed\n", "not valid YAML (expected ',' or ']'"),
+        (b"- 1\n- 2\n", "must be a mapping of settings, not list"),
+        (b"\x00\x01\x02", "not valid YAML"),
+        (b"\xff\xfe\x00model", "not UTF-8 text (byte 0)"),
+        (b"1: 2\n", "setting names must be text"),
+        (b"model:\n  n_layer: zero\n", "model.n_layer must be int"),
+    ],
+)
+def test_damaged_run_config_names_the_file(tmp_path: Path, content: bytes, fragment: str):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(GptkitError) as info:
+        read_config(path)
+    assert fragment in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_recipe_that_is_not_utf8(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(GptkitError, match="is not UTF-8 text"):
+        load_recipe(str(recipe))

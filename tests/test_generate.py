@@ -661,3 +661,14 @@ def test_sample_settings_parse_from_recipes_and_overrides():
 def test_bad_sample_settings_name_the_key_and_range(override, message):
     with pytest.raises(GptkitError, match=re.escape(message)):
         load_config(overrides=[override])
+
+
+def test_a_temperature_too_small_to_divide_by_takes_its_limit():
+    scores = torch.tensor([[1.0, 3.0, -math.inf, 2.0], [0.5, -0.25, 0.0, 0.0]])
+    for tiny in (1e-320, 1e-45):  # 0 in float32, and its smallest positive number
+        warped = TemperatureLogitsWarper(tiny)(torch.zeros(2, 1), scores)
+        assert warped.isfinite().sum() == 2 and not warped.isnan().any()
+        assert warped.argmax(dim=-1).tolist() == [1, 0]
+        assert warped.softmax(dim=-1).max(dim=-1).values.tolist() == [1.0, 1.0]
+    # a temperature the division survives is divided by, exactly as before
+    assert torch.equal(TemperatureLogitsWarper(1e-3)(torch.zeros(2, 1), scores), scores / 1e-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,15 @@ from gptkit.config import (
 from gptkit.errors import GptkitError
 
 DEFAULT_RECIPE = "shakespeare-char"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line and exit 2, like every other gptkit error: the usage block
+    argparse would print first is behind `--help`. Subcommands' parsers are of this class too
+    (add_subparsers makes them of the parent's class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"gptkit: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
 def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -77,7 +87,7 @@ def _inference_args(parser: argparse.ArgumentParser, quantize: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gptkit",
         description="Train, evaluate and sample from your own small GPT (GPT-2 architecture).",
         epilog="Run `gptkit COMMAND --help` for a command's options.",
@@ -554,6 +564,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from gptkit.data.sources import is_wikitext
     from gptkit.evaluate import score_tokens, summarize
 
+    for option, value in (("--stride", args.stride), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:  # 0 is no "default": leave the option out for that
+            raise GptkitError(f"{option} must be >= 1 (got {value}); leave it out for the "
+                              "run's own setting")
     run, device = _load_for_inference(args)
     cfg = run.config
     source = args.data or cfg.data.source
@@ -564,12 +578,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     data = prepare(data_cfg, splits=[split], data_dir=args.data_dir, tokenizer=run.tokenizer)
     block = cfg.model.block_size
-    stride = args.stride or cfg.eval.stride or block
+    stride = args.stride if args.stride is not None else cfg.eval.stride or block
     if stride < 1 or stride > block:
         raise GptkitError(f"--stride must be between 1 and block_size ({block}), got {stride}")
-    batch_size = args.batch_size or cfg.eval.batch_size
-    if batch_size < 1:
-        raise GptkitError(f"--batch-size must be >= 1, got {batch_size}")
+    batch_size = args.batch_size if args.batch_size is not None else cfg.eval.batch_size
     tokens = data.tokens(split)
     if len(tokens) < 2:
         raise GptkitError(f"split {split!r} of {source} has fewer than 2 tokens; nothing to score")
@@ -606,7 +618,8 @@ def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespac
     examples = sft.encode_records(sft.load_split(data_cfg, split), run.tokenizer,
                                   run.config.model.block_size)
     totals = sft.response_loss(
-        run.model, examples, batch_size=args.batch_size or run.config.eval.batch_size,
+        run.model, examples,
+        batch_size=run.config.eval.batch_size if args.batch_size is None else args.batch_size,
         pad_id=int(run.tokenizer.eot_id or 0), device=device,
     )
     loss = totals["nll"] / max(totals["tokens"], 1)
@@ -631,7 +644,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise GptkitError(f"--prompts-file {path} does not exist")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise GptkitError(f"--prompts-file {path} is not UTF-8 text (byte {exc.start}: "
+                              f"{exc.reason}); save it as UTF-8") from None
         prompts += [line for line in lines if line.strip()]
         if not prompts:
             raise GptkitError(f"--prompts-file {path} holds no prompts; write one per line")

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gptkit.config import read_config
+from gptkit.config import build_config, read_raw_config
 from gptkit.errors import GptkitError
 from gptkit.viz.curves import RunMetrics, human_count, read_metrics, run_labels
 
@@ -87,12 +85,12 @@ def run_settings(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GptkitError(f"{run_dir} is not a gptkit run (no config.yaml); point at a run "
                           "directory written by `gptkit train`")
+    raw = read_raw_config(path)  # a damaged file is an error here
     try:
-        return flatten(read_config(path).to_dict())
+        return flatten(build_config(raw).to_dict())
     except GptkitError:
         # a config this version no longer accepts (renamed keys): compare what it says
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return flatten(raw) if isinstance(raw, dict) else {}
+        return flatten(raw)
 
 
 def differing_keys(settings: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:

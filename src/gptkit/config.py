@@ -8,6 +8,7 @@ type checks, and is saved resolved into the run directory as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import difflib
 import math
 import types
@@ -302,6 +303,8 @@ class RunConfig:
              f"train.checkpoint_interval must be >= 1 (got {t.checkpoint_interval})"),
             (t.keep_checkpoints >= 1,
              f"train.keep_checkpoints must be >= 1 (got {t.keep_checkpoints})"),
+            (0 <= t.seed < 2**32,
+             f"train.seed must be in [0, 2**32 - 1], the seeds numpy accepts (got {t.seed})"),
             (t.early_stopping_patience >= 0,
              f"train.early_stopping_patience must be >= 0 (got {t.early_stopping_patience})"),
             (t.init_from is None or t.init_from.strip() != "",
@@ -423,7 +426,11 @@ def load_recipe(recipe: str) -> dict[str, Any]:
     if recipe.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise GptkitError(f"recipe file {recipe!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise GptkitError(f"recipe {recipe!r} is not UTF-8 text (byte {exc.start}); save "
+                              "it as UTF-8") from None
     else:
         resource = resources.files("gptkit") / "recipes" / f"{recipe}.yaml"
         if not resource.is_file():
@@ -447,6 +454,9 @@ def _suggest(key: str, choices: list[str]) -> str:
 
 
 def _check_key(section: str | None, key: str) -> None:
+    if not isinstance(key, str):  # e.g. `1: 2` in a YAML file
+        where = f" in section {section!r}" if section else ""
+        raise GptkitError(f"setting names must be text; {key!r}{where} is not")
     if section is None:
         valid = list(SECTIONS) + list(TOP_LEVEL)
         if key not in valid:
@@ -536,15 +546,15 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
                     raise ValueError
                 return int(text)
             if isinstance(text, str):
-                number = float(text.replace("_", ""))
-                if not number.is_integer():
-                    raise ValueError
-                return int(number)
+                return _exact_int(text)
             return int(text)
         if annotation is float:
             if isinstance(text, bool):
                 raise ValueError
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise GptkitError(f"{where} must be a finite number, got {value!r}")
+            return number
         if annotation is str:
             if isinstance(text, (dict, list)):
                 raise ValueError
@@ -553,6 +563,19 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
         kind = getattr(annotation, "__name__", str(annotation))
         raise GptkitError(f"{where} must be {kind}, got {value!r}") from None
     raise GptkitError(f"{where}: unsupported type {annotation}")
+
+
+def _exact_int(text: str) -> int:
+    """An integer written as text, kept exact: "9007199254740993" stays itself (a float would
+    round it), and "1e6" or "1_000" are whole numbers too. ValueError when it is not one."""
+    try:
+        number = decimal.Decimal(text.replace("_", ""))
+    except decimal.InvalidOperation:
+        raise ValueError(text) from None
+    # a finite whole number, and not so large that int() would build a huge one
+    if not number.is_finite() or number != number.to_integral_value() or number.adjusted() > 100:
+        raise ValueError(text)
+    return int(number)
 
 
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
@@ -640,9 +663,34 @@ def save_config(config: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def read_config(path: Path) -> RunConfig:
-    """The resolved config saved in a run directory."""
+def read_raw_config(path: Path) -> dict[str, Any]:
+    """The settings saved in a run's config.yaml as a nested dict, not yet type-checked; a
+    damaged file (not YAML, not text, not a mapping, unreadable) is a GptkitError naming it."""
     if not path.is_file():
         raise GptkitError(f"{path} not found: is {path.parent} a gptkit run directory?")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return build_config(raw)
+    fix = "restore it from a copy of the run (gptkit train writes it)"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise GptkitError(f"{path} is damaged: not UTF-8 text (byte {exc.start}); {fix}") from None
+    except OSError as exc:
+        raise GptkitError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise GptkitError(f"{path} is damaged: not valid YAML ({problem}{where}); {fix}"
+                          ) from None
+    if not isinstance(raw, dict):
+        raise GptkitError(f"{path} is damaged: it must be a mapping of settings, not "
+                          f"{type(raw).__name__}; {fix}")
+    return raw
+
+
+def read_config(path: Path) -> RunConfig:
+    """The resolved config saved in a run directory; errors name the file."""
+    raw = read_raw_config(path)
+    try:
+        return build_config(raw)
+    except GptkitError as exc:
+        raise GptkitError(f"{path}: {exc}") from None

@@ -145,7 +145,11 @@ class MinNewTokensLengthLogitsProcessor:
 
 
 class TemperatureLogitsWarper:
-    """Divides the scores: below 1 sharpens the distribution, above 1 flattens it."""
+    """Divides the scores: below 1 sharpens the distribution, above 1 flattens it.
+
+    A temperature so small that the division overflows (1e-45, or 1e-320, which is 0 in
+    float32) gives a row its limit instead of infinities and NaN: all probability on the
+    highest score, as greedy decoding. The CLI, the server and Python share this."""
 
     def __init__(self, temperature: float) -> None:
         if not temperature > 0:
@@ -153,7 +157,13 @@ class TemperatureLogitsWarper:
         self.temperature = temperature
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        return scores / self.temperature
+        scaled = scores / self.temperature
+        if self.temperature >= 1:  # dividing by it cannot overflow
+            return scaled
+        overflowed = (~scaled.isfinite() & scores.isfinite()).any(dim=-1, keepdim=True)
+        limit = torch.full_like(scores, -math.inf).scatter(
+            -1, scores.argmax(dim=-1, keepdim=True), 0.0)
+        return torch.where(overflowed, limit, scaled)
 
 
 class TopKLogitsWarper:

@@ -233,9 +233,13 @@ class Tokenizer:
         self.backend.save(str(path))
 
     def encode(self, text: str) -> list[int]:
-        if self._char_table is not None:
-            return self._encode_chars(self._char_table, text).tolist()
-        return self.backend.encode(text, add_special_tokens=False).ids
+        try:
+            if self._char_table is not None:
+                return self._encode_chars(self._char_table, text).tolist()
+            return self.backend.encode(text, add_special_tokens=False).ids
+        except (UnicodeEncodeError, TypeError):
+            check_unicode(text)  # names a lone surrogate, the usual cause
+            raise
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encodes the texts in parallel (Rust threads)."""
@@ -296,6 +300,19 @@ def _byte_level(model: models.Model) -> tokenizers.Tokenizer:
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     return backend
+
+
+def check_unicode(text: str) -> None:
+    """Refuse text that is not Unicode: a lone surrogate, such as "\\ud800" in a JSON request
+    or a byte that is not UTF-8 on the command line, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GptkitError(
+            f"the text holds {text[exc.start]!r} at character {exc.start}, a lone surrogate "
+            "that is no Unicode character (broken UTF-16, or bytes that are not UTF-8); "
+            "remove it or send valid UTF-8"
+        ) from None
 
 
 def build_tokenizer(

@@ -394,3 +394,23 @@ def test_cli_errors_are_one_line(sentiment_run: Path, sentiment_file: Path, tiny
 def test_augmentation_never_draws_end_of_text_or_unknown():
     tokenizer = Tokenizer.train_char(["abc"])
     assert set(special_ids(tokenizer)) == {tokenizer.eot_id, tokenizer.vocab_size - 1}
+
+
+def test_a_loss_that_becomes_nan_stops_training(sentiment_file: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch):
+    from gptkit.finetune import classify
+    from tests.train.test_metrics import strict_json
+
+    original = classify._train_step
+
+    def diverging(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(classify, "_train_step", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(GptkitError, match="the loss became nan at or before step 5"):
+        finetune_classifier(config(sentiment_file, steps=20, train={"log_interval": 5}), run,
+                            progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    last = strict_json(lines[-1])  # strict JSON: null, not NaN
+    assert (last["step"], last["kind"], last["loss"]) == (5, "train", None)

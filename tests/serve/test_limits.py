@@ -179,3 +179,53 @@ def test_a_client_leaving_a_plain_request_cancels_it_too(run):
         wait_until(lambda: health(url)["in_progress"] == 0, "the request is over")
         assert httpx.post(url + "/v1/completions", json={"prompt": "A", "max_tokens": 3},
                           timeout=60).status_code == 200
+
+
+def test_text_that_is_not_unicode_is_422_and_the_connection_lives_on(run):
+    """A lone surrogate ("\\ud800" in JSON) is bad input, not a crash: a crash's 500 would
+    close the keep-alive connection."""
+    with live_server(run) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        def local_port(response: httpx.Response) -> int:
+            return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+        first = client.get("/health")
+        port = local_port(first)
+        for raw in (b'{"prompt": "\\ud800", "max_tokens": 2}',
+                    b'{"prompt": ["ok", "a\\udfff"], "max_tokens": 2}'):
+            response = client.post("/v1/completions", content=raw,
+                                   headers={"Content-Type": "application/json"})
+            message = error(response, 422, "invalid_value")["message"]
+            assert "lone surrogate" in message and local_port(response) == port
+        after = client.post("/v1/completions", json={"prompt": "A", "max_tokens": 2})
+        assert after.status_code == 200 and local_port(after) == port  # the same connection
+
+
+def test_temperatures_too_small_to_divide_by_act_as_greedy(client):
+    def text(temperature: float) -> str:
+        response = client.post("/v1/completions", json={
+            "prompt": "ROMEO:", "max_tokens": 20, "temperature": temperature, "seed": 3})
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["text"]
+
+    greedy = text(0)
+    assert text(1e-45) == greedy and text(1e-320) == greedy
+
+
+@pytest.mark.parametrize("lengths", [b"Content-Length: ten\r\n",
+                                     b"Content-Length: 2\r\nContent-Length: 3\r\n"])
+def test_broken_http_framing_is_a_plain_400_from_uvicorn(run, lengths):
+    """As the README says: uvicorn answers these before gptkit sees them, in plain text."""
+    import socket
+    from urllib.parse import urlsplit
+
+    with live_server(run) as (url, _):
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\n" + lengths + b"\r\n{}")
+            answer = b""
+            while chunk := sock.recv(4096):  # the server closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.endswith(b"\r\n\r\nInvalid HTTP request received.")
+        assert health(url)["status"] == "ok"

@@ -108,6 +108,26 @@ def test_a_resumed_logger_replaces_what_came_after_its_checkpoint(tmp_path):
     assert "text 10" in (tmp_path / "samples.txt").read_text()
 
 
+def strict_json(line: str) -> dict:
+    """json.loads, refusing the NaN/Infinity tokens that are not JSON (Python accepts them)."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_logged_as_null(tmp_path):
+    logger = MetricsLogger(tmp_path, load_config("shakespeare-char", ["log.tensorboard=false"]))
+    logger.log({"step": 5, "kind": "train", "loss": float("nan"), "grad_norm": float("inf"),
+                "lr": 1e-3})
+    logger.log({"step": 10, "kind": "eval", "val_loss": -float("inf"), "val_tokens": 7})
+    logger.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [strict_json(line) for line in lines] == [
+        {"step": 5, "kind": "train", "loss": None, "grad_norm": None, "lr": 1e-3},
+        {"step": 10, "kind": "eval", "val_loss": None, "val_tokens": 7}]
+
+
 def test_truncation_keeps_records_up_to_the_step(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": s}) + "\n" for s in (0, 10, 20)))

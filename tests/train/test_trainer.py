@@ -201,12 +201,50 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path):
 
 
 def test_early_stopping_stops_a_diverging_run(data_dir, tmp_path):
-    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr=200", "train.grad_clip=0",
+    # clipped, the loss grows but stays finite (unclipped it becomes NaN: the run then stops
+    # with an error, test_a_loss_that_becomes_nan_stops_the_run)
+    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr=200",
                  "train.eval_interval=2", "train.max_steps=40",
                  "train.early_stopping_patience=2")
     result = train(config, tmp_path / "run", progress=False)
     assert result.stopped_early
     assert result.step < 40
+    assert result.best_val_loss is not None and result.last_eval["val_loss"] > result.best_val_loss
+
+
+@pytest.mark.parametrize(
+    ("overrides", "seen_at"),
+    [([], 15),  # the log at step 15 reads the loss
+     (["train.log_interval=50", "train.eval_interval=50"], 20)],  # the checkpoint at step 20
+)
+def test_a_loss_that_becomes_nan_stops_the_run(data_dir, tmp_path, monkeypatch, overrides,
+                                               seen_at):
+    from gptkit.train.trainer import Trainer
+    from tests.train.test_metrics import strict_json
+
+    original = Trainer._train_step
+
+    def diverging(self):  # the 13th step's loss (and the weights after it) become NaN
+        loss, grad_norm = original(self)
+        if self.step >= 12:
+            for p in self.model.parameters():
+                p.data.fill_(float("nan"))
+            loss = loss * float("nan")
+        return loss, grad_norm
+
+    monkeypatch.setattr(Trainer, "_train_step", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(GptkitError) as info:
+        train(cfg("train.max_steps=40", *overrides), run, progress=False)
+    message = str(info.value)
+    assert f"the loss became nan at or before step {seen_at}" in message
+    assert "the last checkpoint before it is step 10" in message
+    assert f"gptkit train --resume --out {run}" in message
+    # no checkpoint holds the broken weights; metrics.jsonl is strict JSON, the loss null
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000010"]
+    logged = [strict_json(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == seen_at and logged[-1]["loss"] is None
+    assert all(r["loss"] is not None for r in logged[:-1] if r["kind"] == "train")
 
 
 def test_accumulation_is_derived_from_batch_tokens():

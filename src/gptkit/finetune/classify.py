@@ -21,6 +21,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import random
 import shutil
 import sys
@@ -50,6 +51,7 @@ from gptkit.finetune.heads import GPTClassifier, pad_batch
 from gptkit.model import GPT
 from gptkit.tokenizers import UNK, Tokenizer, build_tokenizer
 from gptkit.train import checkpoint, distributed
+from gptkit.train.metrics import json_line
 from gptkit.train.optim import build_optimizer
 from gptkit.train.schedule import lr_at
 
@@ -337,7 +339,7 @@ def finetune_classifier(
                 metrics = evaluate(model, data, encoder, device, eval_batch, precision)
                 record = {"step": step, "kind": "eval",
                           **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
-                log.write(json.dumps(record) + "\n")
+                log.write(json_line(record) + "\n")
                 log.flush()
                 improved = best is None or _score(metrics) > best[0]
                 if improved:
@@ -353,9 +355,14 @@ def finetune_classifier(
                                precision)
             bar.update(1)
             if (step + 1) % t.log_interval == 0 or step + 1 == t.max_steps:
-                log.write(json.dumps({"step": step + 1, "kind": "train", "loss": loss.item(),
-                                      "lr": lr_at(step, t)}) + "\n")
-                bar.set_postfix_str(f"loss {loss.item():.4f}")
+                value = loss.item()
+                log.write(json_line({"step": step + 1, "kind": "train", "loss": value,
+                                     "lr": lr_at(step, t)}) + "\n")
+                if not math.isfinite(value):  # every later step would be wasted
+                    raise GptkitError(
+                        f"training stopped: the loss became {value} at or before step "
+                        f"{step + 1}; start again with a lower train.lr (now {t.lr:g})")
+                bar.set_postfix_str(f"loss {value:.4f}")
     finally:
         bar.close()
         log.close()

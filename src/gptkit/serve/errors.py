@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gptkit.errors import GptkitError
+
 log = logging.getLogger("gptkit.serve")
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -109,6 +111,12 @@ def install_handlers(app: FastAPI) -> None:
             message = f"the body could not be read as JSON ({message.lower()})"
         return error_response(status, message, CODES.get(status),
                               headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(GptkitError)
+    async def user_error(request: Request, exc: GptkitError) -> JSONResponse:
+        # bad input found below the endpoint (e.g. text no tokenizer encodes): the client's
+        # fault, and a handled error keeps the connection open (a crash closes it)
+        return error_response(422, " ".join(str(exc).split()))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ sink (TensorBoard's `purge_step`, W&B's resumed run id).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -54,7 +55,7 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record) + "\n")
         step, kind = record["step"], record.get("kind", "train")
         scalars = {
             f"{kind}/{key}": float(value) for key, value in record.items()
@@ -89,6 +90,14 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """A record as strict JSON: a NaN or infinite number (a diverged loss, an fp16 step's
+    overflowing gradient norm) is written as null, since JSON has no such numbers."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+             for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False)
 
 
 def _start_wandb(run_dir: Path, cfg: RunConfig, resume: bool) -> Any:

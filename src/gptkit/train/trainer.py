@@ -63,6 +63,8 @@ class TrainResult:
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Never touch a user's directory by accident (DESIGN.md, "A run directory")."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GptkitError(f"--out {run_dir} is a file, not a run directory; choose another --out")
     if resume and overwrite:
         raise GptkitError("--resume and --overwrite contradict each other; pick one")
     exists = run_dir.exists() and any(run_dir.iterdir())
@@ -287,6 +289,7 @@ class Trainer:
         self.flops_per_token = gpt.flops_per_token(training=True)
         self.best_val_loss: float | None = None
         self.bad_evals = 0
+        self.saved_step: int | None = None  # the newest checkpoint: where a diverged run resumes
         if self.resume:
             self._restore()
             freeze.apply_freezing(self.model, ft, n_layer, self.step, learnable=self.learnable)
@@ -426,6 +429,7 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         rng = state["rng"]
         checkpoint.set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
+        self.saved_step = self.step
         self._say(f"resumed from {path} at step {self.step}")
 
     # --- helpers ----------------------------------------------------------------------------
@@ -571,6 +575,7 @@ class Trainer:
                 keep=self.cfg.train.keep_checkpoints,
             )
         distributed.barrier(self.env)
+        self.saved_step = self.step
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, extra: dict[str, torch.Tensor]
               ) -> torch.Tensor:
@@ -621,6 +626,30 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm
 
+    def _step_loss(self, loss: torch.Tensor) -> float:
+        """The step's loss over every process's batch, not only this one's (a collective)."""
+        return distributed.all_reduce_sum([loss.item()], self.env)[0] / self.env.world_size
+
+    def _stop_if_diverged(self, record: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """End the run once a loss is NaN or infinite: every later step would be wasted and
+        every later checkpoint broken. Losses are read only at log steps, evaluations and
+        checkpoints (no extra sync per step), so the divergence happened at or before this step.
+        The record is logged first (metrics.jsonl writes null for the number)."""
+        bad = [key for key in keys if not math.isfinite(record[key])]
+        if not bad:
+            return
+        self._log(record)
+        if self.saved_step is None:
+            advice = "no checkpoint was saved before it: start again with a lower train.lr"
+        else:
+            advice = (f"the last checkpoint before it is step {self.saved_step}; resume from it "
+                      f"with a lower learning rate: gptkit train --resume --out {self.run_dir} "
+                      f"--set train.lr={self.cfg.train.lr / 10:g}")
+        raise GptkitError(
+            f"training stopped: the {bad[0].replace('_', ' ')} became {record[bad[0]]} at or "
+            f"before step {self.step}; {advice} (or set train.grad_clip)"
+        )
+
     # --- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train to train.max_steps (or an early stop, or Ctrl-C), evaluating and saving."""
@@ -650,12 +679,15 @@ class Trainer:
         started = self.started = time.perf_counter()
         start_tokens = self.tokens_seen
         window_start, window_tokens = started, 0
+        loss: torch.Tensor | None = None  # the last step's, on the device
+        checked_step = -1  # the last step whose loss was read and found finite
         try:
             while True:
                 last = self.step >= cfg.train.max_steps or interrupted or stop_early
                 resumed_here = self.resume and self.step == start_step
                 if (self.step % cfg.train.eval_interval == 0 or last) and not resumed_here:
                     last_eval = self.evaluate()
+                    self._stop_if_diverged(last_eval, ("val_loss", "train_loss"))
                     best = self.best_val_loss
                     improved = best is None or last_eval["val_loss"] < best
                     if improved:
@@ -678,6 +710,9 @@ class Trainer:
                         last = True
                 saving_step = self.step % cfg.train.checkpoint_interval == 0 and self.step > 0
                 if (saving_step or last) and not resumed_here:
+                    if loss is not None and checked_step != self.step:
+                        self._stop_if_diverged({"step": self.step, "kind": "train",
+                                                "loss": self._step_loss(loss)}, ("loss",))
                     self._save_checkpoint()
                 if last:
                     break
@@ -692,8 +727,7 @@ class Trainer:
                     window_start, window_tokens = now, 0
                     # model FLOPs utilisation: model FLOPs done / what the devices can do
                     mfu = tok_s * self.flops_per_token / (self.peak_flops * env.world_size)
-                    # the step's loss over every process's batch, not only rank 0's
-                    mean_loss = distributed.all_reduce_sum([loss.item()], env)[0] / env.world_size
+                    mean_loss = self._step_loss(loss)
                     record = {
                         "step": self.step, "kind": "train", "tokens": self.tokens_seen,
                         "loss": mean_loss, "lr": lr_at(self.step - 1, cfg.train),
@@ -701,6 +735,8 @@ class Trainer:
                     }
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm.item()
+                    self._stop_if_diverged(record, ("loss",))
+                    checked_step = self.step
                     self._log(record)
                     bar.set_postfix_str(
                         f"loss {record['loss']:.4f} lr {record['lr']:.2e} {tok_s:,.0f} tok/s "

@@ -172,6 +172,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
                           f"(e.g. {out.with_suffix('.png').name})")
     if out.is_dir():
         raise GptkitError(f"--out {out} is a folder; name a file, e.g. {out / 'loss.png'}")
+    folder = next((p for p in out.parents if p.exists()), None)  # the one the picture goes in
+    if folder is not None and not folder.is_dir():
+        raise GptkitError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
     if out.exists() and not overwrite:
         raise GptkitError(f"{out} already exists; use --overwrite to replace it, or choose "
                           "another --out")
