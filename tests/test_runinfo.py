@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from gptkit.config import load_config
@@ -105,3 +106,16 @@ def test_memory_plan_marks_the_row_the_config_trains_with(capsys):
     code, out, _ = run_cli(capsys, "info", "--recipe", "gpt2-medium-fsdp", "--world-size", "8")
     marked = [line.split()[:3] for line in out.splitlines() if line.endswith("<-")]
     assert marked == [["fsdp", "8", "yes"]]
+
+
+def test_a_damaged_json_file_of_a_run_is_a_one_line_error(tiny_run, tmp_path):
+    import shutil
+
+    from gptkit.errors import GptkitError
+    from gptkit.runinfo import run_info
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "data.json").write_text('{"splits": ')
+    with pytest.raises(GptkitError, match="data.json is damaged"):
+        run_info(copy)

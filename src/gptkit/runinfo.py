@@ -110,7 +110,13 @@ def chosen_plan_row(cfg: RunConfig, num_params: int, world_size: int) -> tuple[s
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GptkitError(f"{path} is damaged ({type(exc).__name__}: {exc}); restore it from "
+                          "a copy of the run") from None
 
 
 def run_info(run_dir: str | Path, precision: str | None = None,
