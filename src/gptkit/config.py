@@ -102,7 +102,11 @@ class TrainConfig:
     # AdamW for the rest, one learning rate: gptkit.train.optim.MuonAdamW)
     optimizer: str = "adamw"
     lr: float = 1e-3
-    min_lr: float = 1e-4
+    # Where the decay ends, as a fraction of lr (so lowering lr lowers it too), or as an
+    # absolute rate (min_lr; what runs before min_lr_ratio existed saved). Set at most one;
+    # neither means min_lr_ratio 0.1.
+    min_lr_ratio: float | None = None
+    min_lr: float | None = None
     # cosine | linear | constant | wsd (warmup-stable-decay: constant, then a linear cooldown)
     schedule: str = "cosine"
     warmup_steps: int = 100
@@ -127,6 +131,13 @@ class TrainConfig:
     # Recompute each block's activations in the backward pass instead of keeping them: less
     # memory (one block's activations instead of all), about a third more compute.
     activation_checkpointing: bool = False
+
+    @property
+    def floor_lr(self) -> float:
+        """The learning rate the decay ends at: train.min_lr, else lr x train.min_lr_ratio."""
+        if self.min_lr is not None:
+            return self.min_lr
+        return self.lr * (0.1 if self.min_lr_ratio is None else self.min_lr_ratio)
     # A run directory whose best weights, model shape and tokenizer a new run starts from
     # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
     init_from: str | None = None
@@ -278,7 +289,14 @@ class RunConfig:
              "train.optimizer=muon does not train LoRA adapters (finetune.lora_r > 0): Muon is "
              "for full hidden weight matrices; use train.optimizer=adamw"),
             (t.lr > 0, f"train.lr must be > 0 (got {t.lr})"),
-            (0 <= t.min_lr <= t.lr, f"train.min_lr must be in [0, train.lr] (got {t.min_lr})"),
+            (t.min_lr is None or t.min_lr_ratio is None,
+             "train.min_lr and train.min_lr_ratio both set where the decay ends; keep one "
+             "(min_lr_ratio scales with train.lr; --set train.min_lr=null drops min_lr)"),
+            (t.min_lr_ratio is None or 0 <= t.min_lr_ratio <= 1,
+             f"train.min_lr_ratio must be in [0, 1] (got {t.min_lr_ratio})"),
+            (t.min_lr is None or 0 <= t.min_lr <= t.lr,
+             f"train.min_lr must be in [0, train.lr] (got {t.min_lr}); or set "
+             "train.min_lr_ratio instead, a fraction of train.lr"),
             (t.schedule in ("cosine", "linear", "constant", "wsd"),
              f"train.schedule must be cosine, linear, constant or wsd (got {t.schedule!r})"),
             (0 <= t.cooldown_fraction <= 1,

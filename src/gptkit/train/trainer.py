@@ -9,6 +9,7 @@ hold the unwrapped model's weights.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import platform
@@ -423,6 +424,18 @@ class Trainer:
         self._say(f"resumed from {path} at step {self.step}")
 
     # --- helpers ----------------------------------------------------------------------------
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper and its gradient reducer while the process group still exists.
+
+        Freed later (when the trainer goes, or by the garbage collector at exit), the
+        reducer's destructor ran after `destroy_process_group` and could wait for a gloo
+        worker thread that itself waited for the GIL the main thread held: rank 1 of a
+        finished run then never exited (3 launches in 10). Dropping the last reference and
+        collecting its reference cycles here makes the order fixed."""
+        if self.train_model is not self.model and self.strategy == "ddp":
+            self.train_model = self.model
+            gc.collect()
+
     def _say(self, message: str) -> None:
         if self.env.is_main and self.progress:
             tqdm.write(message)
@@ -706,6 +719,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
             if self.logger is not None:
                 self.logger.close()
+            self._release_ddp()
             distributed.teardown(env)
         if self.logger is not None and cfg.log.plots:
             from gptkit.viz.curves import write_run_plots
