@@ -111,3 +111,15 @@ def test_precision_flag(tiny_run, capsys):
     assert bf16.startswith("ROMEO:") and len(bf16) > len("ROMEO:")
     assert sample(capsys, tiny_run, *greedy) == sample(capsys, tiny_run, *greedy,
                                                         "--precision", "fp32")
+
+
+def test_sampling_draws_fresh_randomness_unless_seeded(tiny_run, capsys):
+    """As serve (a request without a seed), transformers' pipeline and llama.cpp: asked again,
+    a sampler gives another text; --seed makes it repeat."""
+    free = ("--prompt", "A", "--temperature", "1.0", "--max-new-tokens", "60")
+    assert sample(capsys, tiny_run, *free) != sample(capsys, tiny_run, *free)
+    assert sample(capsys, tiny_run, *free, "--seed", "4") == sample(capsys, tiny_run, *free,
+                                                                      "--seed", "4")
+    text = subprocess.run([sys.executable, "-m", "gptkit", "sample", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "fresh randomness" in " ".join(text.split())

@@ -220,7 +220,9 @@ class SampleConfig:
     num_beams: int = 1  # > 1: beam search
     length_penalty: float = 1.0  # beam score = log-prob / length ** length_penalty
     early_stopping: bool | str = False  # beam search: true, false or "never"
-    seed: int = 1337
+    # the samples training writes (samples.txt): the same each evaluation; None: fresh.
+    # `gptkit sample` and `serve` draw fresh randomness unless given a seed.
+    seed: int | None = 1337
 
 
 @dataclass

@@ -437,7 +437,8 @@ class Trainer:
             gc.collect()
 
     def _say(self, message: str) -> None:
-        if self.env.is_main and self.progress:
+        """A line for the user (rank 0), also under --no-progress, which drops only the bar."""
+        if self.env.is_main:
             tqdm.write(message)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -654,6 +655,10 @@ class Trainer:
             disable=not (self.progress and env.is_main),
         )
         start_step = self.step
+        if self.resume and self.step >= cfg.train.max_steps:
+            self._say(f"run already reached train.max_steps={cfg.train.max_steps} (at step "
+                      f"{self.step}); raise it with --set train.max_steps="
+                      f"{max(2 * self.step, 1)} to train further")
         started = self.started = time.perf_counter()
         start_tokens = self.tokens_seen
         window_start, window_tokens = started, 0
