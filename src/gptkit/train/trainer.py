@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gptkit.compress import stored_quantization
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
 from gptkit.data.loader import RandomWindows
-from gptkit.data.prepare import PreparedData, prepare
+from gptkit.data.prepare import PreparedData, cache_dir, prepare
 from gptkit.data.sources import is_wikitext
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
@@ -44,7 +44,7 @@ from gptkit.run import Run, load_run
 from gptkit.tokenizers import Tokenizer, build_tokenizer
 from gptkit.train import checkpoint, distributed, sharded
 from gptkit.train.distributed import DistEnv
-from gptkit.train.metrics import LOG_OUTPUTS, MetricsLogger, peak_flops
+from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
 from gptkit.train.optim import build_optimizer
 from gptkit.train.schedule import lr_at
 
@@ -294,7 +294,8 @@ class Trainer:
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-        self.peak_flops, peak_source = peak_flops(env.device, self.precision)
+        self.peak_flops, peak_source = peak_flops(env.device, self.precision,
+                                                  cache_dir(None) / PEAK_FLOPS_FILE)
         self.logger: MetricsLogger | None = None
         self.environment: dict[str, Any] = {}
         if env.is_main:
