@@ -111,7 +111,7 @@ def test_readme_hugging_face_fine_tuning_command(tmp_path, data_dir):
     out = Path(argv[argv.index("--out") + 1])
     assert out.parts[0] == "runs" and out.name not in ("wikitext2", "gpt2")
     bpe = Tokenizer.train_bpe(["The quick brown fox jumps over the lazy dog. " * 50], 300)
-    hf_folder(tmp_path / "hf", bpe, n_positions=32)
+    hf_folder(tmp_path / "hf", bpe, n_positions=64)  # the recipe's eval.stride is 64
     gptkit(tmp_path, "import", "hf", "--out", "runs/gpt2")
     tiny = ["train.max_steps=2", "train.eval_interval=2", "train.eval_tokens=256",
             "train.warmup_steps=1", "train.micro_batch_size=2", "log.plots=false",
