@@ -71,14 +71,22 @@ NEEDS = {
 }
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder where each prerequisite is made once, on first use, for every snippet."""
+    return tmp_path_factory.mktemp("prerequisites")
+
+
 @pytest.mark.parametrize("name,code,kind,detail", python_snippets(),
                          ids=[s[0] for s in python_snippets()])
-def test_python_snippets_of_the_docs_run(name, code, kind, detail, tmp_path, data_dir):
+def test_python_snippets_of_the_docs_run(name, code, kind, detail, tmp_path, made, data_dir):
     if kind == "skip":
         pytest.skip(detail)
     for need in detail.split() if kind == "needs" else []:
         assert need in NEEDS, f"{name}: the docs name an unknown prerequisite {need!r}"
-        NEEDS[need](tmp_path)
+        if not (made / need).exists():
+            NEEDS[need](made)
+        shutil.copytree(made / need, tmp_path / need)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env=_env())
     assert done.returncode == 0, f"{name}:\n{code}\n{done.stderr[-3000:]}"
