@@ -150,7 +150,7 @@ def peak_flops(device: torch.device, precision: str,
     Datasheet peaks for the GPUs in the table under bf16/fp16; elsewhere (CPUs, other GPUs,
     fp32) the best dense matmul rate measured on this machine in the training precision,
     so that MFU says how much of what this machine can actually multiply the model uses.
-    Measured anew at each start, a shared CPU's peak moved with its load (MFU read 82-93%
+    Measured anew at each start, a shared CPU's peak moved with its load (a review saw 82-93%
     for the same run), so the measurement (best of 10) is made once per machine, device,
     dtype, thread count and torch version and kept in `cache` (a JSON file; delete it to
     measure again): runs of one machine then divide by the same figure.
