@@ -131,6 +131,9 @@ class TrainConfig:
     # Recompute each block's activations in the backward pass instead of keeping them: less
     # memory (one block's activations instead of all), about a third more compute.
     activation_checkpointing: bool = False
+    # A run directory whose best weights, model shape and tokenizer a new run starts from
+    # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
+    init_from: str | None = None
 
     @property
     def floor_lr(self) -> float:
@@ -138,9 +141,6 @@ class TrainConfig:
         if self.min_lr is not None:
             return self.min_lr
         return self.lr * (0.1 if self.min_lr_ratio is None else self.min_lr_ratio)
-    # A run directory whose best weights, model shape and tokenizer a new run starts from
-    # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
-    init_from: str | None = None
 
 
 @dataclass

@@ -148,7 +148,7 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path):
 
 
 def test_early_stopping_stops_a_diverging_run(data_dir, tmp_path):
-    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr=200", "train.grad_clip=0",
+    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr_ratio=1", "train.grad_clip=0",
                  "train.eval_interval=2", "train.max_steps=40",
                  "train.early_stopping_patience=2")
     result = train(config, tmp_path / "run", progress=False)
