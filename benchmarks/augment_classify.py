@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_results
+from benchmarks.common import mean_spread, write_results
 from gptkit.config import build_config
 from gptkit.finetune.classify import finetune_classifier
 
@@ -77,6 +77,28 @@ def run_one(source: Path, out: Path, augment: list[str], seed: int, steps: int,
     return {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"]}
 
 
+def summarize(scores: dict[str, list[dict[str, float]]]) -> tuple[dict[str, Any], list[str]]:
+    """Per setting: its accuracies and macro-F1s over the seeds against `none`'s, as JSON
+    and as printed lines (any number of seeds, one included)."""
+    base = scores["none"]
+    summary: dict[str, Any] = {}
+    lines = []
+    for name, runs in scores.items():
+        accs = [r["accuracy"] for r in runs]
+        f1s = [r["macro_f1"] for r in runs]
+        diffs = [r["accuracy"] - b["accuracy"] for r, b in zip(runs, base, strict=True)]
+        summary[name] = {
+            "augment": SETTINGS[name], "accuracy": accs, "macro_f1": f1s,
+            "mean_accuracy": statistics.mean(accs), "mean_macro_f1": statistics.mean(f1s),
+            "mean_accuracy_difference_vs_none": statistics.mean(diffs),
+            "seeds_better_than_none": sum(d > 0 for d in diffs),
+        }
+        lines.append(f"{name:<26} {mean_spread(accs):>17} {mean_spread(f1s):>17}"
+                     f"     {mean_spread(diffs, signed=True)} "
+                     f"({summary[name]['seeds_better_than_none']}/{len(diffs)} seeds better)")
+    return summary, lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=64, help="training texts (default 64)")
@@ -99,26 +121,11 @@ def main() -> None:
         accs = [s["accuracy"] for s in scores[name]]
         print(f"{name:<26} accuracy per seed {' '.join(f'{a:.3f}' for a in accs)}", flush=True)
 
-    base = scores["none"]
-    summary: dict[str, Any] = {}
     print(f"\n{args.train} training texts, {args.val} held out, {args.steps} steps, seeds "
           f"{seeds} ({time.perf_counter() - started:.0f}s)")
     print(f"{'setting':<26} {'accuracy':>17} {'macro-F1':>17} {'Δ accuracy vs none':>24}")
-    for name, runs in scores.items():
-        accs = [r["accuracy"] for r in runs]
-        f1s = [r["macro_f1"] for r in runs]
-        diffs = [r["accuracy"] - b["accuracy"] for r, b in zip(runs, base, strict=True)]
-        summary[name] = {
-            "augment": SETTINGS[name], "accuracy": accs, "macro_f1": f1s,
-            "mean_accuracy": statistics.mean(accs), "mean_macro_f1": statistics.mean(f1s),
-            "mean_accuracy_difference_vs_none": statistics.mean(diffs),
-            "seeds_better_than_none": sum(d > 0 for d in diffs),
-        }
-        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-        print(f"{name:<26} {statistics.mean(accs):.3f} ± {statistics.stdev(accs):.3f}"
-              f"     {statistics.mean(f1s):.3f} ± {statistics.stdev(f1s):.3f}"
-              f"     {statistics.mean(diffs):+.3f} ± {spread:.3f} "
-              f"({summary[name]['seeds_better_than_none']}/{len(diffs)} seeds better)")
+    summary, lines = summarize(scores)
+    print("\n".join(lines))
     write_results(args.json, {"train": args.train, "val": args.val, "steps": args.steps,
                               "seeds": seeds, "settings": summary})
 

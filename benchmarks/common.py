@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,3 +28,12 @@ def write_results(path: Path, results: Any, default: Callable[[Any], Any] | None
     `default` converts what JSON cannot hold, as in json.dumps."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=default))
+
+
+def mean_spread(values: list[float], signed: bool = False) -> str:
+    """"mean ± sample standard deviation"; with one value (--seeds 1) there is no spread,
+    and the text says so instead of failing (statistics.stdev needs two values)."""
+    mean = f"{statistics.mean(values):+.3f}" if signed else f"{statistics.mean(values):.3f}"
+    if len(values) < 2:
+        return f"{mean} ± n/a (1 seed)"
+    return f"{mean} ± {statistics.stdev(values):.3f}"

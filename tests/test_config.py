@@ -30,7 +30,7 @@ def test_default_recipe_is_nanogpt_cpu_shape():
     cfg = load_config()
     m, t = cfg.model, cfg.train
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (4, 4, 128, 64, 0.0)
-    assert (t.micro_batch_size, t.max_steps, t.lr, t.min_lr) == (12, 2000, 1e-3, 1e-4)
+    assert (t.micro_batch_size, t.max_steps, t.lr, t.floor_lr) == (12, 2000, 1e-3, 1e-4)
     assert cfg.data.tokenizer == "char" and cfg.data.source == "tinyshakespeare"
 
 

@@ -36,8 +36,8 @@ def __getattr__(name: str) -> object:
         from gptkit.run import load_run
 
         return load_run
-    if name == "train":
-        from gptkit.train.trainer import train
+    if name == "train":  # the package, which is callable: see gptkit/train/__init__.py
+        import gptkit.train
 
-        return train
+        return gptkit.train
     raise AttributeError(f"module 'gptkit' has no attribute {name!r}")

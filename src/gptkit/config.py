@@ -103,7 +103,11 @@ class TrainConfig:
     # AdamW for the rest, one learning rate: gptkit.train.optim.MuonAdamW)
     optimizer: str = "adamw"
     lr: float = 1e-3
-    min_lr: float = 1e-4
+    # Where the decay ends, as a fraction of lr (so lowering lr lowers it too), or as an
+    # absolute rate (min_lr; what runs before min_lr_ratio existed saved). Set at most one;
+    # neither means min_lr_ratio 0.1.
+    min_lr_ratio: float | None = None
+    min_lr: float | None = None
     # cosine | linear | constant | wsd (warmup-stable-decay: constant, then a linear cooldown)
     schedule: str = "cosine"
     warmup_steps: int = 100
@@ -131,6 +135,13 @@ class TrainConfig:
     # A run directory whose best weights, model shape and tokenizer a new run starts from
     # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
     init_from: str | None = None
+
+    @property
+    def floor_lr(self) -> float:
+        """The learning rate the decay ends at: train.min_lr, else lr x train.min_lr_ratio."""
+        if self.min_lr is not None:
+            return self.min_lr
+        return self.lr * (0.1 if self.min_lr_ratio is None else self.min_lr_ratio)
 
 
 @dataclass
@@ -210,7 +221,9 @@ class SampleConfig:
     num_beams: int = 1  # > 1: beam search
     length_penalty: float = 1.0  # beam score = log-prob / length ** length_penalty
     early_stopping: bool | str = False  # beam search: true, false or "never"
-    seed: int = 1337
+    # the samples training writes (samples.txt): the same each evaluation; None: fresh.
+    # `gptkit sample` and `serve` draw fresh randomness unless given a seed.
+    seed: int | None = 1337
 
 
 @dataclass
@@ -279,7 +292,14 @@ class RunConfig:
              "train.optimizer=muon does not train LoRA adapters (finetune.lora_r > 0): Muon is "
              "for full hidden weight matrices; use train.optimizer=adamw"),
             (t.lr > 0, f"train.lr must be > 0 (got {t.lr})"),
-            (0 <= t.min_lr <= t.lr, f"train.min_lr must be in [0, train.lr] (got {t.min_lr})"),
+            (t.min_lr is None or t.min_lr_ratio is None,
+             "train.min_lr and train.min_lr_ratio both set where the decay ends; keep one "
+             "(min_lr_ratio scales with train.lr; --set train.min_lr=null drops min_lr)"),
+            (t.min_lr_ratio is None or 0 <= t.min_lr_ratio <= 1,
+             f"train.min_lr_ratio must be in [0, 1] (got {t.min_lr_ratio})"),
+            (t.min_lr is None or 0 <= t.min_lr <= t.lr,
+             f"train.min_lr must be in [0, train.lr] (got {t.min_lr}); or set "
+             "train.min_lr_ratio instead, a fraction of train.lr"),
             (t.schedule in ("cosine", "linear", "constant", "wsd"),
              f"train.schedule must be cosine, linear, constant or wsd (got {t.schedule!r})"),
             (0 <= t.cooldown_fraction <= 1,

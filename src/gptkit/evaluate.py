@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from gptkit.data.shards import Tokens
 from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast, is_sharded
@@ -111,11 +112,13 @@ def score_tokens(
     max_windows: int | None = None,
     special_ids: Sequence[int] = (),
     env: DistEnv | None = None,
+    progress: bool = False,
 ) -> Score:
     """Sum the model's NLL over a token stream (all ranks together when `env` is given).
 
     `max_windows` keeps that many evenly spaced windows (a fixed subset, the same at every
-    evaluation) to bound the cost of evaluating during training.
+    evaluation) to bound the cost of evaluating during training. `progress` shows a bar on
+    stderr (a small stride over a long split takes minutes).
     """
     stride = stride or block_size
     device = device or next(model.parameters()).device
@@ -135,7 +138,9 @@ def score_tokens(
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for i, batch in enumerate(batches):
+    bar = tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for i, batch in enumerate(bar):
         length = batch[0].length
         idx = np.stack([np.asarray(tokens[w.start : w.start + length + 1]) for w in batch])
         rows = torch.from_numpy(idx.astype(np.int64)).to(device)

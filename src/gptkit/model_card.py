@@ -87,7 +87,7 @@ def render(
         env = environment or {}
         world = int(env.get("world_size", 1))
         per_step = t.batch_tokens or t.micro_batch_size * m.block_size * world
-        schedule = (f"{t.optimizer}, lr {t.lr:g} → {t.min_lr:g} ({t.schedule}, "
+        schedule = (f"{t.optimizer}, lr {t.lr:g} → {t.floor_lr:g} ({t.schedule}, "
                     f"{t.warmup_steps} warm-up steps), weight decay {t.weight_decay:g}, "
                     f"gradient clip {t.grad_clip:g}")
         rows = [

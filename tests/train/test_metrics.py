@@ -189,3 +189,20 @@ def test_peak_flops_is_measured_on_the_cpu():
     before = torch.get_rng_state()
     peak_flops(torch.device("cpu"), "bf16")
     assert torch.equal(before, torch.get_rng_state())  # training's random stream untouched
+
+
+def test_measured_peak_is_kept_per_machine_so_runs_share_one_figure(tmp_path, monkeypatch):
+    """Re-measured at each start on a shared CPU, the peak (and so MFU) moved with the load."""
+    from gptkit.train import metrics
+
+    cache = tmp_path / "cache" / "peak-flops.json"
+    rates = iter([4e9, 9e9, 7e9])
+    monkeypatch.setattr(metrics, "measured_matmul_flops", lambda *a, **k: next(rates))
+    cpu = torch.device("cpu")
+    first, source = peak_flops(cpu, "fp32", cache)
+    assert first == 4e9 and "cached in" in source and cache.is_file()
+    assert peak_flops(cpu, "fp32", cache)[0] == 4e9  # not measured again
+    assert peak_flops(cpu, "bf16", cache)[0] == 9e9  # another dtype: its own measurement
+    assert peak_flops(cpu, "bf16", cache)[0] == 9e9
+    cache.write_text("not json")  # a damaged cache is measured anew, not an error
+    assert peak_flops(cpu, "fp32", cache)[0] == 7e9

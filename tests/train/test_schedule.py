@@ -104,3 +104,36 @@ def test_wsd_cooldown_fraction_edges_and_decay_steps() -> None:
 def test_unknown_schedule_is_an_error() -> None:
     with pytest.raises(GptkitError, match="'step'"):
         lr_at(0, cfg(schedule="step", warmup_steps=0))
+
+
+def test_min_lr_follows_a_lowered_lr_as_a_ratio() -> None:
+    """The README's `--recipe wikitext2 --set train.lr=3e-5` needs no word about min_lr."""
+    from gptkit.config import load_config
+
+    t = load_config("wikitext2", ["train.lr=3e-5"]).train
+    assert t.min_lr is None and t.floor_lr == pytest.approx(3e-6)
+    assert lr_at(t.max_steps, t) == pytest.approx(3e-6)
+    t = load_config("wikitext2", ["train.lr=3e-5", "train.min_lr_ratio=0.5"]).train
+    assert lr_at(t.max_steps, t) == pytest.approx(1.5e-5)
+    assert TrainConfig(lr=2e-3).floor_lr == pytest.approx(2e-4)  # neither set: ratio 0.1
+
+
+def test_an_absolute_min_lr_of_an_older_run_still_loads(tmp_path) -> None:
+    import yaml
+
+    from gptkit.config import load_config, read_config, save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config(), path)
+    raw = yaml.safe_load(path.read_text())
+    del raw["train"]["min_lr_ratio"]  # as runs saved before it existed
+    raw["train"]["min_lr"] = 2e-4
+    path.write_text(yaml.safe_dump(raw))
+    t = read_config(path).train
+    assert t.floor_lr == 2e-4 and lr_at(t.max_steps, t) == pytest.approx(2e-4)
+    with pytest.raises(GptkitError, match="both set"):
+        load_config("shakespeare-char", ["train.min_lr=1e-5"])  # the recipe sets the ratio
+    assert load_config("shakespeare-char", ["train.min_lr=1e-5", "train.min_lr_ratio=null"]
+                       ).train.floor_lr == 1e-5
+    with pytest.raises(GptkitError, match=r"train.min_lr_ratio must be in \[0, 1\]"):
+        load_config("shakespeare-char", ["train.min_lr_ratio=2"])

@@ -203,7 +203,7 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path):
 def test_early_stopping_stops_a_diverging_run(data_dir, tmp_path):
     # clipped, the loss grows but stays finite (unclipped it becomes NaN: the run then stops
     # with an error, test_a_loss_that_becomes_nan_stops_the_run)
-    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr=200",
+    config = cfg("train.optimizer=sgd", "train.lr=200", "train.min_lr_ratio=1",
                  "train.eval_interval=2", "train.max_steps=40",
                  "train.early_stopping_patience=2")
     result = train(config, tmp_path / "run", progress=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import re
 import time
 import uuid
@@ -148,14 +149,20 @@ def truncate_samples(path: Path, step: int) -> None:
 # --- model FLOPs utilisation ----------------------------------------------------------------
 # dense bf16/fp16 tensor-core peaks from the datasheets, by a part of the device name
 _DATASHEET_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
+PEAK_FLOPS_FILE = "peak-flops.json"  # in the cache folder: measured peaks, per machine
 
 
-def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+def peak_flops(device: torch.device, precision: str,
+               cache: Path | None = None) -> tuple[float, str]:
     """FLOP/s that MFU divides by, and where the figure comes from.
 
     Datasheet peaks for the GPUs in the table under bf16/fp16; elsewhere (CPUs, other GPUs,
-    fp32) the best dense matmul rate measured here at start-up in the training precision,
+    fp32) the best dense matmul rate measured on this machine in the training precision,
     so that MFU says how much of what this machine can actually multiply the model uses.
+    Measured anew at each start, a shared CPU's peak moved with its load (a review saw 82-93%
+    for the same run), so the measurement (best of 10) is made once per machine, device,
+    dtype, thread count and torch version and kept in `cache` (a JSON file; delete it to
+    measure again): runs of one machine then divide by the same figure.
     """
     half = precision in ("bf16", "fp16")
     if device.type == "cuda" and half:
@@ -164,7 +171,32 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
             if part in name:
                 return tflops * 1e12, f"{part} datasheet ({precision})"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return measured_matmul_flops(device, dtype), f"measured {dtype} matmul"
+    source = f"measured {dtype} matmul"
+    if cache is None:
+        return measured_matmul_flops(device, dtype, repeats=10), source
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    key = (f"{platform.node()} {name} {dtype} threads={torch.get_num_threads()} "
+           f"torch={torch.__version__}")
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    if not (isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float))
+            and entry["flops"] > 0):
+        entry = {"flops": measured_matmul_flops(device, dtype, repeats=10),
+                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        known[key] = entry
+        try:  # atomic: the ranks of a run may write at once
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache.with_name(f".{cache.name}.{os.getpid()}")
+            partial.write_text(json.dumps(known, indent=2), encoding="utf-8")
+            os.replace(partial, cache)
+        except OSError:
+            pass  # a read-only cache: measured every start, as before
+    return float(entry["flops"]), f"{source} on {entry['measured']} (cached in {cache})"
 
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:

@@ -19,7 +19,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
     Warmup starts above zero, at lr / (warmup_steps + 1), so the very first step already
     learns, and reaches lr at step warmup_steps. The decay then runs from lr at step
-    warmup_steps to min_lr at step decay_steps (default max_steps) and stays at min_lr after.
+    warmup_steps to the floor (min_lr, or lr x min_lr_ratio) at step decay_steps (default
+    max_steps) and stays there after.
 
     wsd (warmup-stable-decay; Hägele et al. 2024, as in the nanoGPT speedruns) holds lr and
     decays linearly only over the last `cooldown_fraction` of the steps up to decay_steps:
@@ -43,6 +44,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         start = max(warmup, decay - round(cfg.cooldown_fraction * decay))
     # min_lr from step decay_steps on (also when the decay would end before warmup does)
     ratio = 1.0 if step >= decay else max(step - start, 0) / max(decay - start, 1)
+    floor = cfg.floor_lr
     if cfg.schedule in ("linear", "wsd"):
-        return cfg.lr - ratio * (cfg.lr - cfg.min_lr)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+        return cfg.lr - ratio * (cfg.lr - floor)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - floor)

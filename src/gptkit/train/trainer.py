@@ -9,6 +9,7 @@ hold the unwrapped model's weights.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import platform
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from gptkit.compress import stored_quantization
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
 from gptkit.data.loader import RandomWindows
-from gptkit.data.prepare import PreparedData, prepare
+from gptkit.data.prepare import PreparedData, cache_dir, prepare
 from gptkit.data.sources import is_wikitext
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
@@ -43,7 +44,7 @@ from gptkit.run import Run, load_run
 from gptkit.tokenizers import Tokenizer, build_tokenizer
 from gptkit.train import checkpoint, distributed, sharded
 from gptkit.train.distributed import DistEnv
-from gptkit.train.metrics import LOG_OUTPUTS, MetricsLogger, peak_flops
+from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
 from gptkit.train.optim import build_optimizer
 from gptkit.train.schedule import lr_at
 
@@ -301,7 +302,8 @@ class Trainer:
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-        self.peak_flops, peak_source = peak_flops(env.device, self.precision)
+        self.peak_flops, peak_source = peak_flops(env.device, self.precision,
+                                                  cache_dir(None) / PEAK_FLOPS_FILE)
         self.logger: MetricsLogger | None = None
         self.environment: dict[str, Any] = {}
         if env.is_main:
@@ -433,8 +435,21 @@ class Trainer:
         self._say(f"resumed from {path} at step {self.step}")
 
     # --- helpers ----------------------------------------------------------------------------
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper and its gradient reducer while the process group still exists.
+
+        Freed later (when the trainer goes, or by the garbage collector at exit), the
+        reducer's destructor ran after `destroy_process_group` and could wait for a gloo
+        worker thread that itself waited for the GIL the main thread held: rank 1 of a
+        finished run then never exited (3 launches in 10). Dropping the last reference and
+        collecting its reference cycles here makes the order fixed."""
+        if self.train_model is not self.model and self.strategy == "ddp":
+            self.train_model = self.model
+            gc.collect()
+
     def _say(self, message: str) -> None:
-        if self.env.is_main and self.progress:
+        """A line for the user (rank 0), also under --no-progress, which drops only the bar."""
+        if self.env.is_main:
             tqdm.write(message)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -676,6 +691,10 @@ class Trainer:
             disable=not (self.progress and env.is_main),
         )
         start_step = self.step
+        if self.resume and self.step >= cfg.train.max_steps:
+            self._say(f"run already reached train.max_steps={cfg.train.max_steps} (at step "
+                      f"{self.step}); raise it with --set train.max_steps="
+                      f"{max(2 * self.step, 1)} to train further")
         started = self.started = time.perf_counter()
         start_tokens = self.tokens_seen
         window_start, window_tokens = started, 0
@@ -748,6 +767,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
             if self.logger is not None:
                 self.logger.close()
+            self._release_ddp()
             distributed.teardown(env)
         if env.is_main:
             checkpoint.remove_leftovers(self.run_dir)

@@ -12,6 +12,7 @@ display needed).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from matplotlib.patches import Rectangle
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
+from gptkit.viz.fonts import families_for
 
 CMAP = "viridis"  # perceptually uniform; its darkest end stays distinct from the grey mask
 MASK_FACE = "#e4e4e4"
@@ -149,7 +151,8 @@ def _draw(ax: Axes, weights: np.ndarray, cmap: Colormap) -> AxesImage:
     return image
 
 
-def _label(ax: Axes, tokens: list[str], fontsize: float, x: bool, y: bool) -> None:
+def _label(ax: Axes, tokens: list[str], fontsize: float, x: bool, y: bool,
+           families: list[str]) -> None:
     """Token labels on the axes asked for (every k-th one if too many); no ticks elsewhere.
 
     Unlabelled axes get no ticks at all: 64 tick objects per axis in a 12 x 12 grid of
@@ -160,11 +163,12 @@ def _label(ax: Axes, tokens: list[str], fontsize: float, x: bool, y: bool) -> No
     names = [_short(tokens[i]) for i in ticks]
     upright = max(len(name) for name in names) <= 2  # single characters read best upright
     if x:
-        ax.set_xticks(ticks, names, rotation=0 if upright else 90, fontsize=fontsize)
+        ax.set_xticks(ticks, names, rotation=0 if upright else 90, fontsize=fontsize,
+                      fontfamily=families)
     else:
         ax.set_xticks([])
     if y:
-        ax.set_yticks(ticks, names, fontsize=fontsize)
+        ax.set_yticks(ticks, names, fontsize=fontsize, fontfamily=families)
     else:
         ax.set_yticks([])
     ax.tick_params(length=2, pad=1)
@@ -197,7 +201,7 @@ def _single(maps: AttentionMaps, layer: int, head: int) -> Figure:
     fig = Figure(figsize=(side + 2.6, side + 1.9), layout="constrained")
     ax = fig.add_subplot()
     image = _draw(ax, maps.weights[layer, head], _cmap())
-    _label(ax, maps.tokens, fontsize, x=True, y=True)
+    _label(ax, maps.tokens, fontsize, x=True, y=True, families=families_for(maps.tokens))
     ax.set_title(f"layer {layer}, head {head}", fontsize=12)
     ax.set_xlabel("key (attended to)", fontsize=10)
     ax.set_ylabel("query (attending)", fontsize=10)
@@ -227,6 +231,7 @@ def _grid(maps: AttentionMaps, layers: list[int], heads: list[int], both: bool) 
     axes = fig.subplots(rows, cols, squeeze=False)
     cmap = _cmap()
     image = None
+    families = families_for(maps.tokens) if labelled else []
     for index, ax in enumerate(axes.flat):
         if index >= len(panels):
             ax.set_axis_off()
@@ -235,7 +240,8 @@ def _grid(maps: AttentionMaps, layers: list[int], heads: list[int], both: bool) 
         row, col = divmod(index, cols)
         image = _draw(ax, maps.weights[lay, h], cmap)
         last_row = row == rows - 1 or index + cols >= len(panels)
-        _label(ax, maps.tokens, fontsize, x=labelled and last_row, y=labelled and col == 0)
+        _label(ax, maps.tokens, fontsize, x=labelled and last_row, y=labelled and col == 0,
+               families=families)
         if both:
             if row == 0:
                 ax.set_title(f"head {h}", fontsize=10)
@@ -277,6 +283,8 @@ def plot_attention(
                           "(overwrite=True) to replace it")
     if not path.resolve().parent.is_dir():
         raise GptkitError(f"{path}: its folder does not exist; create it first")
-    fig = attention_figure(maps, layer, head)
-    FigureCanvasAgg(fig).print_figure(path, dpi=110)
+    fig = attention_figure(maps, layer, head)  # warns once if a label's font is missing
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")  # one per glyph
+        FigureCanvasAgg(fig).print_figure(path, dpi=110)
     return path

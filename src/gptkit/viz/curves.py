@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptkit.errors import GptkitError
+from gptkit.viz.fonts import families_for
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -271,7 +273,8 @@ def figure_for_runs(
         Line2D([], [], color="0.6", marker="*", markersize=12, markeredgecolor="black",
                markeredgewidth=0.8, linestyle="none", label="best checkpoint"),
     ]
-    loss_ax.legend(handles=handles, loc="best", fontsize=9, framealpha=0.9)
+    loss_ax.legend(handles=handles, loc="best", framealpha=0.9,
+                   prop={"size": 9, "family": families_for(labels)})
     return fig
 
 
@@ -283,7 +286,9 @@ def _save(fig: Figure, out: Path) -> Path:
     FigureCanvasAgg(fig)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, dpi=DPI, format=out.suffix.lower().lstrip("."))
+        with warnings.catch_warnings():  # families_for warned once; matplotlib: per glyph
+            warnings.filterwarnings("ignore", "Glyph .* missing from font")
+            fig.savefig(tmp, dpi=DPI, format=out.suffix.lower().lstrip("."))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
