@@ -46,7 +46,7 @@ from gptkit.errors import GptkitError
 from gptkit.train import checkpoint, distributed
 from gptkit.train.distributed import DistEnv
 
-# Every class a DCP `.metadata` file is made of (torch 2.4 to 2.13; checked by saving one, see
+# Every class a DCP `.metadata` file is made of (torch 2.13, checked by saving one in
 # tests/train/test_safe_load.py): DCP's metadata dataclasses and its memory-format enum, the
 # filesystem writer's per-item storage record, torch.Size, dtypes and layouts (by name), and the
 # path of the folder it was written to. Nothing here runs code when built from a pickle: the
