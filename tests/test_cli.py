@@ -233,7 +233,8 @@ def test_zero_is_no_default_for_eval_numbers(tiny_run, capsys):
 
 
 def test_overflowing_settings(capsys):
-    expect_error(capsys, "train", "--set", "train.lr=inf", match="train.lr must be a finite")
+    # `info`, not `train`: the old code accepted these and would train a whole run
+    expect_error(capsys, "info", "--set", "train.lr=inf", match="train.lr must be a finite")
     expect_error(capsys, "info", "--set", "train.seed=9007199254740993", match="train.seed")
 
 

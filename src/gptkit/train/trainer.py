@@ -658,11 +658,11 @@ class Trainer:
             advice = "no checkpoint was saved before it: start again with a lower train.lr"
         else:
             advice = (f"the last checkpoint before it is step {self.saved_step}; resume from it "
-                      f"with a lower learning rate: gptkit train --resume --out {self.run_dir} "
-                      f"--set train.lr={self.cfg.train.lr / 10:g}")
+                      f"with a lower learning rate (now {self.cfg.train.lr:g}): gptkit train "
+                      f"--resume --out {self.run_dir} --set train.lr=...")
         raise GptkitError(
             f"training stopped: the {bad[0].replace('_', ' ')} became {record[bad[0]]} at or "
-            f"before step {self.step}; {advice} (or set train.grad_clip)"
+            f"before step {self.step}; {advice} (a gradient clip, train.grad_clip, helps too)"
         )
 
     # --- the loop -----------------------------------------------------------------------------
