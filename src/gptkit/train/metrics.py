@@ -160,7 +160,7 @@ def peak_flops(device: torch.device, precision: str,
     fp32) the best dense matmul rate measured on this machine in the training precision,
     so that MFU says how much of what this machine can actually multiply the model uses.
     Measured anew at each start, a shared CPU's peak moved with its load (a review saw 82-93%
-    for the same run), so the measurement (best of 10) is made once per machine, device,
+    for the same run), so the measurement (best of 5) is made once per machine, device,
     dtype, thread count and torch version and kept in `cache` (a JSON file; delete it to
     measure again): runs of one machine then divide by the same figure.
     """
@@ -173,7 +173,7 @@ def peak_flops(device: torch.device, precision: str,
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     source = f"measured {dtype} matmul"
     if cache is None:
-        return measured_matmul_flops(device, dtype, repeats=10), source
+        return measured_matmul_flops(device, dtype, repeats=5), source
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     key = (f"{platform.node()} {name} {dtype} threads={torch.get_num_threads()} "
            f"torch={torch.__version__}")
@@ -186,7 +186,7 @@ def peak_flops(device: torch.device, precision: str,
     entry = known.get(key)
     if not (isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float))
             and entry["flops"] > 0):
-        entry = {"flops": measured_matmul_flops(device, dtype, repeats=10),
+        entry = {"flops": measured_matmul_flops(device, dtype, repeats=5),
                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         known[key] = entry
         try:  # atomic: the ranks of a run may write at once
