@@ -63,6 +63,10 @@ class ModelConfig:
     mlp: str = "gelu"  # gelu (4x wide) | relu2 (squared ReLU, 4x) | swiglu (gated, ~8/3x)
     tie_embeddings: bool = True  # false: the output layer (lm_head) has its own matrix
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict: peft before 0.18 reads a model's `config` only through this."""
+        return dataclasses.asdict(self)
+
 
 @dataclass
 class DataConfig:
