@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", metavar="SOURCE",
                    help="data source to score (default: the run's own source)")
-    p.add_argument("--split", help="split to score (default: the run's data.eval_split)")
+    p.add_argument("--split", help="split to score (default: the run's data.test_split, "
+                   "else its data.eval_split)")
     p.add_argument("--stride", type=int,
                    help="sliding-window stride in tokens (default: the run's eval.stride, "
                    "else block_size = non-overlapping windows)")
@@ -473,8 +474,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     if args.workers is not None:
         args.overrides = [*args.overrides, f"data.workers={args.workers}"]
+    from gptkit.data.sources import resolve_protocol
+
     cfg = _config_from(args)
-    data = prepare(cfg.data, data_dir=args.data_dir, cache=args.cache_dir, progress=True)
+    cfg.data, protocol = resolve_protocol(cfg.data, args.data_dir)
+    if protocol:
+        print(protocol, file=sys.stderr)
+    splits = [cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]
+    data = prepare(cfg.data, splits=[s for s in splits if s], data_dir=args.data_dir,
+                   cache=args.cache_dir, progress=True)
     print(f"prepared {cfg.data.source} with a {data.meta['tokenizer_kind']} tokenizer "
           f"({data.tokenizer.vocab_size} tokens) in {data.path}")
     for name, split in data.meta["splits"].items():
@@ -557,7 +565,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run, device = _load_for_inference(args)
     cfg = run.config
     source = args.data or cfg.data.source
-    split = args.split or cfg.data.eval_split
+    split = args.split or cfg.data.test_split or cfg.data.eval_split
     data_cfg = replace(cfg.data, source=source)
     if cfg.data.format == "sft":
         _eval_responses(run, data_cfg, split, args, device)
@@ -625,6 +633,7 @@ def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespac
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from gptkit.generate import sample_text
+    from gptkit.tokenizers import unknown_warning
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -650,6 +659,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     }
     settings: SampleConfig = replace(base, **{k: v for k, v in chosen.items() if v is not None})
     prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
+    texts = prompts if len(prompts) > 1 else [settings.prompt or ""]
+    warning = unknown_warning(run.tokenizer.unknown_characters(texts), "the prompt", fix=(
+        "the model has never seen them; leave them out, or use a run whose tokenizer has "
+        "them (e.g. one trained with data.tokenizer=bpe)"))
+    if warning:
+        print(f"gptkit: {warning}", file=sys.stderr)
     if args.top_k == 0:
         settings.top_k = None
     for ok, message in sample_checks(settings, prefix="--"):
@@ -691,7 +706,9 @@ def cmd_info(args: argparse.Namespace) -> None:
             info = describe(cfg, cfg.model.vocab_size, precision, args.world_size)
         else:  # the vocabulary is the tokenizer's, learnt from the data
             from gptkit.data.prepare import prepare
+            from gptkit.data.sources import resolve_protocol
 
+            cfg.data, _ = resolve_protocol(cfg.data, args.data_dir)
             prepared = prepare(cfg.data, data_dir=args.data_dir)
             info = describe(cfg, prepared.tokenizer.vocab_size, precision, args.world_size)
             info["data"] = prepared.meta

@@ -38,7 +38,7 @@ def test_wikitext2_word_counts_and_val_alias(data_dir):
     assert out["valid"][0] == (data_dir / "wikitext-2" / "wiki.valid.tokens").read_text("utf-8")
     assert is_wikitext("wikitext2") and is_wikitext("wikitext2-raw")
     assert not is_wikitext("tinyshakespeare")
-    assert available_splits("wikitext2") == ("train", "valid", "test")
+    assert available_splits("wikitext2") == ("train", "valid", "test", "valid-head", "valid-tail")
 
 
 def write_hf_parquet(text: str, path):
