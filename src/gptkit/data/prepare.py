@@ -29,7 +29,13 @@ from tqdm import tqdm
 
 from gptkit.config import DataConfig
 from gptkit.data.shards import ShardWriter, TokenShards
-from gptkit.data.sources import documents, empty_split_error, source_files, stream_source
+from gptkit.data.sources import (
+    NAMED,
+    documents,
+    empty_split_error,
+    source_files,
+    stream_source,
+)
 from gptkit.errors import GptkitError
 from gptkit.tokenizers import UNK, Tokenizer, build_tokenizer, training_pieces, unknown_warning
 
@@ -306,9 +312,31 @@ def prepare(
             warning = unknown_warning(info["unknown_examples"], f"{cfg.source} [{split}]",
                                       info["unknown_characters"])
             print(f"gptkit: {warning}", file=sys.stderr)
+    warning = _split_share_warning(cfg, meta["splits"])
+    if warning:
+        print(f"gptkit: {warning}", file=sys.stderr)
     if link is not None and linked != key:
         _write_atomic(link, json.dumps({"key": key, "tokenizer": cfg.tokenizer}).encode())
     return PreparedData(folder, meta, tokenizer)
+
+
+def _split_share_warning(cfg: DataConfig, splits: dict[str, Any]) -> str | None:
+    """Your own files are cut by whole documents: say so when val's share of the text is far
+    from data.val_fraction (e.g. the last of two files, 43% of the text)."""
+    if cfg.source in NAMED or cfg.split_by != "documents":
+        return None
+    train = splits.get("train", {}).get("characters")
+    val = next((splits[s]["characters"] for s in ("val", "valid") if s in splits), None)
+    if not train or val is None:
+        return None
+    share, wanted = val / (train + val), cfg.val_fraction
+    if wanted / 2 <= share <= 2 * wanted:
+        return None
+    return (f"warning: val holds {100 * share:.0f}% of the text of {cfg.source}, not the "
+            f"{100 * wanted:g}% data.val_fraction asks for: your own data is split by whole "
+            "documents (a text file or a JSONL record each), the last ones going to val; set "
+            "data.split_by=fraction to cut every document at val_fraction, or use more, "
+            "smaller files")
 
 
 def _train_tokenizer(cfg: DataConfig, data_dir: str | Path | None, progress: bool) -> Tokenizer:
