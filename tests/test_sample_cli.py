@@ -111,3 +111,15 @@ def test_precision_flag(tiny_run, capsys):
     assert bf16.startswith("ROMEO:") and len(bf16) > len("ROMEO:")
     assert sample(capsys, tiny_run, *greedy) == sample(capsys, tiny_run, *greedy,
                                                         "--precision", "fp32")
+
+
+def test_prompt_characters_the_tokenizer_lacks_are_warned(tiny_run, capsys):
+    """Tiny Shakespeare has no digits and no Chinese: they would become <unk> unannounced."""
+    code, _, err = run_cli(capsys, "sample", str(tiny_run), "--max-new-tokens", "2",
+                           "--prompt", "ROMEO 7 中 77:")
+    assert code == 0
+    assert ("gptkit: warning: 4 characters in the prompt are not in the tokenizer and become "
+            "<unk>, e.g. '7', '中'; the model has never seen them") in err
+    code, _, err = run_cli(capsys, "sample", str(tiny_run), "--max-new-tokens", "2",
+                           "--prompt", "ROMEO:")
+    assert code == 0 and "warning" not in err
