@@ -63,6 +63,23 @@ def test_eval_wikitext_reports_word_perplexity(tiny_run, capsys):
     assert result["words"] == 245569 and result["word_perplexity"] > result["perplexity"]
 
 
+def test_eval_reports_the_test_split_not_the_one_that_selected(tiny_run, capsys, tmp_path):
+    """A run under WikiText's offline protocol picked best/ on valid-tail: eval reports test."""
+    from gptkit.config import read_config, save_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = read_config(run / "config.yaml")
+    cfg.data.source, cfg.data.protocol = "wikitext2", "offline"
+    cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split = (
+        "valid-head", "valid-tail", "test")
+    save_config(cfg, run / "config.yaml")
+    code, out, err = run_cli(capsys, "eval", str(run), "--json")
+    assert code == 0, err
+    assert json.loads(out)["split"] == "test"
+    assert "become <unk>" in err  # Shakespeare's characters lack some of WikiText's
+
+
 def test_sample_is_reproducible_and_streams(tiny_run, capsys):
     args = ("sample", str(tiny_run), "--prompt", "ROMEO:", "--max-new-tokens", "30",
             "--seed", "7", "--num-samples", "2")

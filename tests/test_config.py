@@ -197,3 +197,146 @@ def test_recipe_that_is_not_utf8(tmp_path: Path):
     recipe.write_bytes(b"name: caf\xe9\n")
     with pytest.raises(GptkitError, match="is not UTF-8 text"):
         load_recipe(str(recipe))
+
+
+# --- settings that would do nothing are refused (issue 17, item 6) ----------------------------
+def _moved(value, annotation):
+    """A value other than `value` for a field of type `annotation` (no validation needed)."""
+    import typing
+
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.125
+    if isinstance(value, str):
+        return value + "-x"
+    if isinstance(value, list):
+        return [*value, "x"]
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return {int: 3, str: "x", float: 0.5, bool: True}[inner[-1]]
+
+
+def test_every_setting_declares_the_runs_that_read_it():
+    import dataclasses
+
+    from gptkit.config import RUN_KINDS, SECTIONS, USED_BY
+
+    fields = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
+              for f in dataclasses.fields(cls)}
+    assert fields == set(USED_BY), "a new setting must say in USED_BY which runs read it"
+    assert all(kinds and set(kinds) <= set(RUN_KINDS) for kinds in USED_BY.values())
+
+
+def test_a_setting_a_run_does_not_read_is_refused_with_where_it_applies():
+    import dataclasses
+    import typing
+
+    from gptkit.config import KIND_NAMES, RUN_KINDS, SECTIONS, USED_BY, check_used
+
+    refused = 0
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{name}.{f.name}"
+            for kind in set(RUN_KINDS) - set(USED_BY[key]):
+                cfg = RunConfig()
+                section = getattr(cfg, name)
+                setattr(section, f.name, _moved(getattr(section, f.name), hints[f.name]))
+                with pytest.raises(GptkitError, match=rf"^{key}=.* does nothing in") as caught:
+                    check_used(cfg, {kind})
+                message = str(caught.value)
+                assert "\n" not in message and "it applies to" in message
+                assert all(KIND_NAMES[k] in message for k in USED_BY[key])
+                refused += 1
+            if not set(RUN_KINDS) - set(USED_BY[key]):
+                check_used(RunConfig(), set(RUN_KINDS))  # defaults are never refused
+    assert refused > 50
+
+
+def test_every_shipped_recipe_sets_only_what_its_runs_read():
+    from gptkit.config import check_used, run_kinds
+
+    for name in recipe_names():
+        cfg = load_config(name)
+        if name.endswith("student"):  # gptkit distill --teacher RUN --student-recipe ...
+            cfg.distill.teacher = "runs/teacher"
+        check_used(cfg, run_kinds(cfg, classify=name in ("sentiment", "ner")))
+
+
+def test_settings_read_only_under_another_setting():
+    from gptkit.config import check_used
+
+    cfg = load_config("shakespeare-char", ["finetune.lora_alpha=32"])
+    with pytest.raises(GptkitError, match="finetune.lora_alpha=32.0 does nothing here; it "
+                       "applies with finetune.lora_r > 0"):
+        check_used(cfg, {"train"})
+    cfg = load_config("shakespeare-char", ["train.cooldown_fraction=0.5"])
+    with pytest.raises(GptkitError, match="train.schedule=wsd"):
+        check_used(cfg, {"train"})
+    check_used(load_config("shakespeare-char", ["finetune.lora_r=4", "finetune.lora_alpha=32"]),
+               {"train"})
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["train", "--set", "data.augment=[word_swap=0.1]"],
+     "data.augment=['word_swap=0.1'] does nothing in pre-training on text (gptkit train); it "
+     "applies to supervised fine-tuning"),
+    (["train", "--set", "data.packing=true"], "data.packing=True does nothing in pre-training"),
+    (["train", "--set", "classify.task=token"], "classify.task=token does nothing in"),
+    (["train", "--set", "distill.alpha=0.9"], "distill.alpha=0.9 does nothing in"),
+])
+def test_train_refuses_settings_it_would_ignore(capsys, tmp_path, argv, match):
+    from tests.test_cli import run_cli
+
+    code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "run"), "--no-progress")
+    assert code == 2 and err.startswith("gptkit: error: ") and err.count("\n") == 1
+    assert match in err
+    assert not (tmp_path / "run").exists()
+
+
+# --- which split picks the checkpoint, which is reported (issue 17, item 6) --------------------
+def test_wikitext2_recipe_never_selects_on_the_split_it_reports(data_dir, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from gptkit.data.sources import resolve_protocol
+
+    cfg = load_config("wikitext2")
+    assert cfg.data.protocol == "auto"
+    for protocol in ("published", "offline"):
+        data, line = resolve_protocol(replace(cfg.data, protocol=protocol))
+        assert data.test_split == "test" and data.eval_split not in ("test", data.train_split)
+        assert line.startswith(f"data protocol: {protocol} ")
+        build_config({"data": vars(data)})  # the resolved splits pass the overlap checks
+    # here there is no wiki.train.tokens in the data root and downloads are off: offline
+    data, line = resolve_protocol(cfg.data)
+    assert (data.protocol, data.train_split, data.eval_split, data.test_split) == (
+        "offline", "valid-head", "valid-tail", "test")
+    assert "wiki.train.tokens" in line and "report test" in line
+    # with the train split in the data root, auto is the published protocol
+    shutil.copytree(data_dir / "wikitext-2", tmp_path / "wikitext-2")
+    shutil.copy(data_dir / "wikitext-2" / "wiki.valid.tokens",
+                tmp_path / "wikitext-2" / "wiki.train.tokens")
+    data, _ = resolve_protocol(cfg.data, tmp_path)
+    assert (data.protocol, data.train_split, data.eval_split, data.test_split) == (
+        "published", "train", "valid", "test")
+
+
+@pytest.mark.parametrize(("sets", "match"), [
+    (["data.eval_split=val", "data.test_split=val"], "share text"),
+    (["data.train_split=val"], "data.train_split (val) and data.eval_split (val) share text"),
+    (["data.source=wikitext2", "data.eval_split=valid", "data.test_split=valid-tail"],
+     "share text"),
+    (["data.source=wikitext2", "data.protocol=offline", "data.eval_split=test"],
+     "contradicts data.protocol=offline"),
+    (["data.protocol=offline"], "applies to WikiText sources"),
+    (["data.val_fraction=0.2"], "does nothing for tinyshakespeare"),
+    (["data.split_by=fraction"], "has fixed splits"),
+])
+def test_split_settings_that_cannot_be_honest_are_refused(sets, match):
+    import re
+
+    with pytest.raises(GptkitError, match=re.escape(match)):
+        load_config("shakespeare-char", sets)

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", metavar="SOURCE",
                    help="data source to score (default: the run's own source)")
-    p.add_argument("--split", help="split to score (default: the run's data.eval_split)")
+    p.add_argument("--split", help="split to score (default: the run's data.test_split, "
+                   "else its data.eval_split)")
     p.add_argument("--stride", type=int,
                    help="sliding-window stride in tokens (default: the run's eval.stride, "
                    "else block_size = non-overlapping windows)")
@@ -234,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(beam search: when the search ends)")
     _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
                     "CPU: weights about 3.5x smaller in memory. Faster only for wide models: "
-                    "batch-1 generation measured 0.79x to 1.08x the fp32 speed on the default "
-                    "recipe's 0.8M-parameter model, 3.1x on a 6-layer, 384-wide GPT-2 with "
-                    "its 50,257-token vocabulary (README, Compression)")
+                    "batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
+                    "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, "
+                    "384-wide GPT-2 with its 50,257-token vocabulary (README, Compression)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="weights' dtype for generation; auto (default): bf16 on GPUs and on "
                    "CPUs with bf16 matrix instructions for models at least 256 wide (about 2x "
@@ -497,8 +498,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     if args.workers is not None:
         args.overrides = [*args.overrides, f"data.workers={args.workers}"]
+    from gptkit.data.sources import resolve_protocol
+
     cfg = _config_from(args)
-    data = prepare(cfg.data, data_dir=args.data_dir, cache=args.cache_dir, progress=True)
+    cfg.data, protocol = resolve_protocol(cfg.data, args.data_dir)
+    if protocol:
+        print(protocol, file=sys.stderr)
+    splits = [cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]
+    data = prepare(cfg.data, splits=[s for s in splits if s], data_dir=args.data_dir,
+                   cache=args.cache_dir, progress=True)
     print(f"prepared {cfg.data.source} with a {data.meta['tokenizer_kind']} tokenizer "
           f"({data.tokenizer.vocab_size} tokens) in {data.path}")
     for name, split in data.meta["splits"].items():
@@ -586,7 +594,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run, device = _load_for_inference(args)
     cfg = run.config
     source = args.data or cfg.data.source
-    split = args.split or cfg.data.eval_split
+    split = args.split or cfg.data.test_split or cfg.data.eval_split
     data_cfg = replace(cfg.data, source=source)
     if cfg.data.format == "sft":
         _eval_responses(run, data_cfg, split, args, device)
@@ -654,6 +662,7 @@ def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespac
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from gptkit.generate import sample_text
+    from gptkit.tokenizers import unknown_warning
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -684,6 +693,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     settings: SampleConfig = replace(base, **{k: v for k, v in chosen.items() if v is not None})
     settings.seed = args.seed  # None: fresh randomness (see --seed)
     prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
+    texts = prompts if len(prompts) > 1 else [settings.prompt or ""]
+    warning = unknown_warning(run.tokenizer.unknown_characters(texts), "the prompt", fix=(
+        "the model has never seen them; leave them out, or use a run whose tokenizer has "
+        "them (e.g. one trained with data.tokenizer=bpe)"))
+    if warning:
+        print(f"gptkit: {warning}", file=sys.stderr)
     if args.top_k == 0:
         settings.top_k = None
     for ok, message in sample_checks(settings, prefix="--"):
@@ -725,7 +740,9 @@ def cmd_info(args: argparse.Namespace) -> None:
             info = describe(cfg, cfg.model.vocab_size, precision, args.world_size)
         else:  # the vocabulary is the tokenizer's, learnt from the data
             from gptkit.data.prepare import prepare
+            from gptkit.data.sources import resolve_protocol
 
+            cfg.data, _ = resolve_protocol(cfg.data, args.data_dir)
             prepared = prepare(cfg.data, data_dir=args.data_dir)
             info = describe(cfg, prepared.tokenizer.vocab_size, precision, args.world_size)
             info["data"] = prepared.meta

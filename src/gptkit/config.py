@@ -78,8 +78,21 @@ class DataConfig:
     vocab_size: int = 8192  # size of a trained BPE vocabulary (tokenizer: bpe)
     tokenizer_path: str | None = None  # gpt2: tokenizer.json, or folder with vocab.json+merges.txt
     train_split: str = "train"
+    # evaluated during training: picks best/ and stops early, so it is not the split to report
     eval_split: str = "val"
-    val_fraction: float = 0.1  # held-out share for text/JSONL sources that have no splits
+    # what `gptkit eval` reports by default; never eval_split (None: no separate test split)
+    test_split: str | None = None
+    # WikiText only; the three splits above follow from it. published: train/valid/test;
+    # offline (no train split): train on valid's articles but the last val_fraction
+    # (valid-head), select on those (valid-tail), report test; auto: published when the train
+    # split is in the data root or downloads, else offline. manual: the splits as given.
+    protocol: str = "manual"
+    # held-out share for text/JSONL sources that have no splits (and for protocol offline)
+    val_fraction: float = 0.1
+    # how a text/JSONL source is cut into train/val: documents (the last documents whole: a
+    # text file or a JSONL record is one document) | fraction (the last val_fraction of
+    # every document's characters)
+    split_by: str = "documents"
     text_field: str = "text"  # JSONL: the field holding each document's text
     # prepared token files are shards of at most this many ids (2**28: 512 MiB of uint16), so
     # no file or write holds the whole corpus; an existing cache keeps the size it was made with
@@ -284,6 +297,8 @@ class RunConfig:
             (d.shard_tokens >= 1, f"data.shard_tokens must be >= 1 (got {d.shard_tokens})"),
             (d.workers >= 0,
              f"data.workers must be >= 0 (0: one per CPU core; got {d.workers})"),
+            (d.split_by in ("documents", "fraction"),
+             f"data.split_by must be documents or fraction (got {d.split_by!r})"),
             (t.max_steps >= 0, f"train.max_steps must be >= 0 (got {t.max_steps})"),
             (t.micro_batch_size >= 1,
              f"train.micro_batch_size must be >= 1 (got {t.micro_batch_size})"),
@@ -374,8 +389,68 @@ class RunConfig:
         ]
         checks += model_option_checks(m)
         checks += sample_checks(s)
+        checks += split_checks(d)
         check_all(checks)
         return self
+
+
+# data.protocol -> (train_split, eval_split, test_split); data/sources.py reads the splits
+SPLIT_PROTOCOLS = {
+    "published": ("train", "valid", "test"),
+    "offline": ("valid-head", "valid-tail", "test"),
+}
+
+
+def _split_parts(split: str) -> set[str]:
+    """The pieces of text a split name covers, so overlapping names can be told apart."""
+    split = "valid" if split == "val" else split
+    return {"valid-head", "valid-tail"} if split == "valid" else {split}
+
+
+def split_checks(d: DataConfig) -> list[tuple[bool, str]]:
+    """The split trained on, the one selected on and the one reported never share text."""
+    names = {"data.train_split": d.train_split, "data.eval_split": d.eval_split,
+             "data.test_split": d.test_split}
+    checks = [
+        (d.protocol in ("manual", "auto", *SPLIT_PROTOCOLS),
+         f"data.protocol must be manual, auto, published or offline (got {d.protocol!r})"),
+        (d.protocol == "manual" or d.source in ("wikitext2", "wikitext2-raw"),
+         f"data.protocol={d.protocol} applies to WikiText sources (wikitext2, wikitext2-raw); "
+         "for other data set data.train_split, data.eval_split and data.test_split"),
+    ]
+    wikitext = d.source in ("wikitext2", "wikitext2-raw")
+    named = wikitext or d.source == "tinyshakespeare"
+    checks += [
+        (d.split_by == "documents" or not named,
+         f"data.split_by applies to your own text/JSONL files; {d.source} has fixed splits"),
+        (d.val_fraction == DataConfig.val_fraction or d.source != "tinyshakespeare",
+         "data.val_fraction does nothing for tinyshakespeare (nanoGPT's fixed 90/10 cut); it "
+         "applies to your own files and to WikiText's data.protocol=offline"),
+        (d.val_fraction == DataConfig.val_fraction or not wikitext
+         or d.protocol in ("offline", "auto"),
+         f"data.val_fraction does nothing for {d.source} with data.protocol={d.protocol}; it "
+         "sets the share of valid held out by data.protocol=offline (or auto)"),
+    ]
+    defaults = (DataConfig.train_split, DataConfig.eval_split, None)
+    chosen = SPLIT_PROTOCOLS.get(d.protocol, defaults)
+    for (key, value), default, mine in zip(names.items(), defaults, chosen, strict=True):
+        checks.append((
+            d.protocol == "manual" or value in (default, mine),
+            f"{key}={value} contradicts data.protocol={d.protocol}, which chooses the splits; "
+            f"drop {key}, or set data.protocol=manual",
+        ))
+    pairs = [("data.train_split", "data.eval_split"), ("data.train_split", "data.test_split"),
+             ("data.eval_split", "data.test_split")]
+    for a, b in pairs:
+        first, second = names[a], names[b]
+        checks.append((
+            first is None or second is None or not _split_parts(first) & _split_parts(second),
+            f"{a} ({first}) and {b} ({second}) share text: a model must not be trained on, "
+            "or select its best checkpoint by, the split it is judged on; choose another "
+            f"{b}" + (" (e.g. data.protocol=offline holds out part of valid)"
+                      if d.source in ("wikitext2", "wikitext2-raw") else ""),
+        ))
+    return checks
 
 
 def model_option_checks(m: ModelConfig) -> list[tuple[bool, str]]:
@@ -421,6 +496,99 @@ def sample_checks(s: SampleConfig, prefix: str = "sample.") -> list[tuple[bool, 
         (s.early_stopping in (True, False, "never"),
          f"{prefix}early_stopping must be true, false or never (got {s.early_stopping!r})"),
     ]
+
+
+# The kinds of run, for USED_BY: pre-training or continued pre-training on text (gptkit
+# train), supervised fine-tuning (data.format=sft: gptkit finetune), classification
+# (gptkit finetune-classify) and distillation (distill.teacher set, with train or finetune).
+RUN_KINDS = ("train", "finetune", "classify", "distill")
+_LM = ("train", "finetune")
+_ALL = ("train", "finetune", "classify")
+_TRAIN_LOOP = {f"train.{k}": _ALL for k in (
+    "max_steps", "micro_batch_size", "optimizer", "lr", "min_lr", "schedule", "warmup_steps",
+    "decay_steps", "cooldown_fraction", "weight_decay", "beta1", "beta2", "eps", "momentum",
+    "grad_clip", "precision", "device", "seed", "eval_interval", "log_interval", "init_from")}
+# Every setting, and the kinds of run that read it (sample.* and eval.* are saved with a
+# language model for gptkit sample, serve and eval). A setting moved from its default in a
+# run that does not read it is an error (RunConfig.check_used); tests/test_config.py checks
+# that every field is listed here, so a new setting must say where it applies.
+USED_BY: dict[str, tuple[str, ...]] = {
+    **{f"model.{f.name}": _ALL for f in dataclasses.fields(ModelConfig)},
+    "data.source": _ALL, "data.tokenizer": _ALL, "data.vocab_size": _ALL,
+    "data.tokenizer_path": _ALL, "data.val_fraction": _ALL,
+    "data.train_split": ("train",), "data.eval_split": _LM, "data.test_split": ("train",),
+    "data.protocol": ("train",), "data.split_by": ("train",), "data.text_field": ("train",),
+    "data.shard_tokens": ("train",), "data.workers": ("train",),
+    "data.format": ("finetune",), "data.packing": ("finetune",),
+    "data.augment": ("finetune", "classify"),
+    **_TRAIN_LOOP,
+    **{f"train.{k}": _LM for k in ("batch_tokens", "compile", "checkpoint_interval",
+                                   "keep_checkpoints", "early_stopping_patience",
+                                   "activation_checkpointing")},
+    "train.eval_tokens": ("train",),
+    **{f"dist.{f.name}": _LM for f in dataclasses.fields(DistConfig)},
+    "eval.stride": ("train",), "eval.batch_size": _ALL,
+    **{f"sample.{f.name}": _LM for f in dataclasses.fields(SampleConfig)},
+    **{f"finetune.{f.name}": _LM for f in dataclasses.fields(FinetuneConfig)},
+    **{f"distill.{f.name}": ("distill",) for f in dataclasses.fields(DistillConfig)},
+    **{f"classify.{f.name}": ("classify",) for f in dataclasses.fields(ClassifyConfig)},
+    **{f"log.{f.name}": _LM for f in dataclasses.fields(LogConfig)},
+}
+KIND_NAMES = {
+    "train": "pre-training on text (gptkit train)",
+    "finetune": "supervised fine-tuning (data.format=sft, gptkit finetune)",
+    "classify": "classification (gptkit finetune-classify)",
+    "distill": "distillation (distill.teacher, gptkit distill)",
+}
+
+
+def _when(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
+    """Settings read only under another setting: key -> (is it read?, what makes it read)."""
+    t, f, c, g = cfg.train, cfg.finetune, cfg.classify, cfg.log
+    lora = (f.lora_r > 0, "finetune.lora_r > 0")
+    return {
+        "finetune.lora_alpha": lora, "finetune.lora_dropout": lora,
+        "finetune.lora_targets": lora,
+        "train.cooldown_fraction": (t.schedule == "wsd", "train.schedule=wsd"),
+        "train.decay_steps": (t.schedule != "constant", "a decaying train.schedule"),
+        "train.momentum": (t.optimizer in ("sgd", "rmsprop", "muon"),
+                           "train.optimizer sgd, rmsprop or muon"),
+        "classify.pooling": (c.task == "sequence", "classify.task=sequence"),
+        "classify.text_field": (c.task == "sequence", "classify.task=sequence"),
+        "classify.label_field": (c.task == "sequence", "classify.task=sequence"),
+        "classify.tokens_field": (c.task == "token", "classify.task=token"),
+        "classify.tags_field": (c.task == "token", "classify.task=token"),
+        "log.wandb_project": (g.wandb, "log.wandb=true"),
+    }
+
+
+def run_kinds(cfg: RunConfig, *, classify: bool = False) -> set[str]:
+    """The kinds (RUN_KINDS) of the run `cfg` describes; `classify` for finetune-classify."""
+    if classify:
+        return {"classify"}
+    kinds = {"finetune" if cfg.data.format == "sft" else "train"}
+    return kinds | ({"distill"} if cfg.distill.teacher else set())
+
+
+def check_used(cfg: RunConfig, kinds: set[str]) -> None:
+    """Refuse a setting moved from its default that this run would not read (one line)."""
+    when = _when(cfg)
+    for section, cls in SECTIONS.items():
+        default = cls()
+        for f in dataclasses.fields(cls):
+            key, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
+            if value == getattr(default, f.name):
+                continue
+            where = USED_BY[key]
+            if not kinds & set(where):
+                kind = " and ".join(KIND_NAMES[k] for k in sorted(kinds))
+                raise GptkitError(
+                    f"{key}={value} does nothing in {kind}; it applies to "
+                    f"{', '.join(KIND_NAMES[k] for k in where)}: drop it")
+            read, condition = when.get(key, (True, ""))
+            if not read:
+                raise GptkitError(f"{key}={value} does nothing here; it applies with "
+                                  f"{condition}: drop it, or set that")
 
 
 SECTIONS: dict[str, type] = {

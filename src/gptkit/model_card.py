@@ -112,7 +112,9 @@ def render(
             lines += [
                 "## Results", "",
                 f"Measured during training at step {best.get('step', 0):,} on {scope} split "
-                f"`{d.eval_split}` (`gptkit eval RUN` scores a whole split).", "",
+                f"`{d.eval_split}`, the split that chose this checkpoint, so it flatters the "
+                f"model (`gptkit eval RUN` scores the whole split `{d.test_split or d.eval_split}`"
+                f"{'' if d.test_split else '; a data.test_split would be unbiased'}).", "",
                 *_table(results), "",
             ]
     lines += [

@@ -7,6 +7,7 @@ for batches), every kind is stored the same way (`tokenizer.json`) and exports t
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
@@ -274,6 +275,21 @@ class Tokenizer:
         """
         return _cut_stream(chunks, max_chars, self._cut, self._cut_margin)
 
+    def unknown_characters(self, texts: Iterable[str]) -> collections.Counter[str]:
+        """Characters of `texts` this tokenizer has no token for: they encode as <unk>.
+
+        Only a character tokenizer has them; byte-level BPE (bpe, gpt2) encodes any text.
+        """
+        counts: collections.Counter[str] = collections.Counter()
+        if self.backend.token_to_id(UNK) is None:
+            return counts
+        for text in texts:
+            text = text.replace(EOT, "")
+            missing = {c for c in set(text) if self.backend.token_to_id(c) is None}
+            if missing:
+                counts.update(c for c in text if c in missing)
+        return counts
+
     @property
     def vocab_size(self) -> int:
         """Number of ids, special tokens included."""
@@ -345,3 +361,23 @@ def _gpt2_in_data_root(data_dir: str | Path | None) -> Path:
             "data.tokenizer_path)",
         )
     return folder
+
+
+TOKENIZER_FIX = ("train the tokenizer on text that has them (data.train_split), or use a "
+                 "byte-level tokenizer (data.tokenizer=bpe or gpt2), which has no unknown "
+                 "characters")
+
+
+def unknown_warning(counts: collections.Counter[str] | dict[str, int], where: str,
+                    total: int | None = None, fix: str = TOKENIZER_FIX) -> str | None:
+    """One line saying how many characters of `where` become <unk> (`total`, else the sum of
+    `counts`), with the commonest as examples and the fix; None when there are none."""
+    total = sum(counts.values()) if total is None else total
+    if not total:
+        return None
+    common = sorted(counts.items(), key=lambda item: -item[1])[:5]
+    examples = ", ".join(repr(c) for c, _ in common)
+    many = total != 1
+    return (f"warning: {total:,} character{'s' if many else ''} in {where} "
+            f"{'are' if many else 'is'} not in the tokenizer and become{'' if many else 's'} "
+            f"{UNK}, e.g. {examples}; {fix}")

@@ -280,3 +280,38 @@ def test_empty_split_is_an_error_and_leaves_no_shards(tmp_path):
     with pytest.raises(GptkitError, match="split 'val'.*empty"):
         prepare(DataConfig(source=str(folder)), cache=tmp_path / "cache")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith("val")]
+
+
+def test_split_share_far_from_val_fraction_is_warned_and_split_by_fraction_fixes_it(
+        tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("to be or not " * 40, encoding="utf-8")
+    (tmp_path / "src" / "b.txt").write_text("that is it " * 30, encoding="utf-8")
+    whole = prepare(DataConfig(source=str(tmp_path / "src")), cache=tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert "warning: val holds 39% of the text" in err and "data.split_by=fraction" in err
+    cut = prepare(DataConfig(source=str(tmp_path / "src"), split_by="fraction"),
+                  cache=tmp_path / "cache")
+    assert "warning" not in capsys.readouterr().err
+    assert cut.path != whole.path  # its own cache entry
+    chars = {s: cut.split_meta(s)["characters"] for s in ("train", "val")}
+    assert chars["val"] / (chars["train"] + chars["val"]) == pytest.approx(0.1, abs=0.01)
+
+
+def test_characters_the_tokenizer_lacks_are_counted_and_warned(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("abc abc\n" * 50, encoding="utf-8")
+    (tmp_path / "src" / "b.txt").write_text("abc 7 中 77\n", encoding="utf-8")
+    cfg = DataConfig(source=str(tmp_path / "src"), val_fraction=0.5)
+    data = prepare(cfg, cache=tmp_path / "cache")
+    info = data.meta["splits"]["val"]
+    assert info["unknown_characters"] == 4 and info["unknown_examples"] == {"7": 3, "中": 1}
+    assert data.meta["splits"]["train"]["unknown_characters"] == 0
+    err = capsys.readouterr().err
+    assert (f"warning: 4 characters in {tmp_path / 'src'} [val] are not in the tokenizer and "
+            f"become {UNK}, e.g. '7', '中'; train the tokenizer on text") in err
+    assert "data.tokenizer=bpe" in err
+    prepare(cfg, cache=tmp_path / "cache")  # said again when the cache is reused
+    assert "4 characters" in capsys.readouterr().err
+    bpe = prepare(replace(cfg, tokenizer="bpe", vocab_size=300), cache=tmp_path / "cache")
+    assert bpe.meta["splits"]["val"]["unknown_characters"] == 0  # byte level: none

@@ -38,7 +38,7 @@ def test_wikitext2_word_counts_and_val_alias(data_dir):
     assert out["valid"][0] == (data_dir / "wikitext-2" / "wiki.valid.tokens").read_text("utf-8")
     assert is_wikitext("wikitext2") and is_wikitext("wikitext2-raw")
     assert not is_wikitext("tinyshakespeare")
-    assert available_splits("wikitext2") == ("train", "valid", "test")
+    assert available_splits("wikitext2") == ("train", "valid", "test", "valid-head", "valid-tail")
 
 
 def write_hf_parquet(text: str, path):
@@ -222,3 +222,29 @@ def test_files_are_read_in_blocks_with_exact_offsets(tmp_path, monkeypatch):
     out = load_source(str(path), ["train", "val"], val_fraction=0.3)
     cut = int(len(text) * 0.7)
     assert out == {"train": [text[:cut]], "val": [text[cut:]]}
+
+
+def test_offline_protocol_holds_out_whole_articles_of_valid(data_dir):
+    """valid-head is trained on, valid-tail selects: together they are valid, sharing nothing."""
+    out = load_source("wikitext2", ["valid", "valid-head", "valid-tail"], val_fraction=0.1)
+    (valid,), (head,), (tail,) = out["valid"], out["valid-head"], out["valid-tail"]
+    assert head + tail == valid
+
+    def titles(text):
+        return [line for line in text.split("\n")
+                if line.startswith(" = ") and not line.startswith(" = = ")]
+
+    assert tail.startswith(" = ") and not tail.startswith(" = = ")  # a whole article first
+    named = {title for title in titles(head) if "<unk>" not in title}  # " = <unk> <unk> = "
+    assert named and not named & set(titles(tail))
+    assert len(titles(tail)) == round(0.1 * len(titles(valid)))
+    assert count_words([head]) + count_words([tail]) == 217_646
+
+
+def test_split_by_fraction_cuts_every_file(tmp_path):
+    (tmp_path / "a.txt").write_text("a" * 300, encoding="utf-8")
+    (tmp_path / "b.txt").write_text("b" * 700, encoding="utf-8")
+    whole = load_source(str(tmp_path), ["train", "val"], val_fraction=0.1)
+    assert whole == {"train": ["a" * 300], "val": ["b" * 700]}  # the last file, 70% of the text
+    cut = load_source(str(tmp_path), ["train", "val"], val_fraction=0.1, split_by="fraction")
+    assert cut == {"train": ["a" * 270, "b" * 630], "val": ["a" * 30, "b" * 70]}

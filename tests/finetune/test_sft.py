@@ -180,3 +180,16 @@ def test_malformed_jsonl_names_the_line(tmp_path):
 def test_segments_of_prompt_response():
     assert segments(Record({"prompt": "p", "response": "r"}, "x:1")) == [
         ("p", False), ("r<|endoftext|>", True)]
+
+
+def test_record_characters_the_tokenizer_lacks_are_warned(tmp_path, capsys):
+    """A char tokenizer learnt from the training records has no digit the held-out ones use."""
+    records = [{"prompt": "reverse ab: ", "response": "ba"}] * 9
+    source = write_jsonl(tmp_path / "d.jsonl", [*records, {"prompt": "add 7+7: ",
+                                                           "response": "14"}])
+    run_sft(source, tmp_path / "run", steps=1, data={"tokenizer": "char"})
+    err = capsys.readouterr().err
+    assert (f"gptkit: warning: 5 characters in {source} [val] are not in the tokenizer and "
+            "become <unk>, e.g. '7', ") in err  # 'd' is in the template's text
+    assert all(repr(c) in err for c in "7+14")
+    assert f"{source} [train]" not in err

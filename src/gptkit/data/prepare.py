@@ -29,9 +29,15 @@ from tqdm import tqdm
 
 from gptkit.config import DataConfig
 from gptkit.data.shards import ShardWriter, TokenShards
-from gptkit.data.sources import documents, empty_split_error, source_files, stream_source
+from gptkit.data.sources import (
+    NAMED,
+    documents,
+    empty_split_error,
+    source_files,
+    stream_source,
+)
 from gptkit.errors import GptkitError
-from gptkit.tokenizers import Tokenizer, build_tokenizer, training_pieces
+from gptkit.tokenizers import UNK, Tokenizer, build_tokenizer, training_pieces, unknown_warning
 
 # 2: splits are token shards listed in meta.json (1: one <split>.bin per split)
 FORMAT = 2
@@ -106,6 +112,7 @@ class _Encoded:
     characters: int
     documents: int
     has_text: bool
+    unknown: dict[str, int]  # characters the tokenizer lacks (they became <unk>): count
 
 
 def _encode_batch(tokenizer: Tokenizer, dtype: np.dtype, pieces: list[str],
@@ -124,7 +131,11 @@ def _encode_batch(tokenizer: Tokenizer, dtype: np.dtype, pieces: list[str],
     array = np.concatenate(parts) if parts else eot[:0]
     if len(array) and array.max() > np.iinfo(dtype).max:
         raise GptkitError(f"token id {array.max()} does not fit {dtype}; report this bug")
+    unk = tokenizer.backend.token_to_id(UNK)
+    unknown = {} if unk is None or not (array == unk).any() else dict(
+        tokenizer.unknown_characters(pieces))
     return _Encoded(
+        unknown=unknown,
         ids=array.astype(dtype),
         words=count_words(pieces),
         bytes=sum(len(piece.encode("utf-8")) for piece in pieces),
@@ -191,13 +202,19 @@ def _worker_count(workers: int) -> int:
     return workers if workers > 0 else (os.cpu_count() or 1)
 
 
+def data_options(cfg: DataConfig, data_dir: str | Path | None) -> dict[str, Any]:
+    """The settings `stream_source` cuts a source's splits by."""
+    return dict(data_dir=data_dir, val_fraction=cfg.val_fraction, text_field=cfg.text_field,
+                split_by=cfg.split_by)
+
+
 def _write_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, folder: Path,
                  dtype: np.dtype, data_dir: str | Path | None, progress: bool) -> dict[str, Any]:
     """Streams one split into shards; its index and counts (meta.json's entry)."""
-    options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=cfg.val_fraction,
-                                   text_field=cfg.text_field)
+    options: dict[str, Any] = data_options(cfg, data_dir)
     docs = documents(stream_source(cfg.source, split, **options))
     counts = dict.fromkeys(COUNTS, 0)
+    unknown: collections.Counter[str] = collections.Counter()
     has_text = False
     bar = tqdm(unit="char", unit_scale=True, disable=not progress)
     with ShardWriter(folder, split, dtype, cfg.shard_tokens) as writer:
@@ -208,12 +225,16 @@ def _write_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, folder: Path
             for name in ("words", "bytes", "characters", "documents"):
                 counts[name] += getattr(encoded, name)
             has_text |= encoded.has_text
+            unknown.update(encoded.unknown)
             bar.update(encoded.characters)
         bar.close()
         if not has_text:
             raise empty_split_error(cfg.source, split, **options)
         shards = writer.close()
-    return {"shards": shards, **counts}
+    # the characters a tokenizer trained on other text lacks, said by `prepare`
+    common = dict(unknown.most_common(5))
+    return {"shards": shards, **counts, "unknown_characters": sum(unknown.values()),
+            "unknown_examples": common}
 
 
 def prepare(
@@ -242,6 +263,8 @@ def prepare(
     fingerprints = {split: _fingerprint(paths) for split, paths in files.items()}
     identity = {"format": FORMAT, "source": _source_id(cfg.source),
                 "val_fraction": cfg.val_fraction, "text_field": cfg.text_field}
+    if cfg.split_by != "documents":  # the default keeps the keys caches were made with
+        identity["split_by"] = cfg.split_by
     root = cache_dir(cache)
     link, linked = None, None
     if tokenizer is None:
@@ -283,15 +306,42 @@ def prepare(
         for shard in old:  # a rebuilt split that became shorter
             if shard["file"] not in kept:
                 (folder / shard["file"]).unlink(missing_ok=True)
+    for split in splits:  # every time, not only when tokenising: the model will see <unk>
+        info = meta["splits"][split]
+        if info.get("unknown_characters"):
+            warning = unknown_warning(info["unknown_examples"], f"{cfg.source} [{split}]",
+                                      info["unknown_characters"])
+            print(f"gptkit: {warning}", file=sys.stderr)
+    warning = _split_share_warning(cfg, meta["splits"])
+    if warning:
+        print(f"gptkit: {warning}", file=sys.stderr)
     if link is not None and linked != key:
         _write_atomic(link, json.dumps({"key": key, "tokenizer": cfg.tokenizer}).encode())
     return PreparedData(folder, meta, tokenizer)
 
 
+def _split_share_warning(cfg: DataConfig, splits: dict[str, Any]) -> str | None:
+    """Your own files are cut by whole documents: say so when val's share of the text is far
+    from data.val_fraction (e.g. the last of two files, 43% of the text)."""
+    if cfg.source in NAMED or cfg.split_by != "documents":
+        return None
+    train = splits.get("train", {}).get("characters")
+    val = next((splits[s]["characters"] for s in ("val", "valid") if s in splits), None)
+    if not train or val is None:
+        return None
+    share, wanted = val / (train + val), cfg.val_fraction
+    if wanted / 2 <= share <= 2 * wanted:
+        return None
+    return (f"warning: val holds {100 * share:.0f}% of the text of {cfg.source}, not the "
+            f"{100 * wanted:g}% data.val_fraction asks for: your own data is split by whole "
+            "documents (a text file or a JSONL record each), the last ones going to val; set "
+            "data.split_by=fraction to cut every document at val_fraction, or use more, "
+            "smaller files")
+
+
 def _train_tokenizer(cfg: DataConfig, data_dir: str | Path | None, progress: bool) -> Tokenizer:
     """char/bpe learnt from the train split, read once as a stream of pieces."""
-    options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=cfg.val_fraction,
-                                   text_field=cfg.text_field)
+    options: dict[str, Any] = data_options(cfg, data_dir)
     has_text = False
 
     def pieces() -> Iterator[str]:

@@ -2,8 +2,11 @@
 
 `load_source(spec, splits)` gives each requested split as a list of documents. Named specs:
 `tinyshakespeare` (train/val, nanoGPT's 90/10 cut), `wikitext2` and `wikitext2-raw`
-(train/valid/test as published). Any other spec is a path: a text file, a folder, a glob or
-JSONL (one document per line), split into train/val by `val_fraction`.
+(train/valid/test as published, plus `valid-head`/`valid-tail`: valid cut by whole articles,
+the last `val_fraction` of them in the tail, for the offline protocol). Any other spec is a
+path: a text file, a folder, a glob or JSONL (one document per line), split into train/val
+by `val_fraction`: the last documents whole (`split_by=documents`), or the last
+`val_fraction` of every document's characters (`split_by=fraction`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import os
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gptkit.config import SPLIT_PROTOCOLS
 from gptkit.errors import GptkitError
+
+if TYPE_CHECKING:
+    from gptkit.config import DataConfig
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -33,6 +40,9 @@ WIKITEXT = {
     "wikitext2-raw": ("wikitext-2-raw", "raw", "wikitext-2-raw-v1"),
 }
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+# WikiText's valid split cut by whole articles: the first 1 - val_fraction of them (head) and
+# the rest (tail), so an offline run trains on one part and selects on the other
+HEAD_TAIL = {"valid-head": "valid", "valid-tail": "valid"}
 NAMED = ("tinyshakespeare", *WIKITEXT)
 ALIASES = {"val": "valid", "valid": "val"}  # either name works for either kind of source
 READ_BYTES = 1 << 20  # bytes read from a file at a time
@@ -50,7 +60,7 @@ def is_wikitext(spec: str) -> bool:
 
 
 def available_splits(spec: str) -> tuple[str, ...]:
-    return ("train", "valid", "test") if spec in WIKITEXT else ("train", "val")
+    return ("train", "valid", "test", *HEAD_TAIL) if spec in WIKITEXT else ("train", "val")
 
 
 def _split_name(spec: str, split: str) -> str:
@@ -136,7 +146,8 @@ def source_files(
     names = {split: _split_name(spec, split) for split in splits}
     root = data_root(data_dir)
     if spec in WIKITEXT:
-        return {split: [_wikitext_file(spec, name, root)] for split, name in names.items()}
+        return {split: [_wikitext_file(spec, HEAD_TAIL.get(name, name), root)]
+                for split, name in names.items()}
     if spec == "tinyshakespeare":
         path = root / "tinyshakespeare" / "input.txt"
         if not path.is_file():
@@ -253,15 +264,6 @@ def _documents(files: Sequence[Path], text_field: str, first: int, stop: int
                 return
 
 
-def _single_document(files: Sequence[Path], text_field: str) -> Callable[[], Iterable[str]]:
-    """A way to read a one-document source's text (again): its text file, or its one record."""
-    text_files = [path for path in files if path.suffix != ".jsonl"]
-    if text_files:
-        return lambda: read_chunks(text_files[0])
-    [(_, doc)] = _documents(files, text_field, 0, 1)
-    return lambda: doc
-
-
 def _characters(chunks: Iterable[str], start: int, stop: int | None) -> Iterator[str]:
     """Characters [start, stop) of the text the chunks join into."""
     seen = 0
@@ -281,35 +283,133 @@ def stream_source(
     data_dir: str | Path | None = None,
     val_fraction: float = 0.1,
     text_field: str = "text",
+    split_by: str = "documents",
 ) -> Iterator[tuple[int, str]]:
     """One split as (document number, text) pairs, a document's text in one or more chunks.
 
     Reads as it goes, so a corpus larger than memory streams through; every document gives
     at least one pair (an empty document gives ""). The split is the one `load_source` gives:
-    WikiText's files whole, else a single document cut by characters (the last
-    `val_fraction` is val; Tiny Shakespeare 10%) or the last documents as val.
+    WikiText's files whole (valid-head/valid-tail: valid cut by articles), else a single
+    document cut by characters (the last `val_fraction` is val; Tiny Shakespeare 10%), the
+    last documents as val (`split_by=documents`), or every document cut by characters
+    (`split_by=fraction`).
     """
     name = _split_name(spec, split)
     [paths] = source_files(spec, [split], data_dir=data_dir).values()
     if spec in WIKITEXT:
         [path] = paths
-        chunks = _parquet_chunks(path) if path.suffix == ".parquet" else read_chunks(path)
-        yield from _numbered(0, chunks)
+
+        def chunks() -> Iterator[str]:
+            return _parquet_chunks(path) if path.suffix == ".parquet" else read_chunks(path)
+
+        if name in HEAD_TAIL:
+            yield from _numbered(0, _article_part(path, chunks, val_fraction,
+                                                  tail=name == "valid-tail"))
+            return
+        yield from _numbered(0, chunks())
         return
     fraction = 0.1 if spec == "tinyshakespeare" else val_fraction  # nanoGPT's 90/10
     count = _document_count(paths, text_field)
     if count == 0:
         raise GptkitError(f"data source {spec!r} is empty (only whitespace); give it text")
-    if count == 1:  # one document: cut its characters
-        read = _single_document(paths, text_field)
-        cut = int(sum(map(len, read())) * (1 - fraction))
-        start, stop = (0, cut) if name == "train" else (cut, None)
-        yield from _numbered(0, _characters(read(), start, stop))
+    if count == 1 or split_by == "fraction":  # cut every document's characters
+        for number, read in _document_readers(paths, text_field):
+            cut = int(sum(map(len, read())) * (1 - fraction))
+            start, stop = (0, cut) if name == "train" else (cut, None)
+            yield from _numbered(number, _characters(read(), start, stop))
         return
     n_val = min(count - 1, max(1, round(count * fraction)))
     first, stop = (0, count - n_val) if name == "train" else (count - n_val, count)
     for number, doc in _documents(paths, text_field, first, stop):
         yield from _numbered(number, doc)
+
+
+def _document_readers(files: Sequence[Path], text_field: str
+                      ) -> Iterator[tuple[int, Callable[[], Iterable[str]]]]:
+    """Each document of a path source with a way to read its text (again), in order."""
+    number = 0
+    for path in files:
+        if path.suffix != ".jsonl":
+            yield number, lambda path=path: read_chunks(path)  # type: ignore[misc]
+            number += 1
+            continue
+        for text in _jsonl_texts(path, text_field):
+            yield number, lambda text=text: [text]  # type: ignore[misc]
+            number += 1
+
+
+def _lines_with_ends(chunks: Iterable[str]) -> Iterator[str]:
+    """The lines of the text the chunks join into, each with its "\n" (joined, they give it)."""
+    rest: list[str] = []
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find("\n", start)) >= 0:
+            yield "".join([*rest, chunk[start : end + 1]])
+            rest, start = [], end + 1
+        if start < len(chunk):
+            rest.append(chunk[start:])
+    if rest:
+        yield "".join(rest)
+
+
+def _is_article_start(line: str) -> bool:
+    """WikiText's article titles are ` = Title = ` lines; sections are ` = = Section = = `."""
+    return line.startswith(" = ") and not line.startswith(" = = ")
+
+
+def _article_part(path: Path, chunks: Callable[[], Iterable[str]], fraction: float, *,
+                  tail: bool) -> Iterator[str]:
+    """The head (first 1 - fraction of the articles) or tail of a WikiText split, in chunks.
+
+    Whole articles, so no article is both trained on and selected on; head + tail is the
+    split exactly.
+    """
+    articles = sum(map(_is_article_start, _lines_with_ends(chunks())))
+    if articles < 2:
+        raise GptkitError(f"{path} holds {articles} WikiText article(s); holding some out "
+                          "for selection needs at least 2")
+    n_head = articles - min(articles - 1, max(1, round(articles * fraction)))
+    seen, kept, size = 0, [], 0
+    for line in _lines_with_ends(chunks()):
+        seen += _is_article_start(line)
+        if (seen > n_head) == tail:
+            kept.append(line)
+            size += len(line)
+            if size >= READ_BYTES:
+                yield "".join(kept)
+                kept, size = [], 0
+    if kept:
+        yield "".join(kept)
+
+
+def resolve_protocol(cfg: DataConfig, data_dir: str | Path | None = None
+                     ) -> tuple[DataConfig, str]:
+    """`cfg` with `data.protocol` turned into its splits, and a line saying which and why.
+
+    `auto` is `published` when WikiText's train split is in the data root or downloads,
+    else `offline`. Other protocols (and `manual`) come back as they are.
+    """
+    import dataclasses
+
+    if cfg.protocol not in (*SPLIT_PROTOCOLS, "auto"):
+        return cfg, ""
+    protocol, why = cfg.protocol, "data.protocol"
+    if protocol == "auto":
+        try:
+            source_files(cfg.source, ["train"], data_dir=data_dir)
+            protocol, why = "published", "the train split is available"
+        except GptkitError as exc:
+            protocol, why = "offline", f"no train split: {' '.join(str(exc).split(';')[0].split())}"
+    train, select, test = SPLIT_PROTOCOLS[protocol]
+    resolved = dataclasses.replace(cfg, protocol=protocol, train_split=train,
+                                   eval_split=select, test_split=test)
+    if protocol == "published":
+        what = "train on train, select on valid (best checkpoint, early stopping), report test"
+    else:
+        held = f"{100 * cfg.val_fraction:g}%"
+        what = (f"train on valid's articles but the last {held} (valid-head), select on those "
+                f"{held} (valid-tail), report test")
+    return resolved, f"data protocol: {protocol} ({why}): {what}"
 
 
 def _numbered(number: int, chunks: Iterable[str]) -> Iterator[tuple[int, str]]:
@@ -330,11 +430,13 @@ def documents(stream: Iterable[tuple[int, str]]) -> Iterator[Iterator[str]]:
 
 
 def empty_split_error(spec: str, split: str, *, data_dir: str | Path | None = None,
-                      val_fraction: float = 0.1, text_field: str = "text") -> GptkitError:
+                      val_fraction: float = 0.1, text_field: str = "text",
+                      split_by: str = "documents") -> GptkitError:
     """What to say when a split holds only whitespace: the source's fault or the split's."""
     if spec not in WIKITEXT:
         streams = (stream_source(spec, s, data_dir=data_dir, val_fraction=val_fraction,
-                                 text_field=text_field) for s in available_splits(spec))
+                                 text_field=text_field, split_by=split_by)
+                   for s in available_splits(spec))
         if not any(chunk.strip() for stream in streams for _, chunk in stream):
             return GptkitError(f"data source {spec!r} is empty (only whitespace); give it text")
     return GptkitError(
@@ -350,6 +452,7 @@ def load_source(
     data_dir: str | Path | None = None,
     val_fraction: float = 0.1,
     text_field: str = "text",
+    split_by: str = "documents",
 ) -> dict[str, list[str]]:
     """Split name (as asked) -> its documents, in memory. Only the requested splits are read.
 
@@ -359,7 +462,7 @@ def load_source(
         _split_name(spec, split)
     out = {}
     options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=val_fraction,
-                                   text_field=text_field)
+                                   text_field=text_field, split_by=split_by)
     for split in splits:
         docs = ["".join(doc) for doc in documents(stream_source(spec, split, **options))]
         if not any(doc.strip() for doc in docs):

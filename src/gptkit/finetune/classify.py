@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
+from gptkit.config import SHAPE_KEYS, RunConfig, check_used, read_config, run_kinds, save_config
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import TEXT_OPS, Augmenter, parse_spec
 from gptkit.finetune.classify_data import (
@@ -295,6 +295,7 @@ def finetune_classifier(
 ) -> ClassifyResult:
     """Train a classification head (and the backbone under it) on `cfg.data.source`."""
     cfg = copy.deepcopy(cfg).validate()
+    check_used(cfg, run_kinds(cfg, classify=True))  # e.g. sample.* or dist.* would do nothing
     run_dir = Path(out_dir)
     from gptkit.train.trainer import check_run_dir
 

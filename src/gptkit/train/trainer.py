@@ -28,10 +28,17 @@ import torch
 from tqdm import tqdm
 
 from gptkit.compress import stored_quantization
-from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
+from gptkit.config import (
+    SHAPE_KEYS,
+    RunConfig,
+    check_used,
+    read_config,
+    run_kinds,
+    save_config,
+)
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, cache_dir, prepare
-from gptkit.data.sources import is_wikitext
+from gptkit.data.sources import is_wikitext, resolve_protocol
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
 from gptkit.finetune import freeze, lora, sft
@@ -41,7 +48,7 @@ from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE
 from gptkit.model_card import render as render_card
 from gptkit.run import Run, load_run
-from gptkit.tokenizers import Tokenizer, build_tokenizer
+from gptkit.tokenizers import Tokenizer, build_tokenizer, unknown_warning
 from gptkit.train import checkpoint, distributed, sharded
 from gptkit.train.distributed import DistEnv
 from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
@@ -199,6 +206,7 @@ class Trainer:
     # --- set-up ---------------------------------------------------------------------------
     def _setup(self, overwrite: bool, data_dir: str | Path | None) -> None:
         cfg, env = self.cfg, self.env
+        check_used(cfg, run_kinds(cfg))  # a setting this run would not read is an error
         if env.is_main:
             check_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite)
             checkpoint.remove_leftovers(self.run_dir)  # of a crashed attempt at this run
@@ -209,6 +217,10 @@ class Trainer:
             self.resume = False
         if self.resume:
             check_same_shape(read_config(self.run_dir / "config.yaml"), cfg)
+        # data.protocol auto becomes published or offline here, and is saved so with the run
+        cfg.data, protocol = resolve_protocol(cfg.data, data_dir)
+        if protocol:
+            self._say(protocol)
         init = self._init_run() if cfg.train.init_from and not self.resume else None
         self.accum = accumulation_steps(cfg, env.world_size)
         tokenizer = None if init is None else init.tokenizer
@@ -377,6 +389,11 @@ class Trainer:
         block = cfg.model.block_size
         self.sft_train = sft.encode_records(self.sft_records, tokenizer, block)
         self.sft_val = sft.encode_records(val_records, tokenizer, block)
+        for split, records in (("train", self.sft_records), (cfg.data.eval_split, val_records)):
+            warning = unknown_warning(tokenizer.unknown_characters(sft.training_texts(records)),
+                                      f"{cfg.data.source} [{split}]")
+            if warning and self.env.is_main:
+                print(f"gptkit: {warning}", file=sys.stderr)
         self.sft_meta = {
             "format": "sft", "source": cfg.data.source, "tokenizer_kind": tokenizer.kind,
             "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
