@@ -221,7 +221,8 @@ def _moved(value, annotation):
 def test_every_setting_declares_the_runs_that_read_it():
     import dataclasses
 
-    from gptkit.config import RUN_KINDS, SECTIONS, USED_BY
+    from gptkit.config import SECTIONS
+    from gptkit.config_usage import RUN_KINDS, USED_BY
 
     fields = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
               for f in dataclasses.fields(cls)}
@@ -233,7 +234,8 @@ def test_a_setting_a_run_does_not_read_is_refused_with_where_it_applies():
     import dataclasses
     import typing
 
-    from gptkit.config import KIND_NAMES, RUN_KINDS, SECTIONS, USED_BY, check_used
+    from gptkit.config import SECTIONS
+    from gptkit.config_usage import KIND_NAMES, RUN_KINDS, USED_BY, check_used
 
     refused = 0
     for name, cls in SECTIONS.items():
@@ -256,7 +258,7 @@ def test_a_setting_a_run_does_not_read_is_refused_with_where_it_applies():
 
 
 def test_every_shipped_recipe_sets_only_what_its_runs_read():
-    from gptkit.config import check_used, run_kinds
+    from gptkit.config_usage import check_used, run_kinds
 
     for name in recipe_names():
         cfg = load_config(name)
@@ -266,7 +268,7 @@ def test_every_shipped_recipe_sets_only_what_its_runs_read():
 
 
 def test_settings_read_only_under_another_setting():
-    from gptkit.config import check_used
+    from gptkit.config_usage import check_used
 
     cfg = load_config("shakespeare-char", ["finetune.lora_alpha=32"])
     with pytest.raises(GptkitError, match="finetune.lora_alpha=32.0 does nothing here; it "

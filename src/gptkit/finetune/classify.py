@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptkit.config import SHAPE_KEYS, RunConfig, check_used, read_config, run_kinds, save_config
+from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
+from gptkit.config_usage import check_used, run_kinds
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import TEXT_OPS, Augmenter, parse_spec
 from gptkit.finetune.classify_data import (

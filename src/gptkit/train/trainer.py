@@ -28,14 +28,8 @@ import torch
 from tqdm import tqdm
 
 from gptkit.compress import stored_quantization
-from gptkit.config import (
-    SHAPE_KEYS,
-    RunConfig,
-    check_used,
-    read_config,
-    run_kinds,
-    save_config,
-)
+from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
+from gptkit.config_usage import check_used, run_kinds
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, cache_dir, prepare
 from gptkit.data.sources import is_wikitext, resolve_protocol

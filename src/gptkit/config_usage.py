@@ -1,0 +1,116 @@
+"""Which kinds of run read which setting, so that a setting that would do nothing is an error.
+
+One table (USED_BY) declares, for every field of every config section, the kinds of run that
+read it; `check_used` refuses a setting moved from its default in a run that does not read it,
+and tests/test_config.py checks that every field is declared, so a new setting must say where
+it applies (issue 17: `data.augment` was silently ignored by pre-training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gptkit.config import (
+    SECTIONS,
+    ClassifyConfig,
+    DistConfig,
+    DistillConfig,
+    FinetuneConfig,
+    LogConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+)
+from gptkit.errors import GptkitError
+
+# The kinds of run, for USED_BY: pre-training or continued pre-training on text (gptkit
+# train), supervised fine-tuning (data.format=sft: gptkit finetune), classification
+# (gptkit finetune-classify) and distillation (distill.teacher set, with train or finetune).
+RUN_KINDS = ("train", "finetune", "classify", "distill")
+_LM = ("train", "finetune")
+_ALL = ("train", "finetune", "classify")
+_TRAIN_LOOP = {f"train.{k}": _ALL for k in (
+    "max_steps", "micro_batch_size", "optimizer", "lr", "min_lr", "min_lr_ratio", "schedule",
+    "warmup_steps", "decay_steps", "cooldown_fraction", "weight_decay", "beta1", "beta2", "eps",
+    "momentum", "grad_clip", "precision", "device", "seed", "eval_interval", "log_interval", "init_from")}
+# Every setting, and the kinds of run that read it (sample.* and eval.* are saved with a
+# language model for gptkit sample, serve and eval). A setting moved from its default in a
+# run that does not read it is an error (check_used); tests/test_config.py checks
+# that every field is listed here, so a new setting must say where it applies.
+USED_BY: dict[str, tuple[str, ...]] = {
+    **{f"model.{f.name}": _ALL for f in dataclasses.fields(ModelConfig)},
+    "data.source": _ALL, "data.tokenizer": _ALL, "data.vocab_size": _ALL,
+    "data.tokenizer_path": _ALL, "data.val_fraction": _ALL,
+    "data.train_split": ("train",), "data.eval_split": _LM, "data.test_split": ("train",),
+    "data.protocol": ("train",), "data.split_by": ("train",), "data.text_field": ("train",),
+    "data.shard_tokens": ("train",), "data.workers": ("train",),
+    "data.format": ("finetune",), "data.packing": ("finetune",),
+    "data.augment": ("finetune", "classify"),
+    **_TRAIN_LOOP,
+    **{f"train.{k}": _LM for k in ("batch_tokens", "compile", "checkpoint_interval",
+                                   "keep_checkpoints", "early_stopping_patience",
+                                   "activation_checkpointing")},
+    "train.eval_tokens": ("train",),
+    **{f"dist.{f.name}": _LM for f in dataclasses.fields(DistConfig)},
+    "eval.stride": ("train",), "eval.batch_size": _ALL,
+    **{f"sample.{f.name}": _LM for f in dataclasses.fields(SampleConfig)},
+    **{f"finetune.{f.name}": _LM for f in dataclasses.fields(FinetuneConfig)},
+    **{f"distill.{f.name}": ("distill",) for f in dataclasses.fields(DistillConfig)},
+    **{f"classify.{f.name}": ("classify",) for f in dataclasses.fields(ClassifyConfig)},
+    **{f"log.{f.name}": _LM for f in dataclasses.fields(LogConfig)},
+}
+KIND_NAMES = {
+    "train": "pre-training on text (gptkit train)",
+    "finetune": "supervised fine-tuning (data.format=sft, gptkit finetune)",
+    "classify": "classification (gptkit finetune-classify)",
+    "distill": "distillation (distill.teacher, gptkit distill)",
+}
+
+
+def _when(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
+    """Settings read only under another setting: key -> (is it read?, what makes it read)."""
+    t, f, c, g = cfg.train, cfg.finetune, cfg.classify, cfg.log
+    lora = (f.lora_r > 0, "finetune.lora_r > 0")
+    return {
+        "finetune.lora_alpha": lora, "finetune.lora_dropout": lora,
+        "finetune.lora_targets": lora,
+        "train.cooldown_fraction": (t.schedule == "wsd", "train.schedule=wsd"),
+        "train.decay_steps": (t.schedule != "constant", "a decaying train.schedule"),
+        "train.momentum": (t.optimizer in ("sgd", "rmsprop", "muon"),
+                           "train.optimizer sgd, rmsprop or muon"),
+        "classify.pooling": (c.task == "sequence", "classify.task=sequence"),
+        "classify.text_field": (c.task == "sequence", "classify.task=sequence"),
+        "classify.label_field": (c.task == "sequence", "classify.task=sequence"),
+        "classify.tokens_field": (c.task == "token", "classify.task=token"),
+        "classify.tags_field": (c.task == "token", "classify.task=token"),
+        "log.wandb_project": (g.wandb, "log.wandb=true"),
+    }
+
+
+def run_kinds(cfg: RunConfig, *, classify: bool = False) -> set[str]:
+    """The kinds (RUN_KINDS) of the run `cfg` describes; `classify` for finetune-classify."""
+    if classify:
+        return {"classify"}
+    kinds = {"finetune" if cfg.data.format == "sft" else "train"}
+    return kinds | ({"distill"} if cfg.distill.teacher else set())
+
+
+def check_used(cfg: RunConfig, kinds: set[str]) -> None:
+    """Refuse a setting moved from its default that this run would not read (one line)."""
+    when = _when(cfg)
+    for section, cls in SECTIONS.items():
+        default = cls()
+        for f in dataclasses.fields(cls):
+            key, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
+            if value == getattr(default, f.name):
+                continue
+            where = USED_BY[key]
+            if not kinds & set(where):
+                kind = " and ".join(KIND_NAMES[k] for k in sorted(kinds))
+                raise GptkitError(
+                    f"{key}={value} does nothing in {kind}; it applies to "
+                    f"{', '.join(KIND_NAMES[k] for k in where)}: drop it")
+            read, condition = when.get(key, (True, ""))
+            if not read:
+                raise GptkitError(f"{key}={value} does nothing here; it applies with "
+                                  f"{condition}: drop it, or set that")
