@@ -416,7 +416,8 @@ def split_checks(d: DataConfig) -> list[tuple[bool, str]]:
          f"data.protocol must be manual, auto, published or offline (got {d.protocol!r})"),
         (d.protocol == "manual" or d.source in ("wikitext2", "wikitext2-raw"),
          f"data.protocol={d.protocol} applies to WikiText sources (wikitext2, wikitext2-raw); "
-         "for other data set data.train_split, data.eval_split and data.test_split"),
+         "for other data add --set data.protocol=manual (and set data.train_split, "
+         "data.eval_split, data.test_split where its splits have other names)"),
     ]
     wikitext = d.source in ("wikitext2", "wikitext2-raw")
     named = wikitext or d.source == "tinyshakespeare"

@@ -284,6 +284,7 @@ class Tokenizer:
         if self.backend.token_to_id(UNK) is None:
             return counts
         for text in texts:
+            check_unicode(text)  # a lone surrogate has no character to look up
             text = text.replace(EOT, "")
             missing = {c for c in set(text) if self.backend.token_to_id(c) is None}
             if missing:
