@@ -156,7 +156,8 @@ def test_every_documented_gptkit_command_parses_and_its_settings_load():
     """Each command line of the docs is accepted by the parser, and a command's --recipe and
     --set settings load as a config (the check that would have caught `--set train.lr=3e-5`
     against the wikitext2 recipe's min_lr)."""
-    from gptkit.cli import _config_from, build_parser
+    from gptkit.cli import build_parser
+    from gptkit.cli.options import config_from as _config_from
 
     commands = shell_commands()
     assert len(commands) > 40  # the Tour, Hugging Face, fine-tuning ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from tqdm import tqdm
 
 from gptkit.data.shards import Tokens
 from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast, is_sharded
+
+if TYPE_CHECKING:
+    from gptkit.data.prepare import PreparedData
 
 
 @dataclass(frozen=True)
@@ -214,3 +218,31 @@ def summarize(
         result.words = n_words
         result.word_perplexity = math.exp(min(total_nll / n_words, 700.0))
     return result
+
+
+def evaluate_split(
+    model: nn.Module,
+    data: PreparedData,
+    split: str,
+    *,
+    block_size: int,
+    stride: int | None = None,
+    max_windows: int | None = None,
+    word_level: bool = False,
+    **scoring: Any,
+) -> EvalResult:
+    """The figures of one prepared split: what `gptkit eval` prints and what training logs.
+
+    Bits per byte and word perplexity (`word_level`: WikiText's words) need the whole split,
+    so they are left out when `max_windows` scores a subset of it. `scoring` goes to
+    `score_tokens`.
+    """
+    stride = stride or block_size
+    tokens = data.tokens(split)
+    score = score_tokens(model, tokens, block_size=block_size, stride=stride,
+                         max_windows=max_windows, **scoring)
+    full = max_windows is None or max_windows * block_size >= len(tokens) - 1
+    meta = data.split_meta(split)
+    return summarize(score, split=split, block_size=block_size, stride=stride,
+                     n_bytes=meta["bytes"] if full else None,
+                     n_words=meta["words"] if full and word_level else None)

@@ -11,6 +11,7 @@ so resume is exact.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,3 +264,11 @@ def response_loss(
         count += float(mask.sum())
     model.train(was_training)
     return {"nll": nll, "correct": correct, "tokens": count}
+
+
+def response_metrics(totals: dict[str, float]) -> dict[str, float]:
+    """Loss, perplexity and next-token accuracy over the responses `response_loss` summed."""
+    loss = totals["nll"] / max(totals["tokens"], 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
+            "token_accuracy": totals["correct"] / max(totals["tokens"], 1),
+            "response_tokens": int(totals["tokens"])}

@@ -1,0 +1,88 @@
+"""`gptkit finetune-classify` (train a classifier) and `classify` (label texts with one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from gptkit.cli import options
+from gptkit.config import load_config
+from gptkit.errors import GptkitError
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "finetune-classify", help="train a classifier (text -> label, or word -> tag) on a GPT",
+        description="Put a classification head on a GPT and train it on labelled records: "
+        "CSV/JSONL with text and label fields (classify.task=sequence, recipe sentiment), or "
+        "JSONL {\"tokens\": [...], \"tags\": [...]} for tagging such as NER "
+        "(classify.task=token, recipe ner). The last data.val_fraction of the records is "
+        "held out; prints accuracy, macro-F1 and the confusion matrix, or entity-level F1.",
+    )
+    p.add_argument("--data", metavar="FILE",
+                   help="CSV or JSONL records (sets data.source; default: the recipe's)")
+    options.add_recipe(p, default="sentiment")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from this run's weights, model shape and tokenizer (sets "
+                   "train.init_from; default: a fresh model from the recipe)")
+    options.add_run_out(p)
+    p.set_defaults(handler=finetune_classify)
+
+    p = commands.add_parser(
+        "classify", help="label texts (or tag their words) with a finetune-classify run",
+        description="Print the label and its probability for each --text; for a token "
+        "(tagging) run, each --text is split on whitespace into words and printed as "
+        "word/TAG pairs.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory written by finetune-classify")
+    p.add_argument("--text", action="append", required=True, metavar="TEXT",
+                   help="a text to classify (repeatable)")
+    options.add_device(p)
+    options.add_json(p, "the predictions")
+    p.set_defaults(handler=classify)
+
+
+def finetune_classify(args: argparse.Namespace) -> None:
+    from gptkit.finetune.classify import finetune_classifier, print_report
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
+    cfg = load_config(args.recipe, overrides)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    result = finetune_classifier(cfg, out, overwrite=args.overwrite, data_dir=args.data_dir,
+                                 progress=not args.no_progress)
+    print(f"held-out {result.task} classification, best model at step {result.best_step} "
+          f"of {result.steps}, {result.metrics['examples']} examples; run in {result.run_dir}")
+    print_report(result.metrics)
+    print(f"next: gptkit classify {result.run_dir} --text \"...\"")
+
+
+def classify(args: argparse.Namespace) -> None:
+    from gptkit.finetune.classify import load_classifier
+    from gptkit.train.distributed import resolve_device
+
+    classifier = load_classifier(args.run, device=resolve_device(args.device))
+    if classifier.task == "token":
+        sentences = [text.split() for text in args.text]
+        if not all(sentences):
+            raise GptkitError("--text must hold at least one word to tag")
+        tagged = classifier.predict_tokens(sentences)
+        if args.json:
+            print(json.dumps([{"text": text, "words": [vars(w) for w in words]}
+                              for text, words in zip(args.text, tagged, strict=True)], indent=2))
+            return
+        for words in tagged:
+            print(" ".join(f"{w.word}/{w.tag}" for w in words))
+        return
+    predictions = classifier.predict(args.text)
+    if args.json:
+        print(json.dumps([{"text": text, **vars(p)}
+                          for text, p in zip(args.text, predictions, strict=True)], indent=2))
+        return
+    for text, p in zip(args.text, predictions, strict=True):
+        print(f"{p.label}\t{p.score:.3f}\t{text}")

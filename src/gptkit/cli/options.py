@@ -1,0 +1,116 @@
+"""Options several commands share, each declared once here, and the parser class that turns a
+bad argument into gptkit's one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from typing import Any
+
+from gptkit.config import RunConfig, build_config, inherit_init_model, load_recipe, recipe_names
+
+DEFAULT_RECIPE = "shakespeare-char"
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments are one line and exit 2, like every other gptkit error: the usage block
+    argparse would print first is behind `--help`. Subcommands' parsers are of this class too
+    (add_subparsers makes them of the parent's class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"gptkit: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """--data-dir and --debug work before or after the command name."""
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument(
+        "--data-dir", metavar="DIR", **default,
+        help="data root holding tinyshakespeare/, wikitext-2/ ... "
+        "(default: $GPTKIT_DATA_DIR, else ~/.cache/gptkit/data; missing data is downloaded)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors",
+                        **default)
+
+
+def add_recipe(parser: argparse.ArgumentParser, default: str = DEFAULT_RECIPE) -> None:
+    parser.add_argument(
+        "--recipe", default=None if default == DEFAULT_RECIPE else default, metavar="NAME",
+        help=f"a shipped recipe ({', '.join(recipe_names())}) or a .yaml path "
+        f"(default: {default})",
+    )
+    add_overrides(parser)
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help=help or "override one setting, e.g. --set train.lr=3e-4 --set model.n_layer=6 "
+        "(repeatable)",
+    )
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str = "an existing run directory"
+                  ) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
+def add_no_progress(parser: argparse.ArgumentParser,
+                    shown: str = "the evaluation lines are still printed") -> None:
+    parser.add_argument("--no-progress", action="store_true", help=f"no progress bar ({shown})")
+
+
+def add_run_out(parser: argparse.ArgumentParser) -> None:
+    """--out, --overwrite and --no-progress of a command that trains a run."""
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>)")
+    add_overwrite(parser)
+    add_no_progress(parser)
+
+
+def add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def add_run(parser: argparse.ArgumentParser, help: str = "run directory") -> None:
+    parser.add_argument("run", metavar="RUN", help=help)
+
+
+def add_checkpoint(parser: argparse.ArgumentParser, verb: str = "load") -> None:
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help=f"which weights to {verb} (default: best)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def add_inference(parser: argparse.ArgumentParser, quantize: str | None = None) -> None:
+    """--checkpoint and --device of a command that runs a run's model; --quantize int8 too when
+    `quantize`, its help, is given."""
+    add_checkpoint(parser)
+    add_device(parser)
+    if quantize is not None:
+        parser.add_argument("--quantize", choices=("int8",), help=quantize)
+
+
+def config_from(args: argparse.Namespace) -> RunConfig:
+    """The config of --recipe with --set (and --init-from) applied."""
+    raw = load_recipe(args.recipe or DEFAULT_RECIPE)
+    overrides = list(args.overrides)
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={args.init_from}")
+    return build_config(inherit_init_model(raw, overrides))
+
+
+def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
+    """load_run for eval and sample, and the device: int8 models (--quantize int8, or an int8
+    export) run on the CPU, which --device auto then means."""
+    from gptkit.compress import stored_quantization
+    from gptkit.run import load_run
+    from gptkit.train.distributed import resolve_device
+
+    int8 = args.quantize or stored_quantization(args.run)
+    device = resolve_device("cpu" if int8 and args.device == "auto" else args.device)
+    run = load_run(args.run, which=args.checkpoint, device=device, quantize=args.quantize,
+                   precision=getattr(args, "precision", "fp32"))
+    return run, device

@@ -1,0 +1,79 @@
+"""`gptkit serve`: the HTTP API and playground of a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gptkit.cli import options
+from gptkit.errors import GptkitError
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "serve", help="serve a run over HTTP: OpenAI-style API, streaming, playground page",
+        description="Serve a run's model on an HTTP API (needs the serve extra: pip install "
+        "-e '.[serve]'): POST /v1/completions (OpenAI's completions API; server-sent events "
+        "with \"stream\": true; same settings and meaning as gptkit sample; a request "
+        "without a seed draws fresh randomness, as gptkit sample without --seed), "
+        "GET /v1/models, "
+        "GET /health, POST /v1/classify for finetune-classify runs, and a playground page at "
+        "/. Requests that arrive together are generated as one batch. Listens on 127.0.0.1 "
+        "(this machine only) unless --host says otherwise.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
+                   "finetune-classify run)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; "
+                   "0.0.0.0 = every network, better with --api-key)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="port (default: 8000; 0 = any free port, printed at start)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (the page asks for it)")
+    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+                   help="completion rows (prompts x n) generated together (default 8; 1 = "
+                   "no batching)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, metavar="N",
+                   help="longest prompt accepted, in tokens (default 2048; longer: 413)")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
+                   help="largest max_tokens a request may ask for (default 1024; more: 422)")
+    p.add_argument("--max-concurrent", type=int, default=32, metavar="N",
+                   help="requests in progress at once, queued or generating (default 32; "
+                   "more: 429)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
+                   help="largest request body (default 1000000; larger: 413)")
+    options.add_inference(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
+                    "CPU, as for gptkit sample")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default="info", help="server log detail; info shows each request "
+                   "(default: info)")
+    p.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> None:
+    from gptkit.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key,
+        max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
+        max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+        max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
+    )
+    settings.check()
+    try:
+        import fastapi  # noqa: F401  (the serve extra)
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise GptkitError(f"gptkit serve needs the serve extra ({exc.name} is missing): "
+                          "pip install -e '.[serve]'") from exc
+    from gptkit.serve import server
+
+    model: Any
+    if (Path(args.run) / "labels.json").is_file():
+        model = server.load_model(args.run, device=args.device, quantize=args.quantize)
+    else:
+        model, _ = options.load_for_inference(args)
+    server.serve(model, settings, log_level=args.log_level)
