@@ -78,13 +78,19 @@ def _device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
-def _inference_args(parser: argparse.ArgumentParser, quantize: str | None = None) -> None:
-    """--checkpoint and --device of a command that runs a run's model; --quantize int8 too when
-    `quantize`, its help, is given."""
+_INT8_HELP = "int8: dynamic int8 linear layers (gptkit.compress), on the CPU"
+
+
+def _inference_args(parser: argparse.ArgumentParser, quantize: str = _INT8_HELP,
+                    precision: str = "fp32 (default), bf16, fp16 or auto (gptkit.device)"
+                    ) -> None:
+    """--checkpoint, --device, --precision and --quantize of every command that runs a run's
+    model: the same options everywhere, resolved by gptkit.device (`precision`, `quantize`:
+    the command's help for them)."""
     _checkpoint_arg(parser)
     _device_arg(parser)
-    if quantize is not None:
-        parser.add_argument("--quantize", choices=("int8",), help=quantize)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help=precision)
+    parser.add_argument("--quantize", choices=("int8",), help=quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sliding-window stride in tokens (default: the run's eval.stride, "
                    "else block_size = non-overlapping windows)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
-                    "CPU; shows the perplexity int8 costs against a run without it")
+    _inference_args(p, quantize=f"{_INT8_HELP}; shows the perplexity int8 costs against a run "
+                    "without it", precision="autocast precision of the forward passes "
+                    "(default: the run's train.precision, as its evaluation during training "
+                    "ran, so the loss is the one training logged)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on stderr while scoring)")
@@ -233,15 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "writes to samples.txt)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated "
                    "(beam search: when the search ends)")
-    _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
-                    "CPU: weights about 3.5x smaller in memory. Faster only for wide models: "
-                    "batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
-                    "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, "
-                    "384-wide GPT-2 with its 50,257-token vocabulary (README, Compression)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="weights' dtype for generation; auto (default): bf16 on GPUs and on "
-                   "CPUs with bf16 matrix instructions for models at least 256 wide (about 2x "
-                   "faster per token there), else fp32")
+    _inference_args(p, quantize=f"{_INT8_HELP}: weights about 3.5x smaller in memory. Faster "
+                    "only for wide models: batch-1 generation measured 0.90x to 1.08x the fp32 "
+                    "speed (median 0.97x) on the default recipe's 0.8M-parameter model, 3.1x on "
+                    "a 6-layer, 384-wide GPT-2 with its 50,257-token vocabulary (README, "
+                    "Compression)",
+                    precision="weights' dtype for generation; auto (default): bf16 on GPUs and "
+                    "on CPUs with bf16 matrix instructions for models of at least 2M "
+                    "parameters (about 2x faster per token there), else fp32")
     _common(p)
 
     p = commands.add_parser(
@@ -374,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run directory written by finetune-classify")
     p.add_argument("--text", action="append", required=True, metavar="TEXT",
                    help="a text to classify (repeatable)")
-    _device_arg(p)
+    _inference_args(p, quantize="not for classifier runs (an error)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     _common(p)
 
@@ -473,8 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "more: 429)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
                    help="largest request body (default 1000000; larger: 413)")
-    _inference_args(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
-                    "CPU, as for gptkit sample")
+    _inference_args(p, quantize=f"{_INT8_HELP}, as for gptkit sample")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="info", help="server log detail; info shows each request "
                    "(default: info)")
@@ -517,13 +523,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from gptkit.config import read_config
+    from gptkit.rundir import RunDir
 
     if args.resume and args.init_from:
         raise GptkitError("--init-from starts a new run; drop it to --resume (a resumed run "
                           "continues from its own checkpoint)")
     if args.resume:
         out = Path(args.out) if args.out else Path("runs") / _config_from(args).name
-        saved = read_config(out / "config.yaml") if (out / "config.yaml").is_file() else None
+        saved = read_config(RunDir(out).config_file) if RunDir(out).is_run() else None
         if saved is None:
             raise GptkitError(
                 f"cannot resume: {out} is not a gptkit run (no config.yaml); "
@@ -539,13 +546,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _train_and_report(
     cfg: RunConfig, out: Path, args: argparse.Namespace, *, resume: bool = False
 ) -> None:
+    from gptkit.rundir import RunDir
     from gptkit.train.trainer import train
 
     result = train(
         cfg, out, resume=resume, overwrite=args.overwrite, data_dir=args.data_dir,
         progress=not args.no_progress,
     )
-    if os.environ.get("RANK", "0") == "0" and (result.run_dir / "config.yaml").exists():
+    if os.environ.get("RANK", "0") == "0" and RunDir(result.run_dir).is_run():
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
         speed = f" ({result.tokens_per_s:,.0f} tok/s)" if result.tokens_per_s else ""
         print(f"done: {result.step} steps, {result.tokens_seen:,} tokens in "
@@ -567,37 +575,28 @@ def cmd_distill(args: argparse.Namespace) -> None:
     _train_and_report(cfg, Path(args.out or Path("runs") / cfg.name), args)
 
 
-def _load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
-    """load_run for eval and sample, and the device: int8 models (--quantize int8, or an int8
-    export) run on the CPU, which --device auto then means."""
-    from gptkit.compress import stored_quantization
-    from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
-
-    int8 = args.quantize or stored_quantization(args.run)
-    device = resolve_device("cpu" if int8 and args.device == "auto" else args.device)
-    run = load_run(args.run, which=args.checkpoint, device=device, quantize=args.quantize,
-                   precision=getattr(args, "precision", "fp32"))
-    return run, device
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptkit.compress import is_int8
     from gptkit.data.prepare import prepare
     from gptkit.data.sources import is_wikitext
+    from gptkit.device import resolve_precision
     from gptkit.evaluate import score_tokens, summarize
+    from gptkit.run import load_run
 
     for option, value in (("--stride", args.stride), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:  # 0 is no "default": leave the option out for that
             raise GptkitError(f"{option} must be >= 1 (got {value}); leave it out for the "
                               "run's own setting")
-    run, device = _load_for_inference(args)
-    cfg = run.config
+    # fp32 weights, autocast as in training (gptkit.device): the loss training logged
+    run = load_run(args.run, which=args.checkpoint, device=args.device, quantize=args.quantize)
+    cfg, device = run.config, run.device
+    precision = "fp32" if is_int8(run.model) else resolve_precision(
+        args.precision or cfg.train.precision, device)
     source = args.data or cfg.data.source
     split = args.split or cfg.data.test_split or cfg.data.eval_split
     data_cfg = replace(cfg.data, source=source)
     if cfg.data.format == "sft":
-        _eval_responses(run, data_cfg, split, args, device)
+        _eval_responses(run, data_cfg, split, args, precision)
         return
     data = prepare(data_cfg, splits=[split], data_dir=args.data_dir, tokenizer=run.tokenizer)
     block = cfg.model.block_size
@@ -610,7 +609,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise GptkitError(f"split {split!r} of {source} has fewer than 2 tokens; nothing to score")
     special = [] if run.tokenizer.eot_id is None else [run.tokenizer.eot_id]
     score = score_tokens(run.model, tokens, block_size=block, stride=stride,
-                         batch_size=batch_size, device=device, special_ids=special,
+                         batch_size=batch_size, device=device, precision=precision,
+                         special_ids=special,
                          progress=not args.no_progress)
     meta = data.split_meta(split)
     result = summarize(score, split=split, block_size=block, stride=stride,
@@ -633,7 +633,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespace,
-                    device: Any) -> None:
+                    precision: str) -> None:
     """An SFT run is scored on what it learnt: the responses of the split's records."""
     import math
 
@@ -644,7 +644,7 @@ def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespac
     totals = sft.response_loss(
         run.model, examples,
         batch_size=run.config.eval.batch_size if args.batch_size is None else args.batch_size,
-        pad_id=int(run.tokenizer.eot_id or 0), device=device,
+        pad_id=int(run.tokenizer.eot_id or 0), device=run.device, precision=precision,
     )
     loss = totals["nll"] / max(totals["tokens"], 1)
     result = {"split": split, "examples": len(examples), "response_tokens": int(totals["tokens"]),
@@ -662,6 +662,7 @@ def _eval_responses(run: Any, data_cfg: Any, split: str, args: argparse.Namespac
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from gptkit.generate import sample_text
+    from gptkit.run import load_run
     from gptkit.tokenizers import unknown_warning
 
     prompts = list(args.prompt or [])
@@ -677,7 +678,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         prompts += [line for line in lines if line.strip()]
         if not prompts:
             raise GptkitError(f"--prompts-file {path} holds no prompts; write one per line")
-    run, _ = _load_for_inference(args)
+    run = load_run(args.run, which=args.checkpoint, device=args.device,
+                   precision=args.precision or "auto", quantize=args.quantize)
     base = run.config.sample
     chosen: dict[str, Any] = {
         "prompt": prompts[0] if len(prompts) == 1 else None,
@@ -726,6 +728,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    from gptkit.device import memory_precision
     from gptkit.runinfo import describe, format_info, run_info
 
     if args.world_size is not None and args.world_size < 1:
@@ -734,8 +737,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         info = run_info(args.run, args.precision, args.world_size)
     else:
         cfg = _config_from(args)
-        precision = args.precision or (
-            "bf16" if cfg.train.precision in ("bf16", "fp16") else "fp32")
+        precision = memory_precision(args.precision or cfg.train.precision)
         if cfg.model.vocab_size is not None:  # e.g. the GPT-2 presets: no data to read
             info = describe(cfg, cfg.model.vocab_size, precision, args.world_size)
         else:  # the vocabulary is the tokenizer's, learnt from the data
@@ -750,10 +752,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from gptkit.compress import stored_quantization
+    from gptkit.rundir import RunDir
 
     if args.quantize or args.format == "gptkit":
-        from gptkit.compress import export_int8
+        from gptkit.ops import export_int8
 
         if args.format == "hf":
             raise GptkitError("a Hugging Face GPT-2 folder cannot hold int8 layers; drop "
@@ -765,7 +767,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"exported {args.run} with int8 weights to {out}; next: gptkit eval {out}   |   "
               f"gptkit sample {out}")
         return
-    if stored_quantization(args.run):
+    if RunDir(args.run).quantization:
         raise GptkitError(f"{args.run} holds int8 weights, which Hugging Face GPT-2 cannot "
                           "hold; export the fp32 run it was quantized from")
     from gptkit.interop.hf import export_hf
@@ -776,7 +778,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from gptkit.compress import prune_run
+    from gptkit.ops import prune_run
 
     out, report = prune_run(args.run, args.out, method=args.method, amount=args.amount,
                             which=args.checkpoint, overwrite=args.overwrite)
@@ -802,7 +804,6 @@ def cmd_eval_generate(args: argparse.Namespace) -> None:
     from gptkit.finetune.eval_generate import check_options, evaluate_generation
     from gptkit.finetune.records import read_records
     from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
 
     options = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
                "temperature": args.temperature, "batch_size": args.batch_size,
@@ -812,7 +813,8 @@ def cmd_eval_generate(args: argparse.Namespace) -> None:
         raise GptkitError(f"--predictions {args.predictions}: its folder does not exist; "
                           "create it first")
     records = read_records(args.data)
-    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    run = load_run(args.run, which=args.checkpoint, device=args.device,
+                   precision=args.precision or "fp32", quantize=args.quantize)
     scores = evaluate_generation(run, records, **options)
     if args.predictions:
         lines = [json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in scores.examples]
@@ -858,10 +860,14 @@ def cmd_finetune_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    from gptkit.finetune.classify import load_classifier
-    from gptkit.train.distributed import resolve_device
+    from gptkit.run import load_run
 
-    classifier = load_classifier(args.run, device=resolve_device(args.device))
+    run = load_run(args.run, which=args.checkpoint, device=args.device,
+                   precision=args.precision or "fp32", quantize=args.quantize)
+    classifier = run.classifier
+    if classifier is None:
+        raise GptkitError(f"{args.run} is not a classifier run (no labels.json); train one "
+                          "with gptkit finetune-classify")
     if classifier.task == "token":
         sentences = [text.split() for text in args.text]
         if not all(sentences):
@@ -904,10 +910,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_viz(args: argparse.Namespace) -> None:
     """`gptkit viz attention`; further views (VIEW) would be dispatched here."""
     from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
     from gptkit.viz.attention import attention_maps, pick, plot_attention
 
-    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    run = load_run(args.run, which=args.checkpoint, device=args.device,
+                   precision=args.precision or "fp32", quantize=args.quantize)
     layers = pick(args.layer, run.config.model.n_layer, "--layer")
     heads = pick(args.head, run.config.model.n_head, "--head")
     maps = attention_maps(run.model, run.tokenizer, args.prompt)
@@ -940,14 +946,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise GptkitError(f"gptkit serve needs the serve extra ({exc.name} is missing): "
                           "pip install -e '.[serve]'") from exc
+    from gptkit.run import load_run
     from gptkit.serve import server
 
-    model: Any
-    if (Path(args.run) / "labels.json").is_file():
-        model = server.load_model(args.run, device=args.device, quantize=args.quantize)
-    else:
-        model, _ = _load_for_inference(args)
-    server.serve(model, settings, log_level=args.log_level)
+    run = load_run(args.run, which=args.checkpoint, device=args.device,
+                   precision=args.precision or "fp32", quantize=args.quantize)
+    server.serve(run.classifier or run, settings, log_level=args.log_level)
 
 
 COMMANDS = {
