@@ -13,13 +13,17 @@ def full_val_loss(run_dir: Path, which: str = "best") -> float:
     """Mean token loss of a run's model over its whole eval split (not training's subset)."""
     # imported here: serve_load's client imports this module for write_results, without torch
     from gptkit.data.prepare import prepare
+    from gptkit.device import resolve_precision
     from gptkit.evaluate import score_tokens
     from gptkit.run import load_run
 
     run = load_run(run_dir, which=which)
     data = prepare(run.config.data, tokenizer=run.tokenizer)
+    # scored as training and `gptkit eval` score (gptkit.device): the run's own precision
+    precision = resolve_precision(run.config.train.precision, run.device)
     score = score_tokens(run.model, data.tokens(run.config.data.eval_split),
-                         block_size=run.config.model.block_size, batch_size=64)
+                         block_size=run.config.model.block_size, batch_size=64,
+                         precision=precision)
     return score.nll / score.tokens
 
 

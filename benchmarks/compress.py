@@ -44,7 +44,7 @@ from gptkit.evaluate import score_tokens
 from gptkit.generate import generate
 from gptkit.model import GPT
 from gptkit.run import Run, load_run
-from gptkit.train.checkpoint import save_weights
+from gptkit.weights import save_weights
 
 
 def weights_mb(model: GPT) -> float:

@@ -27,10 +27,10 @@ import torch
 
 from benchmarks.common import write_results
 from gptkit.config import ModelConfig
+from gptkit.device import inference_dtype
 from gptkit.generate import generate
 from gptkit.interop.hf import to_transformers
 from gptkit.model import GPT
-from gptkit.run import inference_dtype
 
 
 def nanogpt_model(folder: Path, model: GPT) -> Any:

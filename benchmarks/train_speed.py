@@ -37,7 +37,7 @@ import torch
 from benchmarks.common import write_results
 from gptkit.config import load_config
 from gptkit.data.prepare import prepare
-from gptkit.train.distributed import autocast
+from gptkit.device import autocast
 from gptkit.train.metrics import measured_matmul_flops
 from gptkit.train.trainer import Trainer
 

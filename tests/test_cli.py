@@ -37,7 +37,7 @@ def test_help_explains_every_command():
     """`gptkit --help` lists every command, and each command's own --help works and shows the
     options every command shares (the list comes from the parser: a new command is checked
     without editing this test)."""
-    from gptkit.cli import leaf_parsers, build_parser
+    from gptkit.cli import build_parser, leaf_parsers
 
     top = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True,
                          text=True, check=True).stdout

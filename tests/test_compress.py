@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from gptkit import compress
+from gptkit import compress, ops
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
 from gptkit.generate import sample_text
@@ -70,7 +70,7 @@ def test_int8_model_generates(fp32):
 
 
 def test_int8_export_loads_back_as_the_same_model(tiny_run, fp32, tmp_path):
-    out = compress.export_int8(tiny_run, tmp_path / "int8")
+    out = ops.export_int8(tiny_run, tmp_path / "int8")
     run = load_run(out)
     assert compress.is_int8(run.model)
     ids = window(fp32)
@@ -86,7 +86,7 @@ def test_int8_export_loads_back_as_the_same_model(tiny_run, fp32, tmp_path):
     size = (out / "best" / "model.safetensors").stat().st_size
     assert size < 0.5 * fp32.weights.stat().st_size
     with pytest.raises(GptkitError, match="--overwrite"):
-        compress.export_int8(tiny_run, out)
+        ops.export_int8(tiny_run, out)
     with pytest.raises(GptkitError, match="CPU"):
         load_run(out, device="meta")
 

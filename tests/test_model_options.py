@@ -214,7 +214,7 @@ def test_untied_head_has_its_own_weights():
 
 
 def test_checkpoint_round_trip_keeps_an_untied_head_apart(tmp_path):
-    from gptkit.train.checkpoint import load_weights, save_weights
+    from gptkit.weights import load_weights, save_weights
 
     model = tiny(torch.float32, tie_embeddings=False, pos_embedding="rope", mlp="swiglu")
     save_weights(model, tmp_path / "model.safetensors")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptkit import run
+from gptkit import device
 from gptkit.errors import GptkitError
 from gptkit.generate import generate
 from gptkit.run import load_run
-from gptkit.train import distributed
 
 
 def test_fp32_by_default_and_bf16_on_request(tiny_run):
@@ -27,13 +26,13 @@ def test_fp32_by_default_and_bf16_on_request(tiny_run):
 
 
 def test_auto_follows_the_training_policy(tiny_run, monkeypatch):
-    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     small = load_run(tiny_run, precision="auto").model  # cached weights: bf16 only adds casts
     assert next(small.parameters()).dtype == torch.float32
-    monkeypatch.setattr(run, "CPU_BF16_INFERENCE_MIN_PARAMS", small.num_params())
+    monkeypatch.setattr(device, "CPU_BF16_INFERENCE_MIN_PARAMS", small.num_params())
     large = load_run(tiny_run, precision="auto").model
     assert next(large.parameters()).dtype == torch.bfloat16
-    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
     assert next(load_run(tiny_run, precision="auto").model.parameters()).dtype == torch.float32
 
 

@@ -16,10 +16,10 @@ the dequantized int8 matrix, so both still hold the same numbers, and a saved in
 stores that matrix once (as int8 + one scale per token). A model with its own LM head
 (`model.tie_embeddings: false`) keeps its embedding as it was.
 
-A saved int8 model is an ordinary run folder whose `best/config.json` says
-`"quantization": "int8"` and whose `best/model.safetensors` holds, per linear layer,
-`<name>.weight` (int8), `<name>.weight_scale` (float64, one per output row),
-`<name>.weight_zero_point` (int64, all 0: symmetric) and `<name>.bias` (fp32); the
+A saved int8 model (`gptkit.ops.export_int8`) is an ordinary run folder whose
+`best/config.json` says `"quantization": "int8"` and whose `best/model.safetensors` holds,
+per linear layer, `<name>.weight` (int8), `<name>.weight_scale` (float64, one per output
+row), `<name>.weight_zero_point` (int64, all 0: symmetric) and `<name>.bias` (fp32); the
 names follow the compressed-tensors convention. `load_run` rebuilds the quantized model from
 it, bit for bit what `quantize_int8` gave.
 
@@ -52,13 +52,11 @@ quantization is what speeds up CPU inference.
 
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -68,16 +66,9 @@ from torch.nn.utils import prune
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, Block
-from gptkit.train import checkpoint
+from gptkit.rundir import INT8, QUANTIZATIONS
 
-if TYPE_CHECKING:
-    from gptkit.run import Run
-
-INT8 = "int8"
-QUANTIZE_CHOICES = (INT8,)
 PRUNE_METHODS = ("magnitude", "heads", "mlp")
-QUANTIZATION_KEY = "quantization"  # in best/config.json of a quantized run
-PRUNED_KEY = "pruned"  # in best/config.json of a pruned run
 _METADATA_KEY = "gptkit_quantization"  # in the safetensors header
 
 
@@ -227,28 +218,13 @@ def load_int8(model: GPT, path: str | Path) -> GPT:
     return quantized.eval()
 
 
-def stored_quantization(run_dir: str | Path) -> str | None:
-    """"int8" when the run's best/ holds an int8 export, else None."""
-    info = Path(run_dir) / "best" / "config.json"
-    if not info.is_file():
-        return None
-    try:
-        value = json.loads(info.read_text(encoding="utf-8")).get(QUANTIZATION_KEY)
-    except (ValueError, AttributeError):
-        return None
-    if value is not None and value not in QUANTIZE_CHOICES:
-        raise GptkitError(f"{info} names the quantization {value!r}, which this gptkit cannot "
-                          f"load (it knows {', '.join(QUANTIZE_CHOICES)}); update gptkit")
-    return value
-
-
 def check_quantize(value: str | None) -> None:
-    if value is not None and value not in QUANTIZE_CHOICES:
-        raise GptkitError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {value!r}")
+    if value is not None and value not in QUANTIZATIONS:
+        raise GptkitError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {value!r}")
 
 
 # --- pruning ----------------------------------------------------------------------------------
-def _check_amount(amount: float, what: str = "amount") -> float:
+def check_amount(amount: float, what: str = "amount") -> float:
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < 1:
         raise GptkitError(
             f"{what} must be a fraction strictly between 0 and 1 (e.g. 0.3 = prune 30%), "
@@ -291,7 +267,7 @@ def prune_magnitude(model: GPT, sparsity: float) -> dict[str, Any]:
     L1 unstructured pruning layer by layer (`prune.l1_unstructured`), made permanent. Returns
     the achieved sparsity (`sparsity(model)`).
     """
-    sparsity = _check_amount(sparsity, "sparsity")
+    sparsity = check_amount(sparsity, "sparsity")
     _check_prunable(model)
     layers: list[nn.Module] = [module for _, module in _block_linears(model)]
     for module in layers:
@@ -369,7 +345,7 @@ def prune_heads(model: GPT, fraction: float) -> dict[str, Any]:
     A head is removed whole: its q, k, v rows and biases in `c_attn` and its input columns in
     `attn.c_proj` (module docstring). Returns the achieved sparsity.
     """
-    fraction = _check_amount(fraction, "fraction")
+    fraction = check_amount(fraction, "fraction")
     _check_prunable(model)
     n_head, hd = _head_slices(model)
     c = model.config.n_embd
@@ -397,7 +373,7 @@ def prune_mlp(model: GPT, fraction: float) -> dict[str, Any]:
     A channel is removed whole: its `c_fc` rows and biases (gate and up for SwiGLU) and its
     input column in `mlp.c_proj`. Returns the achieved sparsity.
     """
-    fraction = _check_amount(fraction, "fraction")
+    fraction = check_amount(fraction, "fraction")
     _check_prunable(model)
     with torch.no_grad():
         scores = _mlp_importance(model)
@@ -505,110 +481,3 @@ def _all_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
             if id(param) not in seen:
                 seen.add(id(param))
                 yield f"{name}.{pname}", param.detach()
-
-
-# --- run folders ------------------------------------------------------------------------------
-def _check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
-    """Before any work: `out` is a new folder, or a run to replace with `overwrite`."""
-
-    if out.resolve() == run_dir.resolve():
-        raise GptkitError(f"--out {out} is the run itself; write the result to a new folder")
-    checkpoint.check_target(out.resolve(), overwrite=overwrite, marker="config.yaml",
-                            what="gptkit run")
-
-
-def _write_run(run: Run, out: Path, *, overwrite: bool, write_best: Callable[[Path], None]
-               ) -> Path:
-    """A new run folder: config, tokenizer, data and environment records of `run`, and
-    `best/` from `write_best`; built aside and renamed into place at the end, replacing an
-    existing run only with `overwrite`."""
-
-    with checkpoint.new_folder(out, overwrite=overwrite, marker="config.yaml",
-                               what="gptkit run") as tmp:
-        for name in ("config.yaml", "tokenizer.json", "data.json", "environment.json"):
-            if (run.path / name).is_file():
-                shutil.copy2(run.path / name, tmp / name)
-        best = tmp / "best"
-        best.mkdir()
-        write_best(best)
-    return out
-
-
-def _card(run: Run, note: str) -> str:
-    from gptkit.model_card import run_card
-
-    card = run_card(run.path).rstrip("\n")
-    heading = "" if "\n## Compression\n" in card else "## Compression\n\n"  # pruned twice
-    return (f"{card}\n\n{heading}{note} The results above, if any, were measured before; "
-            "`gptkit eval RUN` scores this model.\n")
-
-
-def _info(run: Run) -> dict[str, Any]:
-    info = run.best() if run.weights.parent.name == "best" else None
-    return dict(info or {"step": None, "weights_from": str(run.weights)})
-
-
-def export_int8(
-    run_dir: str | Path, out: str | Path, *, which: str = "best", overwrite: bool = False
-) -> Path:
-    """Write a run with int8 weights: a run folder that `load_run` opens as an int8 model."""
-    from gptkit.model_card import CARD_FILE
-    from gptkit.run import load_run
-    from gptkit.train.checkpoint import BEST_INFO_FILE, MODEL_FILE
-
-    run_dir, out = Path(run_dir), Path(out)
-    _check_out(run_dir, out, overwrite)
-    run = load_run(run_dir, which=which, quantize=INT8)
-    info = {**_info(run), QUANTIZATION_KEY: INT8,
-            "quantization_details": "torch.ao dynamic int8: per-channel symmetric int8 weights "
-            "of every linear layer, activations quantized per batch; CPU only",
-            "quantized_from": str(run.weights)}
-
-    def write_best(best: Path) -> None:
-        save_int8(run.model, best / MODEL_FILE)
-        (best / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        (best / CARD_FILE).write_text(_card(run, (
-            f"Quantized to int8 from `{run.weights}` with `gptkit export --quantize int8` "
-            "(dynamic int8 linear layers, CPU only; a Hugging Face export needs the fp32 run)."
-        )), encoding="utf-8")
-
-    return _write_run(run, out, overwrite=overwrite, write_best=write_best)
-
-
-def prune_run(
-    run_dir: str | Path, out: str | Path, *, method: str, amount: float, which: str = "best",
-    overwrite: bool = False,
-) -> tuple[Path, dict[str, Any]]:
-    """Prune a run's model and write it as a new run; returns the folder and its sparsity."""
-    from gptkit.model_card import CARD_FILE
-    from gptkit.run import load_run
-    from gptkit.train.checkpoint import BEST_INFO_FILE, MODEL_FILE, save_weights
-
-    if method not in PRUNERS:
-        raise GptkitError(f"--method must be one of {', '.join(PRUNE_METHODS)}, got {method!r}")
-    _check_amount(amount, "--amount")
-    run_dir, out = Path(run_dir), Path(out)
-    _check_out(run_dir, out, overwrite)
-    if stored_quantization(run_dir):
-        raise GptkitError(f"{run_dir} holds int8 weights; prune the fp32 run it came from")
-    run = load_run(run_dir, which=which)
-    report = prune_model(run.model, method, amount)
-    unit = {"magnitude": "", "heads": (f", {report['heads']['zero']} of "
-                                       f"{report['heads']['of']} attention heads"),
-            "mlp": (f", {report['mlp_channels']['zero']} of {report['mlp_channels']['of']} "
-                    "MLP channels")}[method]
-    summary = {"method": method, "amount": amount, "from": str(run.weights),
-               "sparsity_blocks": report["blocks"], "sparsity_model": report["model"],
-               "heads": report["heads"], "mlp_channels": report["mlp_channels"]}
-    info = {**_info(run), PRUNED_KEY: summary}
-
-    def write_best(best: Path) -> None:
-        save_weights(run.model, best / MODEL_FILE)
-        (best / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        (best / CARD_FILE).write_text(_card(run, (
-            f"Pruned from `{run.weights}` with `gptkit prune --method {method} --amount "
-            f"{amount:g}`: {100 * report['blocks']:.1f}% of the transformer blocks' linear "
-            f"weights are zero{unit} ({100 * report['model']:.1f}% of all parameters)."
-        )), encoding="utf-8")
-
-    return _write_run(run, out, overwrite=overwrite, write_best=write_best), report

@@ -16,19 +16,45 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from gptkit.data.shards import Tokens
-from gptkit.train.distributed import DistEnv, all_reduce_sum, autocast, is_sharded
+from gptkit.device import autocast
 
 if TYPE_CHECKING:
     from gptkit.data.prepare import PreparedData
+
+
+class Ranks(Protocol):
+    """Which of how many processes scores (`gptkit.train.distributed.DistEnv` is one)."""
+
+    rank: int
+    world_size: int
+
+
+def _sum_over_ranks(values: list[float], env: Ranks | None, device: torch.device
+                    ) -> list[float]:
+    """The totals of every process (one float64 all-reduce), or `values` in one process."""
+    if env is None or env.world_size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64,
+                          device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 shards the model: then every rank must run each forward together."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 @dataclass(frozen=True)
@@ -115,7 +141,7 @@ def score_tokens(
     precision: str = "fp32",
     max_windows: int | None = None,
     special_ids: Sequence[int] = (),
-    env: DistEnv | None = None,
+    env: Ranks | None = None,
     progress: bool = False,
 ) -> Score:
     """Sum the model's NLL over a token stream (all ranks together when `env` is given).
@@ -123,6 +149,8 @@ def score_tokens(
     `max_windows` keeps that many evenly spaced windows (a fixed subset, the same at every
     evaluation) to bound the cost of evaluating during training. `progress` shows a bar on
     stderr (a small stride over a long split takes minutes).
+    `precision` is a resolved one (`gptkit.device.resolve_precision`): the forward passes run
+    under its autocast, as in training.
     """
     stride = stride or block_size
     device = device or next(model.parameters()).device
@@ -134,7 +162,7 @@ def score_tokens(
     share = [list(_batches(plan[r::world], batch_size)) for r in range(world)]
     batches = share[rank]
     padding = 0
-    if is_sharded(model):  # a sharded model runs a forward only with every rank:
+    if _is_sharded(model):  # a sharded model runs a forward only with every rank:
         # ranks with fewer batches score the first window again, not counted
         padding = max(map(len, share)) - len(batches)
         batches = batches + [plan[:1]] * padding
@@ -170,8 +198,7 @@ def score_tokens(
         )
     model.train(was_training)
     values = totals.tolist()
-    if env is not None:
-        values = all_reduce_sum(values, env)
+    values = _sum_over_ranks(values, env, device)
     split_tokens = len(tokens) - 1
     if max_windows is None:  # every window was read anyway: count the split's text targets
         specials = np.isin(np.asarray(tokens[1:]), np.asarray(sorted(set(special_ids))))

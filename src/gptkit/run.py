@@ -1,4 +1,10 @@
-"""Open a finished (or running) run directory: its config, tokenizer and model weights."""
+"""Open a run folder for inference: the one loader the CLI, the server, the Python API
+(`gptkit.load_run`) and the benchmarks use, for every kind of run.
+
+A language-model run (plain, LoRA, pruned, int8, with one-file or sharded checkpoints)
+gives `Run.model`; a classifier run (`gptkit finetune-classify`) gives `Run.classifier`.
+Which weights, the device and the precision follow `gptkit.rundir` and `gptkit.device`.
+"""
 
 from __future__ import annotations
 
@@ -10,126 +16,139 @@ from typing import Any
 import torch
 
 from gptkit import compress
-from gptkit.config import RunConfig, read_config
+from gptkit.config import RunConfig
+from gptkit.device import inference_dtype, resolve_device
 from gptkit.errors import GptkitError
+from gptkit.finetune.classifier import Classifier
 from gptkit.model import GPT
+from gptkit.rundir import RunDir
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint
-from gptkit.train.distributed import resolve_precision
 
 
 @dataclass
 class Run:
+    """A loaded run: its config, tokenizer, where its weights came from, and its model."""
+
     path: Path
     config: RunConfig
     tokenizer: Tokenizer
-    model: GPT
-    weights: Path  # the file the model's weights came from
+    weights: Path  # the file (or sharded folder) the weights came from
+    device: torch.device
+    lm: GPT | None = None  # a language-model run's model
+    classifier: Classifier | None = None  # a classifier run's
 
-    def data_meta(self) -> dict[str, Any] | None:
-        """Token, word and byte counts of the data the run was trained on."""
-        path = self.path / "data.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+    @property
+    def model(self) -> GPT:
+        """The language model; a classifier run has none (use `classifier`)."""
+        if self.lm is None:
+            raise GptkitError(
+                f"{self.path} is a classifier run (gptkit finetune-classify); use `gptkit "
+                f"classify {self.path} --text ...`, or Run.classifier in Python"
+            )
+        return self.lm
 
     def best(self) -> dict[str, Any] | None:
-        path = self.path / "best" / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-
-# Below this size a model's weights sit in the CPU's caches and bf16 only adds casts:
-# measured at batch 1, 0.8M parameters decoded 0.73x as fast in bf16, 4.7M 1.15x, 30M 2.1x.
-CPU_BF16_INFERENCE_MIN_PARAMS = 2_000_000
-
-
-def inference_dtype(precision: str, device: torch.device, num_params: int) -> torch.dtype | None:
-    """The dtype to cast weights to for `precision`, None for fp32."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise GptkitError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    small = num_params < CPU_BF16_INFERENCE_MIN_PARAMS
-    if precision == "auto" and device.type == "cpu" and small:
-        return None
-    resolved = resolve_precision(precision, device)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved)
+        """best/config.json: step, losses and metrics of the best weights (None if absent)."""
+        return RunDir(self.path).best_info()
 
 
 def load_run(
     path: str | Path, *, which: str = "best", device: str | torch.device = "cpu",
-    quantize: str | None = None, precision: str = "fp32",
+    precision: str = "fp32", quantize: str | None = None,
 ) -> Run:
     """The run's model in eval mode, from `best/` (default) or its newest valid checkpoint.
 
-    `which="best"` falls back to the newest checkpoint when no best model was saved yet, and
-    `which="last"` to `best/` in a run without checkpoints (an imported one).
-    `quantize="int8"` returns the model with int8 linear layers (`gptkit.compress`), on the
-    CPU; a run written by `gptkit export --quantize int8` always loads that way.
-    `precision` "bf16"/"fp16" casts the weights for inference; "auto" does so where
-    training would run bf16 (`resolve_precision`), on a CPU only for models of at least
-    CPU_BF16_INFERENCE_MIN_PARAMS: there it halves the bytes read per generated token.
+    `which`: as `RunDir.weights` chooses (best falls back to the newest checkpoint, last to
+    best/ in a run without checkpoints). `device`: a device, or "auto" (`gptkit.device`;
+    an int8 model always runs on the CPU, which auto then means). `quantize="int8"` returns
+    the model with int8 linear layers (`gptkit.compress`); a run written by `gptkit export
+    --quantize int8` always loads that way. `precision` casts a language model's weights
+    for generation (`gptkit.device.inference_dtype`: "fp32" keeps them, "auto" follows the
+    policy table); scoring keeps fp32 weights and autocasts instead (`gptkit eval`).
     """
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise GptkitError(f"run directory {run_dir} does not exist; train one with `gptkit train`")
-    if (run_dir / "labels.json").is_file():
-        raise GptkitError(
-            f"{run_dir} is a classifier run (gptkit finetune-classify); use `gptkit classify "
-            f"{run_dir} --text ...`, or gptkit.finetune.classify.load_classifier in Python"
-        )
-    config = read_config(run_dir / "config.yaml")
-    tokenizer_path = run_dir / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise GptkitError(f"{tokenizer_path} is missing; the run directory is incomplete")
-    tokenizer = Tokenizer.load(tokenizer_path)
+    rundir = RunDir(path).check()
+    compress.check_quantize(quantize)
+    config = rundir.config()
+    tokenizer = Tokenizer.load(rundir.tokenizer_file)
     vocab = config.model.vocab_size
     if vocab is not None and tokenizer.vocab_size > vocab:
         raise GptkitError(
-            f"the tokenizer in {run_dir} has {tokenizer.vocab_size} tokens but the model only "
-            f"{vocab}; restore the run's own tokenizer.json"
+            f"the tokenizer in {rundir.path} has {tokenizer.vocab_size} tokens but the model "
+            f"only {vocab}; restore the run's own tokenizer.json"
         )
-    if which not in ("best", "last"):
-        raise GptkitError(f"checkpoint choice must be best or last, got {which!r}")
-    best_weights = run_dir / "best" / "model.safetensors"
-    has_checkpoints = bool(checkpoint.list_checkpoints(run_dir))
-    if best_weights.is_file() and (which == "best" or not has_checkpoints):
-        weights = best_weights
-    else:
-        ckpt, _ = checkpoint.latest_valid_checkpoint(run_dir)
-        weights = ckpt / (checkpoint.SHARDED_DIR if checkpoint.is_sharded(ckpt)
-                          else checkpoint.MODEL_FILE)
+    weights = rundir.weights(which)
+    if rundir.is_classifier:
+        if quantize:
+            raise GptkitError("--quantize applies to language models; a classifier run is used "
+                              "as it is")
+        classifier = _load_classifier(rundir, config, tokenizer, weights,
+                                      resolve_device(str(device)))
+        return Run(rundir.path, config, tokenizer, weights, classifier.device,
+                   classifier=classifier)
+    stored = rundir.quantization if weights == rundir.best_weights else None
+    target = resolve_device(str(device), int8=bool(quantize or stored))
     model = GPT.from_config(config.model, tokenizer.vocab_size)
-    compress.check_quantize(quantize)
-    stored = compress.stored_quantization(run_dir) if weights == best_weights else None
-    if (quantize or stored) and torch.device(device).type != "cpu":
-        raise GptkitError(f"int8 models run on the CPU; load {run_dir} with device cpu "
-                          "(--device cpu)")
     if stored:
         model = compress.load_int8(model, weights)
-        return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)
-    # a LoRA run's checkpoints hold the adapters beside the frozen weights; best/ is merged
-    lora_checkpoint = config.finetune.lora_r > 0 and weights != best_weights
+        return Run(rundir.path, config, tokenizer, weights, target, lm=model)
+    model = _load_weights(rundir, config, model, weights)
+    model.to(target).eval()
+    if quantize:
+        model = compress.quantize_int8(model)
+    elif dtype := inference_dtype(precision, target, model.num_params()):
+        model.to(dtype)
+    return Run(rundir.path, config, tokenizer, weights, target, lm=model)
+
+
+def _load_weights(rundir: RunDir, config: RunConfig, model: GPT, weights: Path) -> GPT:
+    """best/ weights, or a checkpoint's (one-file or sharded; a LoRA run's checkpoints hold
+    the adapters beside the frozen weights and are merged here, as best/ is)."""
+    lora = config.finetune.lora_r > 0 and rundir.is_checkpoint(weights)
     target: torch.nn.Module = model
-    if lora_checkpoint:
+    if lora:
         from gptkit.finetune.lora import add_lora
 
         target = add_lora(model, config.finetune)
     try:
-        if weights.name == checkpoint.SHARDED_DIR:  # an FSDP run's shards, gathered here
-            from gptkit.train import sharded
-
-            sharded.load(weights.parent, target, None)
+        if rundir.is_checkpoint(weights):
+            checkpoint.load_checkpoint(weights.parent, target)
         else:
-            checkpoint.load_weights(target, weights)
+            from gptkit.weights import load_weights
+
+            load_weights(target, weights)
     except GptkitError:
         raise
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         raise GptkitError(
-            f"weights in {weights} do not fit the model in {run_dir / 'config.yaml'}: "
+            f"weights in {weights} do not fit the model in {rundir.config_file}: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
-    if lora_checkpoint:
-        model = target.merge_and_unload()  # type: ignore[operator]
+    if lora:
+        merged: GPT = target.merge_and_unload()  # type: ignore[operator]
+        return merged
+    return model
+
+
+def _load_classifier(rundir: RunDir, config: RunConfig, tokenizer: Tokenizer, weights: Path,
+                     device: torch.device) -> Classifier:
+    """A classifier run's backbone and head (`gptkit.finetune.heads.GPTClassifier`)."""
+    from gptkit.finetune.heads import GPTClassifier
+    from gptkit.weights import load_weights
+
+    try:
+        info = json.loads(rundir.labels_file.read_text(encoding="utf-8"))
+        labels, task = list(info["labels"]), str(info["task"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GptkitError(f"{rundir.labels_file} is damaged ({exc}); train the classifier "
+                          "again") from exc
+    if config.model.vocab_size is None:
+        config.model.vocab_size = tokenizer.vocab_size
+    model = GPTClassifier(config.model, len(labels), task, config.classify.pooling)
+    if rundir.is_checkpoint(weights):
+        checkpoint.load_checkpoint(weights.parent, model)
+    else:
+        load_weights(model, weights)
     model.to(device).eval()
-    if quantize:
-        model = compress.quantize_int8(model)
-    elif dtype := inference_dtype(precision, torch.device(device), model.num_params()):
-        model.to(dtype)
-    return Run(path=run_dir, config=config, tokenizer=tokenizer, model=model, weights=weights)
+    metrics = json.loads(rundir.eval_file.read_text()) if rundir.eval_file.is_file() else None
+    return Classifier(rundir.path, config, tokenizer, model, labels, metrics)

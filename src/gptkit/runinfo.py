@@ -7,16 +7,17 @@ and the best metrics; everything computed from the config on the meta device, so
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gptkit.config import ModelConfig, RunConfig, read_config
+from gptkit.config import ModelConfig, RunConfig
+from gptkit.device import memory_precision
 from gptkit.errors import GptkitError
 from gptkit.memory import human_bytes, inference_memory, memory_plan, training_memory
 from gptkit.model import GPT
+from gptkit.rundir import RunDir
 from gptkit.tokenizers import Tokenizer
 from gptkit.train.distributed import resolve_strategy
 
@@ -109,33 +110,21 @@ def chosen_plan_row(cfg: RunConfig, num_params: int, world_size: int) -> tuple[s
     return strategy, cfg.train.activation_checkpointing
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GptkitError(f"{path} is damaged ({type(exc).__name__}: {exc}); restore it from "
-                          "a copy of the run") from None
-
-
 def run_info(run_dir: str | Path, precision: str | None = None,
              world_size: int | None = None) -> dict[str, Any]:
     """`describe` for a run directory, plus its data statistics and best metrics.
 
     `precision` defaults to the one the run trained with.
     """
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir / "config.yaml")
-    tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
-    environment = _read_json(run_dir / "environment.json") or {}
-    if precision is None:
-        precision = "bf16" if environment.get("precision") in ("bf16", "fp16") else "fp32"
-    info = describe(cfg, tokenizer.vocab_size, precision, world_size)
+    run = RunDir(run_dir).check()
+    cfg = run.config()
+    tokenizer = Tokenizer.load(run.tokenizer_file)
+    environment = run.environment() or {}
+    info = describe(cfg, tokenizer.vocab_size,
+                    memory_precision(precision or environment.get("precision")), world_size)
     info["run"] = str(run_dir)
-    for key, name in (("data", "data.json"), ("best", "best/config.json"),
-                      ("environment", "environment.json")):
-        value = _read_json(run_dir / name)
+    for key, value in (("data", run.data()), ("best", run.best_info()),
+                       ("environment", environment or None)):
         if value is not None:
             info[key] = value
     return info

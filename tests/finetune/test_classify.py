@@ -17,10 +17,10 @@ from gptkit.finetune.classify import (
     Encoder,
     batch_keys,
     finetune_classifier,
-    load_classifier,
     special_ids,
 )
 from gptkit.finetune.classify_data import encode_words, join_words, read_task_data
+from gptkit.run import load_run
 from gptkit.tokenizers import Tokenizer
 from tests.test_cli import expect_error, run_cli
 
@@ -157,7 +157,7 @@ def test_sequence_classifier_learns_keyword_sentiment(sentiment_run: Path, senti
     assert saved.model.vocab_size == Tokenizer.load(sentiment_run / "tokenizer.json").vocab_size
 
     # the saved model is the one measured: rescoring the held-out rows gives the same accuracy
-    classifier = load_classifier(sentiment_run)
+    classifier = load_run(sentiment_run).classifier
     held_out = list(csv.DictReader(sentiment_file.open()))[-80:]
     predictions = classifier.predict([row["text"] for row in held_out])
     right = sum(p.label == row["label"] for p, row in zip(predictions, held_out, strict=True))
@@ -201,7 +201,7 @@ def test_token_classifier_learns_a_tag_grammar(ner_run: Path):
     assert set(result["per_type"]) == {"PER", "LOC"} and result["token_accuracy"] >= 0.9
     labels = json.loads((ner_run / "labels.json").read_text())
     assert labels == {"task": "token", "labels": ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]}
-    classifier = load_classifier(ner_run)
+    classifier = load_run(ner_run).classifier
     sentence = ["Jordan", "Silva", "works", "in", "San", "Diego", "with", "Kofi", "."]
     other = ["Georgia", "moved", "from", "Georgia", "to", "Jordan", "."]
     tagged, tagged_other = classifier.predict_tokens([sentence, other])

@@ -609,3 +609,15 @@ def test_existing_targets_are_not_overwritten(tmp_path, capsys, tokenizers_by_ki
     expect_error(capsys, "export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"),
                  match="does not exist")
     no_leftovers(tmp_path / "x")
+
+
+def test_from_transformers_is_the_inverse_of_to_transformers():
+    """from_transformers (README: models in memory) gives back the same function."""
+    from gptkit.interop.hf import from_transformers, to_transformers
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=23)).eval()
+    back = from_transformers(to_transformers(model))
+    ids = torch.tensor([[1, 5, 7, 22]])
+    assert torch.allclose(model(ids)[0], back(ids)[0], atol=1e-6)
+    assert back.lm_head.weight is back.transformer.wte.weight  # still tied

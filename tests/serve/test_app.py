@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from gptkit.finetune.classify import finetune_classifier, load_classifier
+from gptkit.finetune.classify import finetune_classifier
+from gptkit.run import load_run
 from gptkit.serve import create_app
 from gptkit.viz.attention import attention_maps
 from tests.finetune.test_classify import config, ner_rows, sentiment_rows, write_csv, write_jsonl
@@ -79,11 +80,10 @@ def test_greedy_text_is_gptkit_samples(client, tiny_run, capsys):
 
 
 def test_int8_models_give_gptkit_sample_quantize_text(tiny_run, capsys):
-    from gptkit.serve import load_model
 
     (expected,) = cli_sample(capsys, tiny_run, "--prompt", "ROMEO:", "--temperature", "0",
                              "--max-new-tokens", "30", "--quantize", "int8")
-    with TestClient(create_app(load_model(tiny_run, quantize="int8"))) as client:
+    with TestClient(create_app(load_run(tiny_run, quantize="int8"))) as client:
         result = complete(client, prompt="ROMEO:", max_tokens=30, temperature=0)
     assert "ROMEO:" + texts(result)[0] == expected
 
@@ -186,7 +186,7 @@ def classifier_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 def test_classifier_runs_are_served_at_v1_classify(classifier_runs, client):
     texts_in = ["what a wonderful film", "boring and awful plot"]
-    sequence = load_classifier(classifier_runs["sequence"])
+    sequence = load_run(classifier_runs["sequence"]).classifier
     with TestClient(create_app(sequence)) as served:
         assert served.get("/health").json()["task"] == "classify"
         body = served.post("/v1/classify", json={"input": texts_in}).json()
@@ -201,7 +201,7 @@ def test_classifier_runs_are_served_at_v1_classify(classifier_runs, client):
         assert one["score"] == pytest.approx(body["data"][0]["score"], abs=1e-6)
         wrong = served.post("/v1/completions", json={"prompt": "hi"})
         assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "wrong_task"
-    token = load_classifier(classifier_runs["token"])
+    token = load_run(classifier_runs["token"]).classifier
     with TestClient(create_app(token)) as served:
         body = served.post("/v1/classify", json={"input": "Anna lives in Oslo ."}).json()
         expected = token.predict_tokens([["Anna", "lives", "in", "Oslo", "."]])[0]

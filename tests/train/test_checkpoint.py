@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from gptkit import weights
 from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
 from gptkit.train import checkpoint as ck
@@ -108,13 +109,13 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, optimizer: str) -> None:
 
 def test_tied_weights_are_saved_once_and_stay_tied(tmp_path: Path) -> None:
     model, _ = make()
-    ck.save_weights(model, tmp_path / "w.safetensors")
+    weights.save_weights(model, tmp_path / "w.safetensors")
     with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
         names, tied = set(f.keys()), json.loads(f.metadata()["gptkit_tied"])
     assert "lm_head.weight" not in names and "transformer.wte.weight" in names
     assert tied == {"lm_head.weight": "transformer.wte.weight"}
     other, _ = make(seed=1)
-    ck.load_weights(other, tmp_path / "w.safetensors")
+    weights.load_weights(other, tmp_path / "w.safetensors")
     assert other.lm_head.weight is other.transformer.wte.weight
     assert torch.equal(other.lm_head.weight, model.lm_head.weight)
     assert not list(tmp_path.glob(".tmp-*"))
@@ -122,7 +123,7 @@ def test_tied_weights_are_saved_once_and_stay_tied(tmp_path: Path) -> None:
 
 def test_wrapped_model_saves_plain_names(tmp_path: Path) -> None:
     model, _ = make()
-    ck.save_weights(nn.DataParallel(model), tmp_path / "w.safetensors")
+    weights.save_weights(nn.DataParallel(model), tmp_path / "w.safetensors")
     with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
         names = list(f.keys())
     assert names and all(not k.startswith("module.") for k in names)
@@ -130,17 +131,17 @@ def test_wrapped_model_saves_plain_names(tmp_path: Path) -> None:
 
 def test_weights_that_do_not_fit_are_an_error(tmp_path: Path) -> None:
     model, _ = make()
-    ck.save_weights(model, tmp_path / "w.safetensors")
+    weights.save_weights(model, tmp_path / "w.safetensors")
     bigger = TinyLM(d=16)
     with pytest.raises(GptkitError, match="shape"):
-        ck.load_weights(bigger, tmp_path / "w.safetensors")
+        weights.load_weights(bigger, tmp_path / "w.safetensors")
     with pytest.raises(GptkitError, match="does not have"):
-        ck.load_weights(nn.Sequential(nn.Linear(2, 2)), tmp_path / "w.safetensors")
+        weights.load_weights(nn.Sequential(nn.Linear(2, 2)), tmp_path / "w.safetensors")
     with pytest.raises(GptkitError, match="lacks"):
-        ck.load_weights(nn.ModuleDict({"transformer": TinyLM().transformer,
+        weights.load_weights(nn.ModuleDict({"transformer": TinyLM().transformer,
                                        "extra": nn.Linear(2, 2)}), tmp_path / "w.safetensors")
     with pytest.raises(GptkitError, match="not found"):
-        ck.load_weights(model, tmp_path / "missing.safetensors")
+        weights.load_weights(model, tmp_path / "missing.safetensors")
 
 
 def test_layout_and_state_json(tmp_path: Path) -> None:
@@ -338,7 +339,7 @@ def test_save_best_replaces_atomically(tmp_path: Path) -> None:
     ck.save_best(tmp_path, model, {"step": 2, "val_loss": 1.0})
     assert json.loads((tmp_path / "best" / "config.json").read_text())["step"] == 2
     other, _ = make(seed=1)
-    ck.load_weights(other, tmp_path / "best" / "model.safetensors")
+    weights.load_weights(other, tmp_path / "best" / "model.safetensors")
     assert torch.equal(other.transformer.ln_f.weight, model.transformer.ln_f.weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 

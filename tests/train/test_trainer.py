@@ -290,14 +290,14 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
 
 
 def test_auto_precision_is_bf16_only_on_cpus_with_bf16_matrix_instructions(monkeypatch):
-    from gptkit.train import distributed
+    from gptkit import device
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
-    assert distributed.resolve_precision("auto", cpu) == "bf16"
-    assert distributed.resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
-    assert distributed.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert device.resolve_precision("auto", cpu) == "bf16"
+    assert device.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    assert device.resolve_precision("auto", cpu) == "fp32"
 
 
 def test_cpu_attention_kernel_runs_in_fp32_inside_bf16_autocast():

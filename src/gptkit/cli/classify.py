@@ -39,7 +39,7 @@ def register(commands: Any) -> None:
     p.add_argument("run", metavar="RUN", help="a run directory written by finetune-classify")
     p.add_argument("--text", action="append", required=True, metavar="TEXT",
                    help="a text to classify (repeatable)")
-    options.add_device(p)
+    options.add_inference(p, quantize="not for classifier runs (an error)")
     options.add_json(p, "the predictions")
     p.set_defaults(handler=classify)
 
@@ -63,10 +63,11 @@ def finetune_classify(args: argparse.Namespace) -> None:
 
 
 def classify(args: argparse.Namespace) -> None:
-    from gptkit.finetune.classify import load_classifier
-    from gptkit.train.distributed import resolve_device
-
-    classifier = load_classifier(args.run, device=resolve_device(args.device))
+    run = options.load_for_inference(args)
+    classifier = run.classifier
+    if classifier is None:
+        raise GptkitError(f"{args.run} is not a classifier run (no labels.json); train one "
+                          "with gptkit finetune-classify")
     if classifier.task == "token":
         sentences = [text.split() for text in args.text]
         if not all(sentences):

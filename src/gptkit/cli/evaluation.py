@@ -28,8 +28,11 @@ def register(commands: Any) -> None:
                    help="sliding-window stride in tokens (default: the run's eval.stride, "
                    "else block_size = non-overlapping windows)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    options.add_inference(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on "
-                          "the CPU; shows the perplexity int8 costs against a run without it")
+    options.add_inference(
+        p, quantize=f"{options.INT8_HELP}; shows the perplexity int8 costs against a run without "
+        "it", precision="autocast precision of the forward passes (default: the run's "
+        "train.precision, as its evaluation during training ran, so the loss is the one "
+        "training logged)")
     options.add_json(p, "the result")
     options.add_no_progress(p, "shown on stderr while scoring")
     p.set_defaults(handler=evaluate)
@@ -63,20 +66,25 @@ def evaluate(args: argparse.Namespace) -> None:
     from gptkit.compress import is_int8
     from gptkit.data.prepare import prepare
     from gptkit.data.sources import is_wikitext
+    from gptkit.device import resolve_precision
     from gptkit.evaluate import evaluate_split
+    from gptkit.run import load_run
 
     for option, value in (("--stride", args.stride), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:  # 0 is no "default": leave the option out for that
             raise GptkitError(f"{option} must be >= 1 (got {value}); leave it out for the "
                               "run's own setting")
-    run, device = options.load_for_inference(args)
-    cfg = run.config
+    # fp32 weights, autocast as in training (gptkit.device): the loss training logged
+    run = load_run(args.run, which=args.checkpoint, device=args.device, quantize=args.quantize)
+    cfg, device = run.config, run.device
+    precision = "fp32" if is_int8(run.model) else resolve_precision(
+        args.precision or cfg.train.precision, device)
     source = args.data or cfg.data.source
     split = args.split or cfg.data.test_split or cfg.data.eval_split
     data_cfg = replace(cfg.data, source=source)
     batch_size = args.batch_size if args.batch_size is not None else cfg.eval.batch_size
     if cfg.data.format == "sft":
-        _evaluate_responses(run, data_cfg, split, batch_size, device, args.json)
+        _evaluate_responses(run, data_cfg, split, batch_size, precision, args.json)
         return
     data = prepare(data_cfg, splits=[split], data_dir=args.data_dir, tokenizer=run.tokenizer)
     block = cfg.model.block_size
@@ -88,7 +96,8 @@ def evaluate(args: argparse.Namespace) -> None:
     special = [] if run.tokenizer.eot_id is None else [run.tokenizer.eot_id]
     result = evaluate_split(run.model, data, split, block_size=block, stride=stride,
                             word_level=is_wikitext(source), batch_size=batch_size,
-                            device=device, special_ids=special, progress=not args.no_progress)
+                            device=device, precision=precision, special_ids=special,
+                            progress=not args.no_progress)
     int8 = is_int8(run.model)
     if args.json:
         print(json.dumps({"run": str(run.path), "source": source,
@@ -105,7 +114,7 @@ def evaluate(args: argparse.Namespace) -> None:
         print(f"  word perplexity {result.word_perplexity:.3f}   ({result.words:,} words)")
 
 
-def _evaluate_responses(run: Any, data_cfg: Any, split: str, batch_size: int, device: Any,
+def _evaluate_responses(run: Any, data_cfg: Any, split: str, batch_size: int, precision: str,
                         as_json: bool) -> None:
     """An SFT run is scored on what it learnt: the responses of the split's records."""
     from gptkit.finetune import sft
@@ -113,7 +122,8 @@ def _evaluate_responses(run: Any, data_cfg: Any, split: str, batch_size: int, de
     examples = sft.encode_records(sft.load_split(data_cfg, split), run.tokenizer,
                                   run.config.model.block_size)
     totals = sft.response_loss(run.model, examples, batch_size=batch_size,
-                               pad_id=int(run.tokenizer.eot_id or 0), device=device)
+                               pad_id=int(run.tokenizer.eot_id or 0), device=run.device,
+                               precision=precision)
     result = {"split": split, "examples": len(examples), **sft.response_metrics(totals)}
     if as_json:
         print(json.dumps({"run": str(run.path), "source": data_cfg.source, **result}, indent=2))
@@ -128,8 +138,6 @@ def _evaluate_responses(run: Any, data_cfg: Any, split: str, batch_size: int, de
 def evaluate_generation(args: argparse.Namespace) -> None:
     from gptkit.finetune.eval_generate import check_options, evaluate_generation
     from gptkit.finetune.records import read_records
-    from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
 
     settings = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
                 "temperature": args.temperature, "batch_size": args.batch_size,
@@ -139,7 +147,7 @@ def evaluate_generation(args: argparse.Namespace) -> None:
         raise GptkitError(f"--predictions {args.predictions}: its folder does not exist; "
                           "create it first")
     records = read_records(args.data)
-    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    run = options.load_for_inference(args)
     scores = evaluate_generation(run, records, **settings)
     if args.predictions:
         lines = [json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in scores.examples]

@@ -66,10 +66,10 @@ def register(commands: Any) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    from gptkit.compress import stored_quantization
+    from gptkit.rundir import RunDir
 
     if args.quantize or args.format == "gptkit":
-        from gptkit.compress import export_int8
+        from gptkit.ops import export_int8
 
         if args.format == "hf":
             raise GptkitError("a Hugging Face GPT-2 folder cannot hold int8 layers; drop "
@@ -81,7 +81,7 @@ def export(args: argparse.Namespace) -> None:
         print(f"exported {args.run} with int8 weights to {out}; next: gptkit eval {out}   |   "
               f"gptkit sample {out}")
         return
-    if stored_quantization(args.run):
+    if RunDir(args.run).quantization:
         raise GptkitError(f"{args.run} holds int8 weights, which Hugging Face GPT-2 cannot "
                           "hold; export the fp32 run it was quantized from")
     from gptkit.interop.hf import export_hf
@@ -92,7 +92,7 @@ def export(args: argparse.Namespace) -> None:
 
 
 def prune(args: argparse.Namespace) -> None:
-    from gptkit.compress import prune_run
+    from gptkit.ops import prune_run
 
     out, report = prune_run(args.run, args.out, method=args.method, amount=args.amount,
                             which=args.checkpoint, overwrite=args.overwrite)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptkit.config import RunConfig, build_config, inherit_init_model, load_recipe, recipe_names
+
+if TYPE_CHECKING:
+    from gptkit.run import Run
 
 DEFAULT_RECIPE = "shakespeare-char"
 
@@ -84,13 +87,18 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
-def add_inference(parser: argparse.ArgumentParser, quantize: str | None = None) -> None:
-    """--checkpoint and --device of a command that runs a run's model; --quantize int8 too when
-    `quantize`, its help, is given."""
+INT8_HELP = "int8: dynamic int8 linear layers (gptkit.compress), on the CPU"
+
+
+def add_inference(parser: argparse.ArgumentParser, quantize: str = INT8_HELP,
+                  precision: str = "fp32 (default), bf16, fp16 or auto (gptkit.device)") -> None:
+    """--checkpoint, --device, --precision and --quantize of every command that runs a run's
+    model: the same options everywhere, resolved by gptkit.device (`precision`, `quantize`:
+    the command's help for them)."""
     add_checkpoint(parser)
     add_device(parser)
-    if quantize is not None:
-        parser.add_argument("--quantize", choices=("int8",), help=quantize)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help=precision)
+    parser.add_argument("--quantize", choices=("int8",), help=quantize)
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:
@@ -102,15 +110,11 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     return build_config(inherit_init_model(raw, overrides))
 
 
-def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
-    """load_run for eval and sample, and the device: int8 models (--quantize int8, or an int8
-    export) run on the CPU, which --device auto then means."""
-    from gptkit.compress import stored_quantization
+def load_for_inference(args: argparse.Namespace, precision: str = "fp32") -> Run:
+    """The run named on the command line, loaded by the one loader (`gptkit.run.load_run`) with
+    the options `add_inference` declares; `precision` is the command's default for the weights'
+    dtype (`gptkit.device`)."""
     from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
 
-    int8 = args.quantize or stored_quantization(args.run)
-    device = resolve_device("cpu" if int8 and args.device == "auto" else args.device)
-    run = load_run(args.run, which=args.checkpoint, device=device, quantize=args.quantize,
-                   precision=getattr(args, "precision", "fp32"))
-    return run, device
+    return load_run(args.run, which=args.checkpoint, device=args.device,
+                    precision=args.precision or precision, quantize=args.quantize)

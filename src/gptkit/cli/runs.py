@@ -58,6 +58,7 @@ def register(commands: Any) -> None:
 
 
 def info(args: argparse.Namespace) -> None:
+    from gptkit.device import memory_precision
     from gptkit.runinfo import describe, format_info, run_info
 
     if args.world_size is not None and args.world_size < 1:
@@ -66,8 +67,7 @@ def info(args: argparse.Namespace) -> None:
         info = run_info(args.run, args.precision, args.world_size)
     else:
         cfg = options.config_from(args)
-        precision = args.precision or (
-            "bf16" if cfg.train.precision in ("bf16", "fp16") else "fp32")
+        precision = memory_precision(args.precision or cfg.train.precision)
         if cfg.model.vocab_size is not None:  # e.g. the GPT-2 presets: no data to read
             info = describe(cfg, cfg.model.vocab_size, precision, args.world_size)
         else:  # the vocabulary is the tokenizer's, learnt from the data

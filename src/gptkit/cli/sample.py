@@ -70,15 +70,14 @@ def register(commands: Any) -> None:
                    "writes to samples.txt)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated "
                    "(beam search: when the search ends)")
-    options.add_inference(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
-                    "CPU: weights about 3.5x smaller in memory. Faster only for wide models: "
-                    "batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
-                    "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, "
-                    "384-wide GPT-2 with its 50,257-token vocabulary (README, Compression)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="weights' dtype for generation; auto (default): bf16 on GPUs and on "
-                   "CPUs with bf16 matrix instructions for models at least 256 wide (about 2x "
-                   "faster per token there), else fp32")
+    options.add_inference(
+        p, quantize=f"{options.INT8_HELP}: weights about 3.5x smaller in memory. Faster only for "
+        "wide models: batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
+        "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, 384-wide GPT-2 with "
+        "its 50,257-token vocabulary (README, Compression)",
+        precision="weights' dtype for generation; auto (default): bf16 on GPUs and on CPUs "
+        "with bf16 matrix instructions for models of at least 2M parameters (about 2x faster "
+        "per token there), else fp32")
     p.set_defaults(handler=sample)
 
 
@@ -99,7 +98,7 @@ def sample(args: argparse.Namespace) -> None:
         prompts += [line for line in lines if line.strip()]
         if not prompts:
             raise GptkitError(f"--prompts-file {path} holds no prompts; write one per line")
-    run, _ = options.load_for_inference(args)
+    run = options.load_for_inference(args, precision="auto")
     base = run.config.sample
     chosen: dict[str, Any] = {
         "prompt": prompts[0] if len(prompts) == 1 else None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
@@ -45,8 +44,7 @@ def register(commands: Any) -> None:
                    "more: 429)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
                    help="largest request body (default 1000000; larger: 413)")
-    options.add_inference(p, quantize="int8: dynamic int8 linear layers (gptkit.compress), on the "
-                    "CPU, as for gptkit sample")
+    options.add_inference(p, quantize=f"{options.INT8_HELP}, as for gptkit sample")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="info", help="server log detail; info shows each request "
                    "(default: info)")
@@ -71,9 +69,5 @@ def serve(args: argparse.Namespace) -> None:
                           "pip install -e '.[serve]'") from exc
     from gptkit.serve import server
 
-    model: Any
-    if (Path(args.run) / "labels.json").is_file():
-        model = server.load_model(args.run, device=args.device, quantize=args.quantize)
-    else:
-        model, _ = options.load_for_inference(args)
-    server.serve(model, settings, log_level=args.log_level)
+    run = options.load_for_inference(args)
+    server.serve(run.classifier or run, settings, log_level=args.log_level)

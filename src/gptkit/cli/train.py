@@ -95,13 +95,14 @@ def prepare(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     from gptkit.config import read_config
+    from gptkit.rundir import RunDir
 
     if args.resume and args.init_from:
         raise GptkitError("--init-from starts a new run; drop it to --resume (a resumed run "
                           "continues from its own checkpoint)")
     if args.resume:
         out = Path(args.out) if args.out else Path("runs") / options.config_from(args).name
-        saved = read_config(out / "config.yaml") if (out / "config.yaml").is_file() else None
+        saved = read_config(RunDir(out).config_file) if RunDir(out).is_run() else None
         if saved is None:
             raise GptkitError(
                 f"cannot resume: {out} is not a gptkit run (no config.yaml); "
@@ -116,13 +117,14 @@ def train(args: argparse.Namespace) -> None:
 
 def train_and_report(cfg: RunConfig, out: Path, args: argparse.Namespace, *,
                      resume: bool = False) -> None:
+    from gptkit.rundir import RunDir
     from gptkit.train.trainer import train
 
     result = train(
         cfg, out, resume=resume, overwrite=args.overwrite, data_dir=args.data_dir,
         progress=not args.no_progress,
     )
-    if os.environ.get("RANK", "0") == "0" and (result.run_dir / "config.yaml").exists():
+    if os.environ.get("RANK", "0") == "0" and RunDir(result.run_dir).is_run():
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
         speed = f" ({result.tokens_per_s:,.0f} tok/s)" if result.tokens_per_s else ""
         print(f"done: {result.step} steps, {result.tokens_seen:,} tokens in "

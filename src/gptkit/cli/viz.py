@@ -45,11 +45,9 @@ def register(commands: Any) -> None:
 
 def viz(args: argparse.Namespace) -> None:
     """`gptkit viz attention`; further views (VIEW) would be dispatched here."""
-    from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
     from gptkit.viz.attention import attention_maps, pick, plot_attention
 
-    run = load_run(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    run = options.load_for_inference(args)
     layers = pick(args.layer, run.config.model.n_layer, "--layer")
     heads = pick(args.head, run.config.model.n_head, "--head")
     maps = attention_maps(run.model, run.tokenizer, args.prompt)

@@ -25,7 +25,6 @@ import math
 import random
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gptkit import device as devices
+from gptkit import weights
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
 from gptkit.config_usage import check_used, run_kinds
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import TEXT_OPS, Augmenter, parse_spec
+from gptkit.finetune.classifier import batched_logits
 from gptkit.finetune.classify_data import (
     IGNORE,
     Label,
@@ -50,15 +52,12 @@ from gptkit.finetune.classify_data import (
 )
 from gptkit.finetune.heads import GPTClassifier, pad_batch
 from gptkit.model import GPT
+from gptkit.rundir import EVAL_FILE, LABELS_FILE, MODEL_FILE
 from gptkit.tokenizers import UNK, Tokenizer, build_tokenizer
-from gptkit.train import checkpoint, distributed
 from gptkit.train.metrics import json_line
 from gptkit.train.optim import build_optimizer
 from gptkit.train.schedule import lr_at
 
-LABELS_FILE = "labels.json"
-EVAL_FILE = "eval.json"
-MODEL_FILE = "model.safetensors"
 # what an earlier run (classifier or language model) may have left in a directory we replace
 _STALE = (MODEL_FILE, LABELS_FILE, EVAL_FILE, "metrics.jsonl", "tokenizer.json", "checkpoints",
           "best", "tb", "data.json", "environment.json")
@@ -143,27 +142,6 @@ def batch_keys(step: int, batch_size: int, n: int, seed: int) -> list[tuple[int,
 
 
 # --- evaluation -----------------------------------------------------------------------------
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-@torch.no_grad()
-def _logits(model: GPTClassifier, sequences: list[list[int]], device: torch.device,
-            batch_size: int, precision: str = "fp32") -> Iterator[torch.Tensor]:
-    """Float logits per batch of `sequences`, in order, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        for chunk in _chunks(sequences, batch_size):
-            idx, mask, _ = pad_batch(list(chunk), device=device)
-            with distributed.autocast(device, precision):
-                logits = model(idx, mask)
-            yield logits.float()
-    finally:
-        model.train(was_training)
-
-
 def sequence_metrics(gold: list[int], pred: list[int], labels: list[Label]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-label scores and the confusion matrix (rows: gold)."""
     metrics = _need("sklearn.metrics")
@@ -205,7 +183,7 @@ def evaluate(model: GPTClassifier, data: TaskData, encoder: Encoder, device: tor
     if data.task == "sequence":
         encoded = [encoder.sequence(e) for e in data.val]
         gold = [label for _, label in encoded]
-        logits = torch.cat(list(_logits(model, [ids for ids, _ in encoded], device,
+        logits = torch.cat(list(batched_logits(model, [ids for ids, _ in encoded], device,
                                         batch_size, precision)))
         loss = F.cross_entropy(logits, torch.tensor(gold, device=logits.device)).item()
         pred = logits.argmax(-1).tolist()
@@ -215,7 +193,7 @@ def evaluate(model: GPTClassifier, data: TaskData, encoder: Encoder, device: tor
     total, count = 0.0, 0
     gold_tags, pred_tags = [], []
     at = 0
-    for logits in _logits(model, [ids for ids, _, _ in rows], device, batch_size, precision):
+    for logits in batched_logits(model, [ids for ids, _, _ in rows], device, batch_size, precision):
         for b in range(logits.size(0)):
             ids, targets, positions = rows[at]
             target = torch.tensor(targets, device=logits.device)
@@ -315,8 +293,8 @@ def finetune_classifier(
     torch.manual_seed(t.seed)
     gpt, tokenizer = _backbone(cfg, run_dir, data, data_dir)
     cfg.model.vocab_size = gpt.config.vocab_size
-    device = distributed.resolve_device(t.device)
-    precision = distributed.resolve_precision(t.precision, device)
+    device = devices.resolve_device(t.device)
+    precision = devices.resolve_precision(t.precision, device)
     model = GPTClassifier.from_gpt(gpt, len(data.labels), cfg.classify.task,
                                    cfg.classify.pooling).to(device)
     augmenter = Augmenter(cfg.data.augment, seed=t.seed, vocab_size=tokenizer.vocab_size,
@@ -371,7 +349,7 @@ def finetune_classifier(
     assert best is not None  # step 0 is always evaluated
     _, best_step, metrics, state = best
     model.load_state_dict(state)
-    checkpoint.save_weights(model, run_dir / MODEL_FILE)
+    weights.save_weights(model, run_dir / MODEL_FILE)
     final = {"task": data.task, "step": best_step, "labels": data.labels, **metrics}
     (run_dir / EVAL_FILE).write_text(json.dumps(final, indent=1), encoding="utf-8")
     return ClassifyResult(run_dir, data.task, data.labels, t.max_steps, best_step, final)
@@ -391,7 +369,7 @@ def _train_step(model: GPTClassifier, optimizer: torch.optim.Optimizer,
         pairs = [encoder.sequence(data.train[i], (epoch, i)) for epoch, i in keys]
         idx, mask, _ = pad_batch([ids for ids, _ in pairs], device=device)
         target = torch.tensor([label for _, label in pairs], device=device)
-        with distributed.autocast(device, precision):
+        with devices.autocast(device, precision):
             logits = model(idx, mask)
         loss = F.cross_entropy(logits.float(), target)
     else:
@@ -399,7 +377,7 @@ def _train_step(model: GPTClassifier, optimizer: torch.optim.Optimizer,
         idx, mask, targets = pad_batch([r[0] for r in rows], device=device,
                                        targets=[r[1] for r in rows])
         assert targets is not None
-        with distributed.autocast(device, precision):
+        with devices.autocast(device, precision):
             logits = model(idx, mask)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                ignore_index=IGNORE)
@@ -419,115 +397,6 @@ def describe_metrics(task: str, m: dict[str, Any]) -> str:
         return f"loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
     return (f"loss {m['loss']:.4f}, entity F1 {m['f1']:.4f} (precision {m['precision']:.4f}, "
             f"recall {m['recall']:.4f}), token accuracy {m['token_accuracy']:.4f}")
-
-
-# --- using a trained classifier -------------------------------------------------------------
-@dataclass
-class Prediction:
-    label: Label
-    score: float  # probability of `label`
-    probabilities: dict[str, float]  # str(label) -> probability
-
-
-@dataclass
-class TokenPrediction:
-    word: str
-    tag: str
-    score: float  # probability of `tag`
-
-
-@dataclass
-class Classifier:
-    """A trained classifier run: `predict(texts)` (sequence) or `predict_tokens(words)` (token)."""
-
-    path: Path
-    config: RunConfig
-    tokenizer: Tokenizer
-    model: GPTClassifier
-    labels: list[Label]
-    metrics: dict[str, Any] | None = None  # eval.json
-
-    @property
-    def task(self) -> str:
-        return self.model.task
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.score.weight.device
-
-    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
-        """The most likely label of each text, with every label's probability."""
-        if self.task != "sequence":
-            raise GptkitError(f"{self.path} tags words (token task); use predict_tokens")
-        if isinstance(texts, str):
-            texts = [texts]
-        seqs = [encode_text(self.tokenizer, text, self.config.model.block_size)
-                for text in texts]
-        out = []
-        for logits in _logits(self.model, seqs, self.device, batch_size):
-            for probs in logits.softmax(-1).tolist():
-                best = max(range(len(probs)), key=probs.__getitem__)
-                named = {str(lab): p for lab, p in zip(self.labels, probs, strict=True)}
-                out.append(Prediction(self.labels[best], probs[best], named))
-        return out
-
-    def predict_tokens(self, sentences: Sequence[Sequence[str]],
-                       batch_size: int = 32) -> list[list[TokenPrediction]]:
-        """A tag for every word of each sentence (a list of words); words past the model's
-        context get O."""
-        if self.task != "token":
-            raise GptkitError(f"{self.path} labels whole texts (sequence task); use predict")
-        rows = []
-        for words in sentences:
-            if isinstance(words, str) or not words or not all(
-                    isinstance(w, str) and w.strip() for w in words):
-                raise GptkitError(
-                    f"predict_tokens takes lists of non-empty words, got {words!r}")
-            pieces = encode_words(self.tokenizer, [w.strip() for w in words])
-            rows.append(join_words(pieces, None, self.config.model.block_size))
-        out, at = [], 0
-        for logits in _logits(self.model, [r[0] for r in rows], self.device, batch_size):
-            for probs in logits.softmax(-1):
-                positions = rows[at][2]
-                tagged = []
-                for word, p in zip(sentences[at], positions, strict=True):
-                    if p < 0:
-                        tagged.append(TokenPrediction(word, "O", 1.0))
-                        continue
-                    score, best = probs[p].max(-1)
-                    tagged.append(TokenPrediction(word, str(self.labels[int(best)]),
-                                                  float(score)))
-                out.append(tagged)
-                at += 1
-        return out
-
-
-def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
-    """A classifier run written by `finetune_classifier`, in eval mode."""
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise GptkitError(
-            f"classifier run {run_dir} does not exist; train one with gptkit finetune-classify")
-    labels_path = run_dir / LABELS_FILE
-    if not labels_path.is_file():
-        raise GptkitError(
-            f"{run_dir} is not a classifier run (no {LABELS_FILE}); train one with "
-            "gptkit finetune-classify")
-    config = read_config(run_dir / "config.yaml")
-    tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
-    try:
-        info = json.loads(labels_path.read_text(encoding="utf-8"))
-        labels, task = list(info["labels"]), str(info["task"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GptkitError(f"{labels_path} is damaged ({exc}); train the classifier again") from exc
-    if config.model.vocab_size is None:
-        config.model.vocab_size = tokenizer.vocab_size
-    model = GPTClassifier(config.model, len(labels), task, config.classify.pooling)
-    checkpoint.load_weights(model, run_dir / MODEL_FILE)
-    model.to(device).eval()
-    eval_path = run_dir / EVAL_FILE
-    metrics = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-    return Classifier(run_dir, config, tokenizer, model, labels, metrics)
 
 
 def print_report(result: dict[str, Any], file: Any = None) -> None:

@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 
 from gptkit.config import DataConfig
+from gptkit.device import autocast
 from gptkit.errors import GptkitError
 from gptkit.finetune import heads
 from gptkit.finetune.augment import Augmenter
 from gptkit.finetune.records import Record, read_records, split_records
 from gptkit.finetune.template import Segments, segments
 from gptkit.tokenizers import Tokenizer
-from gptkit.train.distributed import autocast
 
 IGNORE = -100
 

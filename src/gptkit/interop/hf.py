@@ -28,11 +28,13 @@ from torch import Tensor
 
 from gptkit.config import DataConfig, ModelConfig, RunConfig, save_config
 from gptkit.errors import GptkitError
+from gptkit.files import check_target, new_folder
 from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE, hub_card
 from gptkit.model_card import render as render_card
+from gptkit.rundir import CONFIG_FILE, RunDir
 from gptkit.tokenizers import EOT, Tokenizer
-from gptkit.train import checkpoint
+from gptkit.train.checkpoint import save_best
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
@@ -274,7 +276,7 @@ def export_hf(
     eot = run.tokenizer.eot_id
     tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size)
     special = {k: v for k, v in tokenizer_config.items() if k.endswith("_token")}
-    with checkpoint.new_folder(Path(out), overwrite=overwrite, marker="config.json",
+    with new_folder(Path(out), overwrite=overwrite, marker="config.json",
                      what="Hugging Face model folder") as tmp:
         save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
@@ -362,7 +364,7 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     checkpoints, so `load_run`, eval, sample, info and `train.init_from` accept it.
     """
     out = Path(out)
-    checkpoint.check_target(out.resolve(), overwrite=overwrite, marker="config.yaml",
+    check_target(out.resolve(), overwrite=overwrite, marker=CONFIG_FILE,
                   what="gptkit run")  # before a download, which may be long
     folder = hf_folder(source)
     config_file = folder / "config.json"
@@ -393,14 +395,14 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2")).validate()
     info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": asdict(config),
             "imported_from": source}
-    with checkpoint.new_folder(out, overwrite=overwrite, marker="config.yaml",
+    with new_folder(out, overwrite=overwrite, marker=CONFIG_FILE,
                                what="gptkit run") as tmp:
-        save_config(cfg, tmp / "config.yaml")
-        tokenizer.save(tmp / "tokenizer.json")
+        save_config(cfg, RunDir(tmp).config_file)
+        tokenizer.save(RunDir(tmp).tokenizer_file)
         card = render_card(cfg, info)
 
         def write_card(folder: Path) -> None:
             (folder / CARD_FILE).write_text(card, encoding="utf-8")
 
-        checkpoint.save_best(tmp, model, info, extra=write_card)
+        save_best(tmp, model, info, extra=write_card)
     return out

@@ -7,7 +7,7 @@ a loaded run; `serve` runs it under uvicorn; `background` runs it in a thread.
 
 from gptkit.serve.settings import ServeSettings
 
-__all__ = ["ServeSettings", "background", "create_app", "load_model", "serve"]
+__all__ = ["ServeSettings", "background", "create_app", "serve"]
 
 
 def __getattr__(name: str) -> object:
@@ -16,7 +16,7 @@ def __getattr__(name: str) -> object:
         from gptkit.serve.app import create_app
 
         return create_app
-    if name in ("serve", "background", "load_model"):
+    if name in ("serve", "background"):
         from gptkit.serve import server
 
         return getattr(server, name)

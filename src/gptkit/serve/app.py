@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from gptkit.errors import GptkitError
-from gptkit.finetune.classify import Classifier
+from gptkit.finetune.classifier import Classifier
 from gptkit.run import Run
 from gptkit.serve.batcher import Batcher
 from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job
@@ -84,8 +84,8 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None = None,
                *, name: str | None = None) -> FastAPI:
-    """The API for one loaded run (`load_run` or `load_classifier`); `name` is its model id
-    (default: the run folder's name)."""
+    """The API for one loaded run (`load_run`; a classifier run's `Run.classifier`); `name`
+    is its model id (default: the run folder's name)."""
     settings = settings or ServeSettings()
     settings.check()
     engine = model if isinstance(model, Engine) else Engine(model, name=name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from gptkit.errors import GptkitError
-from gptkit.finetune.classify import Classifier
+from gptkit.finetune.classifier import Classifier
 from gptkit.generate import first_stop, generate_tokens, showable
 from gptkit.model import GPT
 from gptkit.run import Run

@@ -13,33 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from gptkit.errors import GptkitError
-from gptkit.finetune.classify import Classifier
+from gptkit.finetune.classifier import Classifier
 from gptkit.run import Run
 from gptkit.serve.settings import ServeSettings
-
-
-def load_model(path: str | Path, *, device: str = "auto", which: str = "best",
-               quantize: str | None = None) -> Run | Classifier:
-    """A run to serve: a language model (`load_run`; int8 as `gptkit sample --quantize`) or,
-    for a `gptkit finetune-classify` run, its classifier."""
-    from gptkit.compress import stored_quantization
-    from gptkit.finetune.classify import load_classifier
-    from gptkit.run import load_run
-    from gptkit.train.distributed import resolve_device
-
-    run_dir = Path(path)
-    if (run_dir / "labels.json").is_file():
-        if quantize:
-            raise GptkitError("--quantize applies to language models; a classifier run is "
-                              "served as it is")
-        return load_classifier(run_dir, device=resolve_device(device))
-    int8 = quantize or (run_dir.is_dir() and stored_quantization(run_dir))
-    resolved = resolve_device("cpu" if int8 and device == "auto" else device)
-    return load_run(run_dir, which=which, device=resolved, quantize=quantize)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,5 +1,10 @@
 """Checkpoints that survive crashes: atomic, checksummed, loaded without unpickling code.
 
+The one checkpoint interface: `save_checkpoint`, `load_checkpoint`, `verify_checkpoint`,
+`latest_valid_checkpoint` (and `save_best`), with both formats behind it, the one-file
+format here and the sharded (DCP) one in `gptkit.train.sharded`, which knows nothing of
+state.json or checksums.
+
     run/checkpoints/step-000500/{model.safetensors, optimizer.pt, state.json}
     run/checkpoints/step-000500/{sharded/, state.json}    (an FSDP run: gptkit.train.sharded)
     run/best/{model.safetensors, config.json}
@@ -23,39 +28,34 @@ import pickle
 import random
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
-from torch.optim import Optimizer
+from typing import TYPE_CHECKING, Any
 
 from gptkit.errors import GptkitError
+from gptkit.files import fresh_dir, fsync_dir, fsync_file, replace_dir, sha256
 
-MODEL_FILE = "model.safetensors"
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+    from torch.optim import Optimizer
+
+    from gptkit.train.distributed import DistEnv
+
+# torch, numpy and the sharded format are imported where they are used: finding, reading and
+# verifying checkpoints (gptkit.rundir, `gptkit compare`) needs none of them
+
+MODEL_FILE = "model.safetensors"  # the weights, in a checkpoint, in best/ and in a classifier run
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of a sharded (FSDP) run
-SHARDED_INDEX = f"{SHARDED_DIR}/.metadata"
+SHARDED_INDEX = f"{SHARDED_DIR}/.metadata"  # DCP's index of the shards
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
 BEST_INFO_FILE = "config.json"
 # keys save_checkpoint adds to the caller's state; load_checkpoint takes them out again
 STATE_DIGEST = "state_sha256"  # of state.json itself; older checkpoints lack it and still load
 _BOOKKEEPING = ("checksums", "sizes", STATE_DIGEST)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-# --- files ------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state_digest(state: dict[str, Any]) -> str:
@@ -65,177 +65,9 @@ def _state_digest(state: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; directories cannot be opened for syncing on Windows."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move folder `src` to `dst`, replacing a `dst` that exists (rename cannot do that)."""
-    if dst.exists():
-        aside = dst.with_name(f".old-{dst.name}-{os.getpid()}")
-        if aside.exists():
-            shutil.rmtree(aside)
-        os.replace(dst, aside)
-        os.replace(src, dst)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-    _fsync_dir(dst.parent)
-
-
-@contextmanager
-def new_folder(out: Path, *, overwrite: bool, marker: str, what: str) -> Iterator[Path]:
-    """A temporary sibling of `out` to fill; renamed to `out` only if the block succeeds.
-
-    An existing non-empty `out` is replaced only with `overwrite`, and only when it holds
-    `marker` (so that a typo cannot replace an unrelated folder).
-    """
-    out = out.resolve()
-    check_target(out, overwrite=overwrite, marker=marker, what=what)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_target(out: Path, *, overwrite: bool, marker: str, what: str) -> None:
-    if out.exists() and not out.is_dir():
-        raise GptkitError(f"{out} exists and is not a folder; choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise GptkitError(f"{out} already exists; use --overwrite to replace it, or another --out")
-    if not (out / marker).is_file():
-        raise GptkitError(
-            f"refusing to overwrite {out}: it is not a {what} (no {marker}); choose another --out"
-        )
-
-
-def _fresh_dir(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
-
-
-# --- weights ----------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile and DDP wrappers, so no prefixes reach disk."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
-            if not isinstance(inner, nn.Module):
-                return model
-            model = inner
-
-
-def _storage_key(t: Tensor) -> tuple[Any, ...]:
-    """Equal for two state-dict entries that are the same memory (tied weights)."""
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-            tuple(t.stride()), t.dtype)
-
-
-def _alias_groups(state: dict[str, Tensor]) -> dict[str, list[str]]:
-    """name -> every name of the same tensor (itself included), in state-dict order."""
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    for name, tensor in state.items():
-        key = _storage_key(tensor) if tensor.numel() else ("empty", name)
-        groups.setdefault(key, []).append(name)
-    return {name: names for names in groups.values() for name in names}
-
-
-def save_weights(model: nn.Module, path: Path, state: dict[str, Tensor] | None = None) -> None:
-    """The module's state dict (or `state`, its gathered copy) as safetensors, each tied
-    tensor once, under its first name.
-
-    safetensors refuses tensors that share memory, so `lm_head.weight` (the same tensor as
-    `transformer.wte.weight`) is dropped here and filled again by the tie on load. The
-    dropped names are listed in the file's metadata. Written to a temp name, then renamed.
-    """
-    if state is None:
-        state = _unwrap(model).state_dict()
-    aliases = _alias_groups(state)
-    tensors: dict[str, Tensor] = {}
-    tied: dict[str, str] = {}
-    for name, tensor in state.items():
-        first = aliases[name][0]
-        if first != name:
-            tied[name] = first
-            continue
-        tensors[name] = tensor.detach().to("cpu").contiguous()
-    # distinct tensors may still be views of one buffer on CPU; give those their own memory
-    seen: set[int] = set()
-    for name, tensor in tensors.items():
-        ptr = tensor.untyped_storage().data_ptr()
-        if tensor.numel() and ptr in seen:
-            tensors[name] = tensor.clone()
-        seen.add(ptr)
-    metadata = {"format": "pt", "gptkit_tied": json.dumps(tied)}
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Copy safetensors weights into `model` in place (ties stay tied); GptkitError on a misfit.
-
-    A name missing from the file is fine only when the model ties it to a name that is present.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GptkitError(f"weights file {path} not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise GptkitError(f"cannot read weights {path} ({exc}); the file is damaged") from exc
-    module = _unwrap(model)
-    expected = module.state_dict()
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise GptkitError(
-            f"{path} holds weights this model does not have: {', '.join(unexpected[:5])}; "
-            "do the weights come from another kind of model?"
-        )
-    aliases = _alias_groups(expected)
-    missing = [n for n in expected if n not in tensors
-               and not any(a in tensors for a in aliases[n])]
-    if missing:
-        raise GptkitError(f"{path} lacks weights for: {', '.join(missing[:5])}")
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise GptkitError(
-                f"{path}: {name} has shape {tuple(tensor.shape)} but the model expects "
-                f"{tuple(expected[name].shape)}; the model config does not match these weights"
-            )
-    module.load_state_dict(tensors, strict=False)
-
-
 # --- checkpoints ------------------------------------------------------------------------------
 def _checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def _step_of(path: Path) -> int:
@@ -259,19 +91,44 @@ def save_checkpoint(
     optimizer: Optimizer,
     state: dict[str, Any],
     keep: int,
+    sharded_over: DistEnv | None = None,
 ) -> Path:
     """Write `checkpoints/step-{step:06d}` atomically, then keep only the newest `keep`.
 
     `state` must be JSON-serialisable. Checkpoints of later steps than this one belong to a
     timeline that was abandoned (resume fell back past them) and are removed, so they can
-    never shadow the new ones.
+    never shadow the new ones. A sharded (FSDP) model is written into `sharded/` by every
+    process of `sharded_over`, which all call this (`state` is rank 0's); a plain one by the
+    one process that calls this.
     """
+    import torch
+
+    from gptkit.weights import save_weights
+
     check_checkpoint_args(state, keep)
+    if sharded_over is not None:
+        return _save_sharded(Path(run_dir), step, model, optimizer, state, keep, sharded_over)
     tmp, final = checkpoint_paths(run_dir, step, f".tmp-{{name}}-{os.getpid()}")
     save_weights(model, tmp / MODEL_FILE)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    _fsync_file(tmp / OPTIMIZER_FILE)
+    fsync_file(tmp / OPTIMIZER_FILE)
     return finish_checkpoint(run_dir, tmp, final, [MODEL_FILE, OPTIMIZER_FILE], state, keep)
+
+
+def _save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: Optimizer,
+                  state: dict[str, Any], keep: int, env: DistEnv) -> Path:
+    from gptkit.train import distributed, sharded
+
+    # one name that every rank knows; rank 0 makes the folder
+    tmp, final = checkpoint_paths(run_dir, step, ".tmp-{name}-sharded", create=env.is_main)
+    distributed.barrier(env)
+    sharded.write(tmp / SHARDED_DIR, model, optimizer)
+    if env.is_main:
+        files = sorted(str(p.relative_to(tmp)) for p in (tmp / SHARDED_DIR).rglob("*")
+                       if p.is_file())
+        finish_checkpoint(run_dir, tmp, final, files, state, keep)
+    distributed.barrier(env)
+    return final
 
 
 def check_checkpoint_args(state: dict[str, Any], keep: int) -> None:
@@ -291,7 +148,7 @@ def checkpoint_paths(run_dir: Path, step: int, tmp_name: str, create: bool = Tru
     tmp = folder / tmp_name.format(name=final.name)
     if create:
         folder.mkdir(parents=True, exist_ok=True)
-        _fresh_dir(tmp)
+        fresh_dir(tmp)
     return tmp, final
 
 
@@ -299,16 +156,16 @@ def finish_checkpoint(run_dir: Path, tmp: Path, final: Path, files: list[str],
                       state: dict[str, Any], keep: int) -> Path:
     """Checksum `files` (paths in `tmp`) into state.json, then move `tmp` into place."""
     for name in files:
-        _fsync_file(tmp / name)
+        fsync_file(tmp / name)
     record = {
         **state,
-        "checksums": {name: _sha256(tmp / name) for name in files},
+        "checksums": {name: sha256(tmp / name) for name in files},
         "sizes": {name: (tmp / name).stat().st_size for name in files},
     }
     record[STATE_DIGEST] = _state_digest(record)
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
-    _fsync_file(tmp / STATE_FILE)
-    _fsync_dir(tmp)
+    fsync_file(tmp / STATE_FILE)
+    fsync_dir(tmp)
     replace_dir(tmp, final)
     _prune(run_dir, final, keep)
     return final
@@ -391,7 +248,7 @@ def verify_checkpoint(path: Path, check_state: StateCheck | None = None) -> str 
         size, expected_size = file.stat().st_size, sizes.get(name)
         if isinstance(expected_size, int) and size != expected_size:
             return f"{name} is truncated or padded ({size} bytes, expected {expected_size})"
-        if _sha256(file) != digest:
+        if sha256(file) != digest:
             return f"{name} does not match its checksum (the file was modified or damaged)"
     return None
 
@@ -438,24 +295,44 @@ def load_checkpoint(
         raise GptkitError(f"checkpoint {path}: {exc}") from exc
     from gptkit.train import distributed, sharded
 
-    if is_sharded(path) or distributed.is_sharded(model):
-        sharded.load(path, model, optimizer)
-        return {k: v for k, v in state.items() if k not in _BOOKKEEPING}
-    load_weights(model, path / MODEL_FILE)
-    if optimizer is not None:
-        file = path / OPTIMIZER_FILE
-        try:
-            saved = torch.load(file, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-            raise GptkitError(f"cannot read optimizer state {file} ({exc})") from exc
-        try:
-            optimizer.load_state_dict(saved)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise GptkitError(
-                f"optimizer state in {file} does not fit this run's optimizer ({exc}); "
-                "resume with the run's own train.optimizer and model settings"
-            ) from exc
+    try:
+        if is_sharded(path):
+            sharded.load(path / SHARDED_DIR, model, optimizer)
+        elif distributed.is_sharded(model):
+            sharded.load_full(path / MODEL_FILE, path / OPTIMIZER_FILE, model, optimizer)
+        else:
+            _load_one_file(path, model, optimizer)
+    except GptkitError:
+        raise
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GptkitError(
+            f"checkpoint {path} does not fit this run's model and optimizer ({first}); resume "
+            "with the run's own model and train.optimizer settings"
+        ) from exc
     return {k: v for k, v in state.items() if k not in _BOOKKEEPING}
+
+
+def _load_one_file(path: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
+    import torch
+
+    from gptkit.weights import load_weights
+
+    load_weights(model, path / MODEL_FILE)
+    if optimizer is None:
+        return
+    file = path / OPTIMIZER_FILE
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise GptkitError(f"cannot read optimizer state {file} ({exc})") from exc
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GptkitError(
+            f"optimizer state in {file} does not fit this run's optimizer ({exc}); "
+            "resume with the run's own train.optimizer and model settings"
+        ) from exc
 
 
 def save_best(
@@ -467,15 +344,17 @@ def save_best(
     `extra(folder)` may write more files into the new folder before it replaces the old;
     `state`: the weights gathered from a sharded model, to write instead of its own.
     """
+    from gptkit.weights import save_weights
+
     run_dir = Path(run_dir)
-    tmp = _fresh_dir(run_dir / f".tmp-best-{os.getpid()}")
+    tmp = fresh_dir(run_dir / f".tmp-best-{os.getpid()}")
     save_weights(model, tmp / MODEL_FILE, state)
     if extra is not None:
         extra(tmp)
     (tmp / BEST_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    _fsync_file(tmp / BEST_INFO_FILE)
-    _fsync_dir(tmp)
-    replace_dir(tmp, run_dir / "best")
+    fsync_file(tmp / BEST_INFO_FILE)
+    fsync_dir(tmp)
+    replace_dir(tmp, run_dir / BEST_DIR)
 
 
 # --- the trainer's resume state ---------------------------------------------------------------
@@ -528,6 +407,8 @@ def _bytes_to_text(data: bytes) -> str:
 
 
 def _text_to_byte_tensor(text: str) -> Tensor:
+    import torch
+
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
@@ -537,6 +418,9 @@ def rng_state() -> dict[str, Any]:
     Python `random`, NumPy's global generator, torch on CPU, and torch on the current CUDA
     device when CUDA is in use (each process saves its own device; untouched GPUs stay so).
     """
+    import numpy as np
+    import torch
+
     version, internal, gauss_next = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
@@ -557,6 +441,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` saved (CUDA only where saved and available)."""
+    import numpy as np
+    import torch
+
     try:
         version, internal, gauss_next = state["python"]
         random.setstate((version, tuple(internal), gauss_next))

@@ -1,7 +1,8 @@
-"""Process-group set-up under torchrun, device choice and the precision policy.
+"""Process-group set-up under torchrun, collectives and the parallel strategies.
 
-Everything that depends on the hardware or the number of processes lives here, so the model
-and the training loop stay unchanged between a laptop CPU and many GPUs.
+Everything that depends on the number of processes lives here, so the model and the training
+loop stay unchanged between one process and many; the device and precision policy is
+`gptkit.device`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gptkit.device import resolve_device
 from gptkit.errors import GptkitError, ProcessGroupError
 
 
@@ -36,30 +38,6 @@ class DistEnv:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; `cuda` under torchrun means this rank's GPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GptkitError(
-            f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GptkitError("train.device is cuda but no CUDA GPU is available; use auto or cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise GptkitError("train.device is mps but MPS is not available; use auto or cpu")
-    return device
 
 
 def setup(device_name: str = "auto", timeout_s: float = 600.0) -> DistEnv:
@@ -227,64 +205,3 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return value.full_tensor() if isinstance(value, DTensor) else value
-
-
-# --- precision policy --------------------------------------------------------------------
-# | device            | auto  | bf16            | fp16                    | fp32 |
-# | CUDA, sm80+       | bf16  | autocast bf16   | autocast fp16 + scaler  | fp32 |
-# | CUDA, older       | fp16  | error           | autocast fp16 + scaler  | fp32 |
-# | CPU / MPS         | fp32  | autocast bf16   | error                   | fp32 |
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX).
-
-    Read from the CPU's flags (Linux), so the choice is the same on every run of a machine;
-    where the flags cannot be read the answer is no, and training stays in fp32.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto": bf16 autocast on GPUs, and on CPUs with bf16 matrix instructions, where it
-    trains to the same loss curve faster (measured on an AVX512-BF16 EPYC, 2 threads: 1.35x
-    the fp32 tokens/s at 128 wide, 1.2x at 64, 1.6x at 384); fp16 on GPUs without bf16;
-    fp32 elsewhere."""
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if precision == "auto":
-            return "bf16" if bf16_ok else "fp16"
-        if precision == "bf16" and not bf16_ok:
-            raise GptkitError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
-        return precision
-    if precision == "auto":
-        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
-    if precision == "fp16":
-        raise GptkitError(
-            f"train.precision=fp16 needs a CUDA GPU (device is {device.type}); use bf16 or fp32"
-        )
-    return precision
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed-precision region for forward passes; a no-op in fp32."""
-    if precision == "fp32":
-        yield
-        return
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
-
-
-def resolve_compile(compile_setting: bool | None, device: torch.device) -> bool:
-    """Compile on CUDA by default; elsewhere only when asked (compile time dominates there)."""
-    return device.type == "cuda" if compile_setting is None else compile_setting

@@ -3,8 +3,9 @@
 Every rank writes its own shards into `step-N/sharded/`, and DCP records where each slice of
 each tensor lives, so a checkpoint reloads into any number of processes (2 -> 1, 2 -> 4) and
 into a plain model: the tensors are addressed by parameter name, not by rank. State.json,
-checksums and the atomic rename are the same as for a one-file checkpoint
-(`gptkit.train.checkpoint`). A multi-node run must write to a folder every node sees.
+checksums and the atomic rename are the same as for a one-file checkpoint: this module only
+reads and writes the shards, `gptkit.train.checkpoint` (the one checkpoint interface) does
+the rest. A multi-node run must write to a folder every node sees.
 
 DCP itself unpickles `.metadata` and every non-tensor item (`torch.load(weights_only=False)`),
 so a planted file would run code: checksums do not help, since whoever plants the file can
@@ -43,8 +44,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.optim import Optimizer
 
 from gptkit.errors import GptkitError
-from gptkit.train import checkpoint, distributed
-from gptkit.train.distributed import DistEnv
+
+METADATA_FILE = ".metadata"  # DCP's index of where each slice of each tensor lives
 
 # Every class a DCP `.metadata` file is made of (torch 2.13, checked by saving one in
 # tests/train/test_safe_load.py): DCP's metadata dataclasses and its memory-format enum, the
@@ -163,48 +164,19 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def save_sharded_checkpoint(
-    run_dir: Path, step: int, model: nn.Module, optimizer: Optimizer, state: dict[str, Any],
-    keep: int, env: DistEnv,
-) -> Path:
-    """`checkpoints/step-N` of a sharded model, written by every rank; `state` is rank 0's."""
-    checkpoint.check_checkpoint_args(state, keep)
-    # one name that every rank knows; rank 0 makes the folder
-    tmp, final = checkpoint.checkpoint_paths(run_dir, step, ".tmp-{name}-sharded",
-                                             create=env.is_main)
-    distributed.barrier(env)
+def write(folder: Path, model: nn.Module, optimizer: Optimizer) -> None:
+    """Every rank's shards of `model` and `optimizer` into `folder` (DCP); every rank calls it.
+
+    `gptkit.train.checkpoint.save_checkpoint` wraps this in the checkpoint's state.json,
+    checksums and atomic rename."""
     model_state, optimizer_state = get_state_dict(model, optimizer)
     for name in tied_names(model):  # the same tensor as another name: written once
         model_state.pop(name, None)
-    dcp.save({"model": model_state, "optimizer": optimizer_state},
-             checkpoint_id=tmp / checkpoint.SHARDED_DIR)
-    if env.is_main:
-        files = sorted(str(p.relative_to(tmp)) for p in (tmp / checkpoint.SHARDED_DIR).rglob("*")
-                       if p.is_file())
-        checkpoint.finish_checkpoint(Path(run_dir), tmp, final, files, state, keep)
-    distributed.barrier(env)
-    return final
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder)
 
 
-def load(path: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
-    """Weights (and optimizer state) of checkpoint `path` into `model`, sharded or not."""
-    try:
-        if checkpoint.is_sharded(path):
-            _load_sharded(path, model, optimizer)
-        else:
-            _load_full_into_sharded(path, model, optimizer)
-    except GptkitError:
-        raise
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GptkitError(
-            f"checkpoint {path} does not fit this run's model and optimizer ({first}); resume "
-            "with the run's own model and train.optimizer settings"
-        ) from exc
-
-
-def _load_sharded(path: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
-    files = Path(path) / checkpoint.SHARDED_DIR
+def load(files: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
+    """The shards in `files` (a checkpoint's `sharded/`) into `model`, sharded or not."""
     with warnings.catch_warnings():  # one process reading shards is what we mean to do
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         _read_shards(files, model, optimizer)
@@ -220,7 +192,7 @@ def _read_shards(files: Path, model: nn.Module, optimizer: Optimizer | None) -> 
     for name in tied:
         wanted["model"].pop(name, None)
     # refused here with its own message: DCP would swallow the error and try other files
-    read_metadata(files.parent / checkpoint.SHARDED_INDEX)
+    read_metadata(files / METADATA_FILE)
     try:
         dcp.load(wanted, storage_reader=SafeReader(files), planner=SafePlanner())
     except CheckpointException as exc:  # DCP wraps every rank's error in this BaseException
@@ -238,12 +210,12 @@ def _read_shards(files: Path, model: nn.Module, optimizer: Optimizer | None) -> 
                        optim_state_dict=wanted["optimizer"])
 
 
-def _load_full_into_sharded(path: Path, model: nn.Module, optimizer: Optimizer | None) -> None:
+def load_full(weights: Path, optimizer_file: Path, model: nn.Module,
+              optimizer: Optimizer | None) -> None:
     """A one-file checkpoint (one process or DDP) into a sharded model: every rank reads the
     whole files and keeps its shards. The optimizer file numbers parameters in the order of
     the optimizer's groups; the sharded optimizer has the same order, so the numbers become
     parameter names."""
-    weights = Path(path) / checkpoint.MODEL_FILE
     try:
         tensors: dict[str, Any] = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -255,7 +227,7 @@ def _load_full_into_sharded(path: Path, model: nn.Module, optimizer: Optimizer |
     if optimizer is None:
         set_model_state_dict(model, tensors, options=options)
         return
-    file = Path(path) / checkpoint.OPTIMIZER_FILE
+    file = optimizer_file
     try:
         saved = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:

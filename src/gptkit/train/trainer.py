@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gptkit.compress import stored_quantization
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
 from gptkit.config_usage import check_used, run_kinds
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, cache_dir, prepare
 from gptkit.data.sources import is_wikitext, resolve_protocol
+from gptkit.device import autocast, resolve_compile, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
 from gptkit.finetune import freeze, lora, sft
@@ -42,6 +42,7 @@ from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE
 from gptkit.model_card import render as render_card
 from gptkit.run import Run, load_run
+from gptkit.rundir import RunDir
 from gptkit.tokenizers import Tokenizer, build_tokenizer, unknown_warning
 from gptkit.train import checkpoint, distributed, sharded
 from gptkit.train.distributed import DistEnv
@@ -233,8 +234,8 @@ class Trainer:
                 "finetune.unfreeze_every (gradual unfreezing) runs on one process only: DDP "
                 "needs the trainable parameters fixed; use finetune.freeze_layers instead"
             )
-        self.precision = distributed.resolve_precision(cfg.train.precision, env.device)
-        self.compiled = distributed.resolve_compile(cfg.train.compile, env.device)
+        self.precision = resolve_precision(cfg.train.precision, env.device)
+        self.compiled = resolve_compile(cfg.train.compile, env.device)
 
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
@@ -345,7 +346,7 @@ class Trainer:
             )
         if path.resolve() == self.run_dir.resolve():
             raise GptkitError(f"train.init_from ({path}) must be another run than --out")
-        if stored_quantization(path):
+        if RunDir(path).quantization:
             raise GptkitError(
                 f"train.init_from: {path} holds int8 weights (an inference export), which "
                 "cannot be trained; start from the run it was exported from"
@@ -485,7 +486,7 @@ class Trainer:
         gpt = self.model.get_base_model() if lora.is_lora(self.model) else self.model  # type: ignore[operator]
         assert isinstance(gpt, GPT)
         settings = replace(self.cfg.sample, max_new_tokens=tokens, num_samples=1, num_beams=1)
-        with distributed.autocast(self.env.device, self.precision):
+        with autocast(self.env.device, self.precision):
             text = sample_text(gpt, self.tokenizer, self.cfg.sample.prompt, settings)[0]
         if self.logger is not None:
             self.logger.sample(self.step, text, val_loss)
@@ -590,15 +591,11 @@ class Trainer:
             }
             if self.scaler.is_enabled():
                 state["scaler"] = self.scaler.state_dict()
-        if self.strategy == "fsdp":  # every rank writes its shards
-            sharded.save_sharded_checkpoint(
-                self.run_dir, self.step, self.model, self.optimizer, state,
-                keep=self.cfg.train.keep_checkpoints, env=self.env,
-            )
-        elif self.env.is_main:
+        if self.strategy == "fsdp" or self.env.is_main:  # FSDP: every rank writes its shards
             checkpoint.save_checkpoint(
                 self.run_dir, self.step, self.model, self.optimizer, state,
                 keep=self.cfg.train.keep_checkpoints,
+                sharded_over=self.env if self.strategy == "fsdp" else None,
             )
         distributed.barrier(self.env)
         self.saved_step = self.step
@@ -637,7 +634,7 @@ class Trainer:
             y = y.to(env.device, non_blocking=True)
             extra = {k: v.to(env.device) for k, v in more[0].items()} if more else {}
             with distributed.no_sync(self.train_model, sync=i == len(batches) - 1):
-                with distributed.autocast(env.device, self.precision):
+                with autocast(env.device, self.precision):
                     loss = self._loss(x, y, extra)
                 loss = loss * (counts[i] / step_targets)
                 self.scaler.scale(loss).backward()
