@@ -23,6 +23,7 @@ from gptkit.config import (
     recipe_names,
     sample_checks,
 )
+from gptkit.config.choices import InferencePrecision, PruneMethod, Quantization, WeightDtype, names
 from gptkit.errors import GptkitError
 
 DEFAULT_RECIPE = "shakespeare-char"
@@ -84,7 +85,7 @@ def _inference_args(parser: argparse.ArgumentParser, quantize: str | None = None
     _checkpoint_arg(parser)
     _device_arg(parser)
     if quantize is not None:
-        parser.add_argument("--quantize", choices=("int8",), help=quantize)
+        parser.add_argument("--quantize", choices=names(Quantization), help=quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
                     "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, "
                     "384-wide GPT-2 with its 50,257-token vocabulary (README, Compression)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--precision", choices=names(InferencePrecision), default="auto",
                    help="weights' dtype for generation; auto (default): bf16 on GPUs and on "
                    "CPUs with bf16 matrix instructions for models at least 256 wide (about 2x "
                    "faster per token there), else fp32")
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the memory plan: per-process training memory over N processes "
                    "for each strategy (none, ddp, fsdp, fsdp + CPU offload), with and without "
                    "activation checkpointing")
-    p.add_argument("--precision", choices=("fp32", "bf16"),
+    p.add_argument("--precision", choices=names(WeightDtype),
                    help="precision of the memory figures (default: the run's, else "
                    "train.precision; auto counts as fp32)")
     _common(p)
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("hf", "gptkit"),
                    help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer; "
                    "the default); gptkit: a run folder (the default with --quantize)")
-    p.add_argument("--quantize", choices=("int8",),
+    p.add_argument("--quantize", choices=names(Quantization),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     _checkpoint_arg(p, "export")
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "measure what they cost with gptkit eval OUT.",
     )
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--method", required=True, choices=("magnitude", "heads", "mlp"),
+    p.add_argument("--method", required=True, choices=names(PruneMethod),
                    help="what to remove")
     p.add_argument("--amount", required=True, type=float,
                    help="share to remove, between 0 and 1: of the weights (magnitude), heads "
@@ -500,14 +501,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         args.overrides = [*args.overrides, f"data.workers={args.workers}"]
     from gptkit.data.sources import resolve_protocol
 
-    cfg = _config_from(args)
-    cfg.data, protocol = resolve_protocol(cfg.data, args.data_dir)
+    data_cfg, protocol = resolve_protocol(_config_from(args).data, args.data_dir)
     if protocol:
         print(protocol, file=sys.stderr)
-    splits = [cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]
-    data = prepare(cfg.data, splits=[s for s in splits if s], data_dir=args.data_dir,
+    splits = [data_cfg.train_split, data_cfg.eval_split, data_cfg.test_split]
+    data = prepare(data_cfg, splits=[s for s in splits if s], data_dir=args.data_dir,
                    cache=args.cache_dir, progress=True)
-    print(f"prepared {cfg.data.source} with a {data.meta['tokenizer_kind']} tokenizer "
+    print(f"prepared {data_cfg.source} with a {data.meta['tokenizer_kind']} tokenizer "
           f"({data.tokenizer.vocab_size} tokens) in {data.path}")
     for name, split in data.meta["splits"].items():
         print(f"  {name:>6}: {split['tokens']:>11,} tokens {split['words']:>11,} words "
@@ -529,7 +529,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 f"cannot resume: {out} is not a gptkit run (no config.yaml); "
                 "drop --resume to start a new run, or point --out at the run"
             )
-        cfg = build_config(apply_overrides(saved.to_dict(), args.overrides))
+        cfg = build_config(apply_overrides(saved.model_dump(), args.overrides))
     else:
         cfg = _config_from(args)
         out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -595,7 +595,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg = run.config
     source = args.data or cfg.data.source
     split = args.split or cfg.data.test_split or cfg.data.eval_split
-    data_cfg = replace(cfg.data, source=source)
+    # another source with the run's other data settings, unchecked as before: a WikiText
+    # run's splits may name what --data does not have, and --split picks the one to score
+    data_cfg = cfg.data.model_copy(update={"source": source})
     if cfg.data.format == "sft":
         _eval_responses(run, data_cfg, split, args, device)
         return
@@ -742,7 +744,7 @@ def cmd_info(args: argparse.Namespace) -> None:
             from gptkit.data.prepare import prepare
             from gptkit.data.sources import resolve_protocol
 
-            cfg.data, _ = resolve_protocol(cfg.data, args.data_dir)
+            cfg = cfg.updated(data=resolve_protocol(cfg.data, args.data_dir)[0])
             prepared = prepare(cfg.data, data_dir=args.data_dir)
             info = describe(cfg, prepared.tokenizer.vocab_size, precision, args.world_size)
             info["data"] = prepared.meta

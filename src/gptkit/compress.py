@@ -66,6 +66,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from gptkit.config.choices import PruneMethod, Quantization, names
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, Block
 from gptkit.train import checkpoint
@@ -73,9 +74,9 @@ from gptkit.train import checkpoint
 if TYPE_CHECKING:
     from gptkit.run import Run
 
-INT8 = "int8"
-QUANTIZE_CHOICES = (INT8,)
-PRUNE_METHODS = ("magnitude", "heads", "mlp")
+INT8: Quantization = "int8"
+QUANTIZE_CHOICES = names(Quantization)
+PRUNE_METHODS = names(PruneMethod)
 QUANTIZATION_KEY = "quantization"  # in best/config.json of a quantized run
 PRUNED_KEY = "pruned"  # in best/config.json of a pruned run
 _METADATA_KEY = "gptkit_quantization"  # in the safetensors header
@@ -417,7 +418,8 @@ def prune_mlp(model: GPT, fraction: float) -> dict[str, Any]:
     return _report(model)
 
 
-PRUNERS: dict[str, Callable[[GPT, float], dict[str, Any]]] = {
+# one per PruneMethod
+PRUNERS: dict[PruneMethod, Callable[[GPT, float], dict[str, Any]]] = {
     "magnitude": prune_magnitude, "heads": prune_heads, "mlp": prune_mlp,
 }
 
