@@ -341,3 +341,94 @@ def test_split_settings_that_cannot_be_honest_are_refused(sets, match):
 
     with pytest.raises(GptkitError, match=re.escape(match)):
         load_config("shakespeare-char", sets)
+
+
+# --- typed, frozen settings on pydantic (issue 18, item 5) ------------------------------------
+FIXTURE = Path(__file__).parent / "fixtures" / "config-v0.yaml"
+
+
+def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Path):
+    """tests/fixtures/config-v0.yaml is a run's config.yaml from the dataclass config."""
+    import yaml
+
+    saved = yaml.safe_load(FIXTURE.read_text(encoding="utf-8"))
+    cfg = read_config(FIXTURE)
+    assert cfg.model_dump() == saved
+    assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
+    save_config(cfg, tmp_path / "config.yaml")  # and is written back byte for byte
+    assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == FIXTURE.read_text(
+        encoding="utf-8")
+    # one saved before train.min_lr_ratio existed keeps its absolute floor
+    del saved["train"]["min_lr_ratio"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    assert read_config(tmp_path / "old.yaml").train.floor_lr == 1e-5
+
+
+def test_settings_are_frozen_and_changed_copies_are_validated():
+    from pydantic import ValidationError
+
+    cfg = load_config()
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.model = cfg.model  # type: ignore[misc]
+    changed = cfg.updated(train={"lr": "3e-4"}, name="other")
+    assert (changed.train.lr, changed.name, cfg.train.lr, cfg.name) == (
+        3e-4, "other", 1e-3, "shakespeare-char")
+    assert changed.model == cfg.model and changed.sample == cfg.sample
+    with pytest.raises(GptkitError, match=r"^train.lr must be > 0 \(got -1.0\)$"):
+        cfg.updated(train={"lr": -1})
+    with pytest.raises(GptkitError, match="eval.stride .* must not exceed model.block_size"):
+        cfg.updated(eval={"stride": 65})  # a check across sections runs on the copy too
+    assert cfg.model.updated(n_layer=2).n_layer == 2
+
+
+def test_building_a_section_directly_is_checked_and_names_the_key():
+    from gptkit.config import DataConfig, ModelConfig, TrainConfig
+
+    with pytest.raises(GptkitError, match=r"^model.n_layer must be >= 1 \(got 0\)$"):
+        ModelConfig(n_layer=0)
+    with pytest.raises(GptkitError, match=r"^train.schedule must be cosine, linear, constant or "
+                       r"wsd \(got 'step'\)$"):
+        TrainConfig(schedule="step")
+    with pytest.raises(GptkitError, match="^unknown setting 'data.sauce'$"):
+        DataConfig(sauce="x")
+
+
+@pytest.mark.parametrize(("override", "value"), [
+    ("model.bias=yes", True), ("model.bias=OFF", False), ("model.bias=1", True),
+    ("model.bias= false ", False), ("train.max_steps=1_000", 1000), ("train.max_steps=2e3", 2000),
+    ("train.lr=1", 1.0), ("train.batch_tokens=none", None), ("train.batch_tokens=~", None),
+    ("data.augment=word_swap=0.1", ["word_swap=0.1"]),
+    ("data.augment=[word_swap=0.1, char_noise=0.05]", ["word_swap=0.1", "char_noise=0.05"]),
+    ("finetune.lora_targets=[]", []), ("sample.top_k=1e2", 100), ("sample.seed=null", None),
+    ("sample.early_stopping=never", "never"), ("sample.early_stopping=on", True),
+    ("name=123", "123"),
+])
+def test_command_line_values_convert_as_they_always_did(override, value):
+    key, _ = override.split("=", 1)
+    cfg = load_config("shakespeare-char", [override])
+    got = cfg.name if key == "name" else getattr(getattr(cfg, key.split(".")[0]),
+                                                 key.split(".")[1])
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(("yaml_text", "fragment"), [
+    ("model:\n  bias: 1\n", "model.bias must be bool, got 1"),
+    ("train:\n  max_steps: true\n", "train.max_steps must be int, got True"),
+    ("train:\n  lr: false\n", "train.lr must be float, got False"),
+    ("model:\n  n_layer: 2.5\n", "model.n_layer must be int, got 2.5"),
+    ("data:\n  augment: [word_swap=0.1, [1]]\n", "data.augment[1] must be str"),
+    ("data:\n  source: {a: 1}\n", "data.source must be str"),
+    ("train: 3\n", "section 'train' must be a mapping"),
+    ("sample:\n  top_k: many\n", "sample.top_k must be int, got 'many'"),
+])
+def test_recipe_values_of_the_wrong_type_are_refused(tmp_path: Path, yaml_text, fragment):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml_text)
+    with pytest.raises(GptkitError) as info:
+        load_config(str(recipe))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    # a whole number written as a float in YAML is an int, as before
+    recipe.write_text("model:\n  n_layer: 2.0\n")
+    assert load_config(str(recipe)).model.n_layer == 2
