@@ -1,15 +1,15 @@
 """The `data:` section: where the text comes from, how it is split and becomes token ids.
 
-Its own module because of the split rules: the split trained on, the one the best checkpoint
-is selected on and the one reported must never share text, and WikiText's `data.protocol`
-chooses all three (`SPLIT_PROTOCOLS`, which gptkit.data.sources reads).
+Its own module because of the split rules: in a run, the split trained on, the one the best
+checkpoint is selected on and the one reported must never share text, and WikiText's
+`data.protocol` chooses all three (`SPLIT_PROTOCOLS`, which gptkit.data.sources reads).
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from gptkit.config.choices import DataFormat, SplitBy, SplitProtocol, TokenizerKind
 from gptkit.config.fields import (
@@ -24,7 +24,6 @@ from gptkit.config.fields import (
     rule,
     within,
 )
-from gptkit.errors import check_all
 
 # data.protocol -> (train_split, eval_split, test_split); data/sources.py reads the splits
 SPLIT_PROTOCOLS = {
@@ -77,11 +76,6 @@ class DataConfig(Settings):
     augment: Annotated[StrList, rule(lambda v: all(v), "must be a list of non-empty strings "
                                      "(got {got})")] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _splits(self) -> DataConfig:
-        check_all(split_checks(self))
-        return self
-
 
 def _split_parts(split: str) -> set[str]:
     """The pieces of text a split name covers, so overlapping names can be told apart."""
@@ -90,7 +84,10 @@ def _split_parts(split: str) -> set[str]:
 
 
 def split_checks(d: DataConfig) -> list[tuple[bool, str]]:
-    """The split trained on, the one selected on and the one reported never share text."""
+    """The split trained on, the one selected on and the one reported never share text.
+
+    A run's checks (RunConfig), not the section's: a DataConfig alone may name any split,
+    e.g. to prepare or score it."""
     names = {"data.train_split": d.train_split, "data.eval_split": d.eval_split,
              "data.test_split": d.test_split}
     wikitext = d.source in WIKITEXT

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from gptkit.config.data import DataConfig
+from gptkit.config.data import DataConfig, split_checks
 from gptkit.config.fields import (
     Bool,
     BoolOrStr,
@@ -111,6 +111,7 @@ class RunConfig(Settings):
              f"finetune.freeze_layers must be in [0, model.n_layer={m.n_layer}] "
              f"(got {f.freeze_layers})"),
             *sample_checks(self.sample),
+            *split_checks(self.data),
         ])
         return self
 
