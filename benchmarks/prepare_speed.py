@@ -81,7 +81,7 @@ def bench(data_dir: Path, megabytes: float, repeats: int, workers: list[int]) ->
         sides: dict[str, Callable[[Path], None]] = {}
         for w in workers:
             sides[f"gptkit (workers {w})"] = gptkit_prepare(
-                DataConfig(**{**vars(cfg), "workers": w}), bpe if kind == "bpe" else None)
+                cfg.updated(workers=w), bpe if kind == "bpe" else None)
         sides["baseline"] = ((lambda out: baseline_char(text_file, out)) if kind == "char"
                              else (lambda out: baseline_bpe(bpe, text_file, out)))
         times: dict[str, list[float]] = {side: [] for side in sides}

@@ -78,9 +78,8 @@ def test_eval_reports_the_test_split_not_the_one_that_selected(tiny_run, capsys,
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     cfg = read_config(run / "config.yaml")
-    cfg.data.source, cfg.data.protocol = "wikitext2", "offline"
-    cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split = (
-        "valid-head", "valid-tail", "test")
+    cfg = cfg.updated(data={"source": "wikitext2", "protocol": "offline", "train_split":
+                            "valid-head", "eval_split": "valid-tail", "test_split": "test"})
     save_config(cfg, run / "config.yaml")
     code, out, err = run_cli(capsys, "eval", str(run), "--json")
     assert code == 0, err

@@ -103,7 +103,7 @@ def test_int8_round_trip_of_an_untied_model(tmp_path):
     ids = torch.randint(0, 11, (2, 8))
     assert torch.equal(logits(back, ids), logits(q, ids))
     with pytest.raises(GptkitError, match="config does not match"):
-        compress.load_int8(GPT(replace(config, n_embd=32)), tmp_path / "w.safetensors")
+        compress.load_int8(GPT(config.updated(n_embd=32)), tmp_path / "w.safetensors")
 
 
 def test_cli_sample_eval_and_export_int8(tiny_run, capsys, tmp_path):

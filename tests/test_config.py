@@ -122,7 +122,7 @@ def test_save_and_read_round_trip(tmp_path: Path):
     cfg = load_config("wikitext2", ["train.max_steps=7"])
     save_config(cfg, tmp_path / "config.yaml")
     assert read_config(tmp_path / "config.yaml") == cfg
-    assert RunConfig().validate() == RunConfig()
+    assert build_config(RunConfig().model_dump()) == RunConfig()
 
 
 def test_distributed_settings_and_their_recipes():
@@ -219,13 +219,10 @@ def _moved(value, annotation):
 
 
 def test_every_setting_declares_the_runs_that_read_it():
-    import dataclasses
+    from gptkit.config import SECTIONS, field_names
+    from gptkit.config.usage import RUN_KINDS, USED_BY
 
-    from gptkit.config import SECTIONS
-    from gptkit.config_usage import RUN_KINDS, USED_BY
-
-    fields = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
-              for f in dataclasses.fields(cls)}
+    fields = {f"{name}.{key}" for name, cls in SECTIONS.items() for key in field_names(cls)}
     assert fields == set(USED_BY), "a new setting must say in USED_BY which runs read it"
     assert all(kinds and set(kinds) <= set(RUN_KINDS) for kinds in USED_BY.values())
 
@@ -234,18 +231,21 @@ def test_a_setting_a_run_does_not_read_is_refused_with_where_it_applies():
     import dataclasses
     import typing
 
-    from gptkit.config import SECTIONS
-    from gptkit.config_usage import KIND_NAMES, RUN_KINDS, USED_BY, check_used
+    from gptkit.config import SECTIONS, field_names
+    from gptkit.config.usage import KIND_NAMES, RUN_KINDS, USED_BY, check_used
 
     refused = 0
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{name}.{f.name}"
+        for field in field_names(cls):
+            key = f"{name}.{field}"
             for kind in set(RUN_KINDS) - set(USED_BY[key]):
-                cfg = RunConfig()
-                section = getattr(cfg, name)
-                setattr(section, f.name, _moved(getattr(section, f.name), hints[f.name]))
+                section = getattr(RunConfig(), name)
+                moved = {field: _moved(getattr(section, field), hints[field])}
+                # unvalidated copies: check_used must refuse the value whatever it is
+                section = (dataclasses.replace(section, **moved) if name == "sample"
+                           else section.model_copy(update=moved))
+                cfg = RunConfig().model_copy(update={name: section})
                 with pytest.raises(GptkitError, match=rf"^{key}=.* does nothing in") as caught:
                     check_used(cfg, {kind})
                 message = str(caught.value)
@@ -258,17 +258,17 @@ def test_a_setting_a_run_does_not_read_is_refused_with_where_it_applies():
 
 
 def test_every_shipped_recipe_sets_only_what_its_runs_read():
-    from gptkit.config_usage import check_used, run_kinds
+    from gptkit.config.usage import check_used, run_kinds
 
     for name in recipe_names():
         cfg = load_config(name)
         if name.endswith("student"):  # gptkit distill --teacher RUN --student-recipe ...
-            cfg.distill.teacher = "runs/teacher"
+            cfg = cfg.updated(distill={"teacher": "runs/teacher"})
         check_used(cfg, run_kinds(cfg, classify=name in ("sentiment", "ner")))
 
 
 def test_settings_read_only_under_another_setting():
-    from gptkit.config_usage import check_used
+    from gptkit.config.usage import check_used
 
     cfg = load_config("shakespeare-char", ["finetune.lora_alpha=32"])
     with pytest.raises(GptkitError, match="finetune.lora_alpha=32.0 does nothing here; it "
@@ -301,17 +301,16 @@ def test_train_refuses_settings_it_would_ignore(capsys, tmp_path, argv, match):
 # --- which split picks the checkpoint, which is reported (issue 17, item 6) --------------------
 def test_wikitext2_recipe_never_selects_on_the_split_it_reports(data_dir, tmp_path):
     import shutil
-    from dataclasses import replace
 
     from gptkit.data.sources import resolve_protocol
 
     cfg = load_config("wikitext2")
     assert cfg.data.protocol == "auto"
     for protocol in ("published", "offline"):
-        data, line = resolve_protocol(replace(cfg.data, protocol=protocol))
+        data, line = resolve_protocol(cfg.data.updated(protocol=protocol))
         assert data.test_split == "test" and data.eval_split not in ("test", data.train_split)
         assert line.startswith(f"data protocol: {protocol} ")
-        build_config({"data": vars(data)})  # the resolved splits pass the overlap checks
+        build_config({"data": data.model_dump()})  # the resolved splits pass the overlap checks
     # here there is no wiki.train.tokens in the data root and downloads are off: offline
     data, line = resolve_protocol(cfg.data)
     assert (data.protocol, data.train_split, data.eval_split, data.test_split) == (
@@ -342,3 +341,94 @@ def test_split_settings_that_cannot_be_honest_are_refused(sets, match):
 
     with pytest.raises(GptkitError, match=re.escape(match)):
         load_config("shakespeare-char", sets)
+
+
+# --- typed, frozen settings on pydantic (issue 18, item 5) ------------------------------------
+FIXTURE = Path(__file__).parent / "fixtures" / "config-v0.yaml"
+
+
+def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Path):
+    """tests/fixtures/config-v0.yaml is a run's config.yaml from the dataclass config."""
+    import yaml
+
+    saved = yaml.safe_load(FIXTURE.read_text(encoding="utf-8"))
+    cfg = read_config(FIXTURE)
+    assert cfg.model_dump() == saved
+    assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
+    save_config(cfg, tmp_path / "config.yaml")  # and is written back byte for byte
+    assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == FIXTURE.read_text(
+        encoding="utf-8")
+    # one saved before train.min_lr_ratio existed keeps its absolute floor
+    del saved["train"]["min_lr_ratio"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    assert read_config(tmp_path / "old.yaml").train.floor_lr == 1e-5
+
+
+def test_settings_are_frozen_and_changed_copies_are_validated():
+    from pydantic import ValidationError
+
+    cfg = load_config()
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.model = cfg.model  # type: ignore[misc]
+    changed = cfg.updated(train={"lr": "3e-4"}, name="other")
+    assert (changed.train.lr, changed.name, cfg.train.lr, cfg.name) == (
+        3e-4, "other", 1e-3, "shakespeare-char")
+    assert changed.model == cfg.model and changed.sample == cfg.sample
+    with pytest.raises(GptkitError, match=r"^train.lr must be > 0 \(got -1.0\)$"):
+        cfg.updated(train={"lr": -1})
+    with pytest.raises(GptkitError, match="eval.stride .* must not exceed model.block_size"):
+        cfg.updated(eval={"stride": 65})  # a check across sections runs on the copy too
+    assert cfg.model.updated(n_layer=2).n_layer == 2
+
+
+def test_building_a_section_directly_is_checked_and_names_the_key():
+    from gptkit.config import DataConfig, ModelConfig, TrainConfig
+
+    with pytest.raises(GptkitError, match=r"^model.n_layer must be >= 1 \(got 0\)$"):
+        ModelConfig(n_layer=0)
+    with pytest.raises(GptkitError, match=r"^train.schedule must be cosine, linear, constant or "
+                       r"wsd \(got 'step'\)$"):
+        TrainConfig(schedule="step")
+    with pytest.raises(GptkitError, match="^unknown setting 'data.sauce'$"):
+        DataConfig(sauce="x")
+
+
+@pytest.mark.parametrize(("override", "value"), [
+    ("model.bias=yes", True), ("model.bias=OFF", False), ("model.bias=1", True),
+    ("model.bias= false ", False), ("train.max_steps=1_000", 1000), ("train.max_steps=2e3", 2000),
+    ("train.lr=1", 1.0), ("train.batch_tokens=none", None), ("train.batch_tokens=~", None),
+    ("data.augment=word_swap=0.1", ["word_swap=0.1"]),
+    ("data.augment=[word_swap=0.1, char_noise=0.05]", ["word_swap=0.1", "char_noise=0.05"]),
+    ("finetune.lora_targets=[]", []), ("sample.top_k=1e2", 100), ("sample.seed=null", None),
+    ("sample.early_stopping=never", "never"), ("sample.early_stopping=on", True),
+    ("name=123", "123"),
+])
+def test_command_line_values_convert_as_they_always_did(override, value):
+    key, _ = override.split("=", 1)
+    cfg = load_config("shakespeare-char", [override])
+    got = cfg.name if key == "name" else getattr(getattr(cfg, key.split(".")[0]),
+                                                 key.split(".")[1])
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(("yaml_text", "fragment"), [
+    ("model:\n  bias: 1\n", "model.bias must be bool, got 1"),
+    ("train:\n  max_steps: true\n", "train.max_steps must be int, got True"),
+    ("train:\n  lr: false\n", "train.lr must be float, got False"),
+    ("model:\n  n_layer: 2.5\n", "model.n_layer must be int, got 2.5"),
+    ("data:\n  augment: [word_swap=0.1, [1]]\n", "data.augment[1] must be str"),
+    ("data:\n  source: {a: 1}\n", "data.source must be str"),
+    ("train: 3\n", "section 'train' must be a mapping"),
+    ("sample:\n  top_k: many\n", "sample.top_k must be int, got 'many'"),
+])
+def test_recipe_values_of_the_wrong_type_are_refused(tmp_path: Path, yaml_text, fragment):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml_text)
+    with pytest.raises(GptkitError) as info:
+        load_config(str(recipe))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    # a whole number written as a float in YAML is an int, as before
+    recipe.write_text("model:\n  n_layer: 2.0\n")
+    assert load_config(str(recipe)).model.n_layer == 2

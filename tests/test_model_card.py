@@ -43,7 +43,7 @@ def test_the_card_names_the_architecture_options(tiny_run):
     cfg = read_config(tiny_run / "config.yaml")
     best = json.loads((tiny_run / "best" / "config.json").read_text())
     assert "A GPT-2-architecture language model" in render(cfg, best)
-    cfg.model.pos_embedding, cfg.model.mlp = "rope", "relu2"
+    cfg = cfg.updated(model={"pos_embedding": "rope", "mlp": "relu2"})
     card = render(cfg, best)
     assert "A GPT-2-style language model (rotary positions, ReLU² MLP), trained" in card
     model = load_run(tiny_run).model  # with RoPE there is no position table to leave out

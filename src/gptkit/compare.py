@@ -87,7 +87,7 @@ def run_settings(run_dir: Path) -> dict[str, Any]:
                           "directory written by `gptkit train`")
     raw = read_raw_config(path)  # a damaged file is an error here
     try:
-        return flatten(build_config(raw).to_dict())
+        return flatten(build_config(raw).model_dump())
     except GptkitError:
         # a config this version no longer accepts (renamed keys): compare what it says
         return flatten(raw)

@@ -64,11 +64,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from gptkit.config.choices import PruneMethod, names
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, Block
 from gptkit.rundir import INT8, QUANTIZATIONS
 
-PRUNE_METHODS = ("magnitude", "heads", "mlp")
+PRUNE_METHODS = names(PruneMethod)
 _METADATA_KEY = "gptkit_quantization"  # in the safetensors header
 
 
@@ -393,7 +394,8 @@ def prune_mlp(model: GPT, fraction: float) -> dict[str, Any]:
     return _report(model)
 
 
-PRUNERS: dict[str, Callable[[GPT, float], dict[str, Any]]] = {
+# one per PruneMethod
+PRUNERS: dict[PruneMethod, Callable[[GPT, float], dict[str, Any]]] = {
     "magnitude": prune_magnitude, "heads": prune_heads, "mlp": prune_mlp,
 }
 

@@ -23,7 +23,6 @@ unchanged module, and checkpoints hold this module's own state dict.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 
 import torch
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gptkit.config import ModelConfig, model_option_checks
-from gptkit.errors import GptkitError, check_all
+from gptkit.config import ModelConfig
+from gptkit.errors import GptkitError
 
 
 class KVCache:
@@ -348,12 +347,6 @@ class GPT(nn.Module):
                 "model.vocab_size is None; build the model with "
                 "GPT.from_config(config, tokenizer.vocab_size)"
             )
-        if config.n_embd % config.n_head != 0:
-            raise GptkitError(
-                f"model.n_embd ({config.n_embd}) must be a multiple of model.n_head "
-                f"({config.n_head})"
-            )
-        check_all(model_option_checks(config))
         self.config = config
         self.transformer = Transformer(config, config.vocab_size)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -380,7 +373,7 @@ class GPT(nn.Module):
     def from_config(cls, config: ModelConfig, vocab_size: int) -> GPT:
         """A fresh model whose vocabulary is the tokenizer's, unless the config pads it."""
         if config.vocab_size is None:
-            config = dataclasses.replace(config, vocab_size=vocab_size)
+            config = config.updated(vocab_size=vocab_size)
         elif config.vocab_size < vocab_size:
             raise GptkitError(
                 f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's "

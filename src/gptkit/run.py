@@ -143,7 +143,7 @@ def _load_classifier(rundir: RunDir, config: RunConfig, tokenizer: Tokenizer, we
         raise GptkitError(f"{rundir.labels_file} is damaged ({exc}); train the classifier "
                           "again") from exc
     if config.model.vocab_size is None:
-        config.model.vocab_size = tokenizer.vocab_size
+        config = config.updated(model={"vocab_size": tokenizer.vocab_size})
     model = GPTClassifier(config.model, len(labels), task, config.classify.pooling)
     if rundir.is_checkpoint(weights):
         checkpoint.load_checkpoint(weights.parent, model)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptkit.config import RunConfig, read_config
+from gptkit.config.choices import Quantization, names
 from gptkit.errors import GptkitError
 from gptkit.train import checkpoint
 from gptkit.train.checkpoint import BEST_DIR, BEST_INFO_FILE, CHECKPOINTS_DIR, MODEL_FILE
@@ -40,8 +41,8 @@ ENVIRONMENT_FILE = "environment.json"
 # what a copy of a run (export --quantize, prune) takes over from the run it came from
 RECORD_FILES = (CONFIG_FILE, TOKENIZER_FILE, DATA_FILE, ENVIRONMENT_FILE)
 
-INT8 = "int8"
-QUANTIZATIONS = (INT8,)
+INT8: Quantization = "int8"
+QUANTIZATIONS = names(Quantization)
 QUANTIZATION_KEY = "quantization"  # in best/config.json of a quantized run
 PRUNED_KEY = "pruned"  # in best/config.json of a pruned run
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import tracemalloc
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -244,7 +243,7 @@ def test_workers_write_what_one_process_writes(corpus, tmp_path, monkeypatch):
     for kind in ("char", "bpe"):
         cfg = DataConfig(source=str(corpus), tokenizer=kind, vocab_size=300, val_fraction=0.25)
         one = prepare(cfg, cache=tmp_path / kind / "1")
-        two = prepare(replace(cfg, workers=2), cache=tmp_path / kind / "2")
+        two = prepare(cfg.updated(workers=2), cache=tmp_path / kind / "2")
         assert two.meta == one.meta
         for split in ("train", "val"):
             assert two.tokens(split).tolist() == one.tokens(split).tolist()
@@ -313,5 +312,5 @@ def test_characters_the_tokenizer_lacks_are_counted_and_warned(tmp_path, capsys)
     assert "data.tokenizer=bpe" in err
     prepare(cfg, cache=tmp_path / "cache")  # said again when the cache is reused
     assert "4 characters" in capsys.readouterr().err
-    bpe = prepare(replace(cfg, tokenizer="bpe", vocab_size=300), cache=tmp_path / "cache")
+    bpe = prepare(cfg.updated(tokenizer="bpe", vocab_size=300), cache=tmp_path / "cache")
     assert bpe.meta["splits"]["val"]["unknown_characters"] == 0  # byte level: none

@@ -109,9 +109,9 @@ def test_accumulation_keeps_the_mean_over_all_response_tokens(tmp_path):
     source = reverse_task(tmp_path / "rev.jsonl", n=60)
     params = []
     for micro, tokens in ((8, None), (4, 8 * 32)):
-        cfg = sft_config(source, 1)
-        cfg.train.micro_batch_size, cfg.train.batch_tokens = micro, tokens
-        cfg.train.precision = "fp32"  # exact arithmetic: bf16 rounding would differ per split
+        # fp32: exact arithmetic, bf16 rounding would differ per split
+        cfg = sft_config(source, 1).updated(train={
+            "micro_batch_size": micro, "batch_tokens": tokens, "precision": "fp32"})
         trainer = Trainer(cfg, tmp_path / f"run{micro}", progress=False)
         loss, _ = trainer._train_step()
         params.append((float(loss), [p.detach().clone() for p in trainer.model.parameters()]))

@@ -86,7 +86,7 @@ def make_run(path: Path, tokenizer: Tokenizer, *, pad: int = 0, bias: bool = Tru
     """
     cfg = RunConfig(name=path.name, model=ModelConfig(
         n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tokenizer.vocab_size + pad,
-        bias=bias, **options)).validate()
+        bias=bias, **options))
     torch.manual_seed(0)
     model = GPT(cfg.model)
     jitter(model)

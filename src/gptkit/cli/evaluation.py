@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,9 @@ def evaluate(args: argparse.Namespace) -> None:
         args.precision or cfg.train.precision, device)
     source = args.data or cfg.data.source
     split = args.split or cfg.data.test_split or cfg.data.eval_split
-    data_cfg = replace(cfg.data, source=source)
+    # another source with the run's other data settings, unchecked as before: a WikiText
+    # run's splits may name what --data does not have, and --split picks the one to score
+    data_cfg = cfg.data.model_copy(update={"source": source})
     batch_size = args.batch_size if args.batch_size is not None else cfg.eval.batch_size
     if cfg.data.format == "sft":
         _evaluate_responses(run, data_cfg, split, batch_size, precision, args.json)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
+from gptkit.config.choices import PruneMethod, Quantization, names
 from gptkit.errors import GptkitError
 
 
@@ -24,7 +25,7 @@ def register(commands: Any) -> None:
     p.add_argument("--format", choices=("hf", "gptkit"),
                    help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer; "
                    "the default); gptkit: a run folder (the default with --quantize)")
-    p.add_argument("--quantize", choices=("int8",),
+    p.add_argument("--quantize", choices=names(Quantization),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     options.add_checkpoint(p, "export")
@@ -42,7 +43,7 @@ def register(commands: Any) -> None:
         "measure what they cost with gptkit eval OUT.",
     )
     options.add_run(p)
-    p.add_argument("--method", required=True, choices=("magnitude", "heads", "mlp"),
+    p.add_argument("--method", required=True, choices=names(PruneMethod),
                    help="what to remove")
     p.add_argument("--amount", required=True, type=float,
                    help="share to remove, between 0 and 1: of the weights (magnitude), heads "

@@ -8,6 +8,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from gptkit.config import RunConfig, build_config, inherit_init_model, load_recipe, recipe_names
+from gptkit.config.choices import Precision, Quantization, names
 
 if TYPE_CHECKING:
     from gptkit.run import Run
@@ -97,8 +98,8 @@ def add_inference(parser: argparse.ArgumentParser, quantize: str = INT8_HELP,
     the command's help for them)."""
     add_checkpoint(parser)
     add_device(parser)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help=precision)
-    parser.add_argument("--quantize", choices=("int8",), help=quantize)
+    parser.add_argument("--precision", choices=names(Precision), help=precision)
+    parser.add_argument("--quantize", choices=names(Quantization), help=quantize)
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from gptkit.cli import options
+from gptkit.config.choices import WeightDtype, names
 from gptkit.errors import GptkitError
 
 
@@ -22,7 +23,7 @@ def register(commands: Any) -> None:
                    help="add the memory plan: per-process training memory over N processes "
                    "for each strategy (none, ddp, fsdp, fsdp + CPU offload), with and without "
                    "activation checkpointing")
-    p.add_argument("--precision", choices=("fp32", "bf16"),
+    p.add_argument("--precision", choices=names(WeightDtype),
                    help="precision of the memory figures (default: the run's, else "
                    "train.precision; auto counts as fp32)")
     p.set_defaults(handler=info)
@@ -74,7 +75,7 @@ def info(args: argparse.Namespace) -> None:
             from gptkit.data.prepare import prepare
             from gptkit.data.sources import resolve_protocol
 
-            cfg.data, _ = resolve_protocol(cfg.data, args.data_dir)
+            cfg = cfg.updated(data=resolve_protocol(cfg.data, args.data_dir)[0])
             prepared = prepare(cfg.data, data_dir=args.data_dir)
             info = describe(cfg, prepared.tokenizer.vocab_size, precision, args.world_size)
             info["data"] = prepared.meta

@@ -78,14 +78,13 @@ def prepare(args: argparse.Namespace) -> None:
 
     if args.workers is not None:
         args.overrides = [*args.overrides, f"data.workers={args.workers}"]
-    cfg = options.config_from(args)
-    cfg.data, protocol = resolve_protocol(cfg.data, args.data_dir)
+    data_cfg, protocol = resolve_protocol(options.config_from(args).data, args.data_dir)
     if protocol:
         print(protocol, file=sys.stderr)
-    splits = [cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]
-    data = prepare(cfg.data, splits=[s for s in splits if s], data_dir=args.data_dir,
+    splits = [data_cfg.train_split, data_cfg.eval_split, data_cfg.test_split]
+    data = prepare(data_cfg, splits=[s for s in splits if s], data_dir=args.data_dir,
                    cache=args.cache_dir, progress=True)
-    print(f"prepared {cfg.data.source} with a {data.meta['tokenizer_kind']} tokenizer "
+    print(f"prepared {data_cfg.source} with a {data.meta['tokenizer_kind']} tokenizer "
           f"({data.tokenizer.vocab_size} tokens) in {data.path}")
     for name, split in data.meta["splits"].items():
         print(f"  {name:>6}: {split['tokens']:>11,} tokens {split['words']:>11,} words "
@@ -108,7 +107,7 @@ def train(args: argparse.Namespace) -> None:
                 f"cannot resume: {out} is not a gptkit run (no config.yaml); "
                 "drop --resume to start a new run, or point --out at the run"
             )
-        cfg = build_config(apply_overrides(saved.to_dict(), args.overrides))
+        cfg = build_config(apply_overrides(saved.model_dump(), args.overrides))
     else:
         cfg = options.config_from(args)
         out = Path(args.out) if args.out else Path("runs") / cfg.name

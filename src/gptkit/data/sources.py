@@ -389,8 +389,6 @@ def resolve_protocol(cfg: DataConfig, data_dir: str | Path | None = None
     `auto` is `published` when WikiText's train split is in the data root or downloads,
     else `offline`. Other protocols (and `manual`) come back as they are.
     """
-    import dataclasses
-
     if cfg.protocol not in (*SPLIT_PROTOCOLS, "auto"):
         return cfg, ""
     protocol, why = cfg.protocol, "data.protocol"
@@ -401,8 +399,8 @@ def resolve_protocol(cfg: DataConfig, data_dir: str | Path | None = None
         except GptkitError as exc:
             protocol, why = "offline", f"no train split: {' '.join(str(exc).split(';')[0].split())}"
     train, select, test = SPLIT_PROTOCOLS[protocol]
-    resolved = dataclasses.replace(cfg, protocol=protocol, train_split=train,
-                                   eval_split=select, test_split=test)
+    resolved = cfg.updated(protocol=protocol, train_split=train, eval_split=select,
+                           test_split=test)
     if protocol == "published":
         what = "train on train, select on valid (best checkpoint, early stopping), report test"
     else:

@@ -17,7 +17,6 @@ A classifier run directory:
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -37,7 +36,7 @@ from tqdm import tqdm
 from gptkit import device as devices
 from gptkit import weights
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
-from gptkit.config_usage import check_used, run_kinds
+from gptkit.config.usage import check_used, run_kinds
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import TEXT_OPS, Augmenter, parse_spec
 from gptkit.finetune.classifier import batched_logits
@@ -215,11 +214,13 @@ def _score(metrics: dict[str, Any]) -> tuple[float, float]:
 
 # --- the run --------------------------------------------------------------------------------
 def _backbone(cfg: RunConfig, run_dir: Path, data: TaskData,
-              data_dir: str | Path | None) -> tuple[GPT, Tokenizer]:
-    """train.init_from's model and tokenizer, or a fresh GPT and a tokenizer of the texts."""
+              data_dir: str | Path | None) -> tuple[GPT, Tokenizer, RunConfig]:
+    """train.init_from's model and tokenizer, or a fresh GPT and a tokenizer of the texts;
+    and `cfg` with the model size and tokenizer settings they have."""
     if not cfg.train.init_from:
         tokenizer = build_tokenizer(cfg.data, data.train_texts(), data_dir=data_dir)
-        return GPT.from_config(cfg.model, tokenizer.vocab_size), tokenizer
+        gpt = GPT.from_config(cfg.model, tokenizer.vocab_size)
+        return gpt, tokenizer, cfg.updated(model={"vocab_size": gpt.config.vocab_size})
     from gptkit.run import load_run
 
     path = Path(cfg.train.init_from)
@@ -237,7 +238,7 @@ def _backbone(cfg: RunConfig, run_dir: Path, data: TaskData,
         )
     init = load_run(path)
     if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = init.model.config.vocab_size
+        cfg = cfg.updated(model={"vocab_size": init.model.config.vocab_size})
     for key in SHAPE_KEYS:
         mine, theirs = getattr(cfg.model, key), getattr(init.model.config, key)
         if mine != theirs:
@@ -246,11 +247,12 @@ def _backbone(cfg: RunConfig, run_dir: Path, data: TaskData,
                 "a run started from another keeps its shape: drop that setting"
             )
     base = read_config(path / "config.yaml").data
-    for key in ("tokenizer", "vocab_size", "tokenizer_path"):  # the saved config tells truth
-        setattr(cfg.data, key, getattr(base, key))
+    # the saved config tells the truth about the tokenizer
+    cfg = cfg.updated(data={k: getattr(base, k) for k in ("tokenizer", "vocab_size",
+                                                          "tokenizer_path")})
     gpt = GPT.from_config(cfg.model, init.tokenizer.vocab_size)
     gpt.load_state_dict(init.model.state_dict())
-    return gpt, init.tokenizer
+    return gpt, init.tokenizer, cfg
 
 
 def _fresh_run_dir(run_dir: Path) -> None:
@@ -273,7 +275,6 @@ def finetune_classifier(
     progress: bool = True,
 ) -> ClassifyResult:
     """Train a classification head (and the backbone under it) on `cfg.data.source`."""
-    cfg = copy.deepcopy(cfg).validate()
     check_used(cfg, run_kinds(cfg, classify=True))  # e.g. sample.* or dist.* would do nothing
     run_dir = Path(out_dir)
     from gptkit.train.trainer import check_run_dir
@@ -291,8 +292,7 @@ def finetune_classifier(
     random.seed(t.seed)
     np.random.seed(t.seed)
     torch.manual_seed(t.seed)
-    gpt, tokenizer = _backbone(cfg, run_dir, data, data_dir)
-    cfg.model.vocab_size = gpt.config.vocab_size
+    gpt, tokenizer, cfg = _backbone(cfg, run_dir, data, data_dir)
     device = devices.resolve_device(t.device)
     precision = devices.resolve_precision(t.precision, device)
     model = GPTClassifier.from_gpt(gpt, len(data.labels), cfg.classify.task,

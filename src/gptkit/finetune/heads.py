@@ -9,17 +9,17 @@ tokens: padding is never attended to and never pooled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from gptkit.config import ModelConfig
+from gptkit.config.choices import ClassifyTask, Pooling, names, one_of
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, Transformer
 
-TASKS = ("sequence", "token")
-POOLINGS = ("last", "mean")
+TASKS = names(ClassifyTask)
 
 
 class GPTClassifier(nn.Module):
@@ -30,9 +30,9 @@ class GPTClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if task not in TASKS:
-            raise GptkitError(f"classify.task must be sequence or token (got {task!r})")
-        if pooling not in POOLINGS:
-            raise GptkitError(f"classify.pooling must be last or mean (got {pooling!r})")
+            raise GptkitError(f"classify.task must be {one_of(ClassifyTask)} (got {task!r})")
+        if pooling not in POOLERS:
+            raise GptkitError(f"classify.pooling must be {one_of(Pooling)} (got {pooling!r})")
         if config.vocab_size is None:
             raise GptkitError("model.vocab_size is None; build with GPTClassifier.from_gpt")
         if num_labels < 2:
@@ -72,14 +72,24 @@ class GPTClassifier(nn.Module):
         return self.score(self.dropout(pool(hidden, attention_mask, self.pooling)))
 
 
-def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
-    """(B, T, C) -> (B, C): the last real token (which has seen the whole text under causal
-    attention) or the mean over real tokens."""
-    mask = attention_mask.to(hidden.dtype)
-    if pooling == "mean":
-        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+def _last_token(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """The last real token's state: under causal attention it has seen the whole text."""
     last = attention_mask.long().sum(1).clamp(min=1) - 1
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+def _mean(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    mask = attention_mask.to(hidden.dtype)
+    return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+
+
+# classify.pooling -> (B, T, C) hidden states and (B, T) mask to (B, C); one per Pooling
+POOLERS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"last": _last_token, "mean": _mean}
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """(B, T, C) -> (B, C) by `pooling`, never over padding."""
+    return POOLERS[pooling](hidden, attention_mask)
 
 
 def pad_batch(

@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -392,8 +391,8 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
         raise GptkitError(f"{file}: {exc}") from exc
     model = GPT(config)
     model.load_state_dict(weights)
-    cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2")).validate()
-    info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": asdict(config),
+    cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2"))
+    info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": config.model_dump(),
             "imported_from": source}
     with new_folder(out, overwrite=overwrite, marker=CONFIG_FILE,
                                what="gptkit run") as tmp:

@@ -51,7 +51,7 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(str(self.run_dir / TB_DIR), purge_step=resume_step)
             if resume_step is None:
-                config = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                config = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
                 self.tb.add_text("config", "```yaml\n" + config + "```", 0)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -120,7 +120,7 @@ def _start_wandb(run_dir: Path, cfg: RunConfig, resume: bool) -> Any:
     offline = os.environ.get("GPTKIT_OFFLINE", "").lower() in ("1", "true", "yes")
     return wandb.init(
         project=cfg.log.wandb_project, name=cfg.name, id=run_id, resume="allow",
-        dir=str(run_dir), config=cfg.to_dict(), mode="offline" if offline else None,
+        dir=str(run_dir), config=cfg.model_dump(), mode="offline" if offline else None,
     )
 
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from gptkit.config import TrainConfig
+from gptkit.config.choices import OptimizerName
 from gptkit.errors import GptkitError
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "muon")
 _IN_BLOCK = re.compile(r"(?:^|\.)h\.\d+\.")  # transformer.h.3.attn.c_attn.weight, under peft too
 
 
@@ -71,30 +71,38 @@ def build_optimizer(
     multi-tensor path for the default model's step, 4.5x for a 6x384 one) and the foreach
     path elsewhere: one kernel for all parameters instead of one per parameter.
     """
-    name = cfg.optimizer.lower()
-    if name not in OPTIMIZERS:
-        raise GptkitError(
-            f"unknown train.optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
-        )
     groups = param_groups(model, cfg.weight_decay, lr_scale)
     if not groups:
         raise GptkitError("the model has no trainable parameters; unfreeze some layers")
     fused = device_type in FUSED_DEVICES
     speed: dict[str, bool] = {"fused": True} if fused else {"foreach": True}
-    if name == "muon":
-        muon_groups, adamw_groups = split_for_muon(groups)
-        return MuonAdamW(muon_groups, adamw_groups, lr=cfg.lr, momentum=cfg.momentum,
-                         betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed)
-    if name in ("adamw", "adam"):
-        adam_cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return adam_cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, foreach=True
-        )
-    return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, foreach=True)
+    return OPTIMIZERS[cfg.optimizer](groups, cfg, speed)
+
+
+Builder = Callable[[list[dict[str, Any]], TrainConfig, dict[str, bool]], torch.optim.Optimizer]
+
+
+def _muon(groups: list[dict[str, Any]], cfg: TrainConfig, speed: dict[str, bool]
+          ) -> torch.optim.Optimizer:
+    muon_groups, adamw_groups = split_for_muon(groups)
+    return MuonAdamW(muon_groups, adamw_groups, lr=cfg.lr, momentum=cfg.momentum,
+                     betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed)
+
+
+# train.optimizer -> its builder (groups, settings, fused-or-foreach); one per OptimizerName
+OPTIMIZERS: dict[OptimizerName, Builder] = {
+    "adamw": lambda groups, cfg, speed: torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed),
+    "adam": lambda groups, cfg, speed: torch.optim.Adam(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **speed),
+    "sgd": lambda groups, cfg, _: torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True),
+    "rmsprop": lambda groups, cfg, _: torch.optim.RMSprop(
+        groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, foreach=True),
+    "adagrad": lambda groups, cfg, _: torch.optim.Adagrad(
+        groups, lr=cfg.lr, eps=cfg.eps, foreach=True),
+    "muon": _muon,
+}
 
 
 def split_for_muon(

@@ -7,11 +7,28 @@ nothing beyond the step number and the schedule can be plotted or tested at any 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from gptkit.config import TrainConfig
-from gptkit.errors import GptkitError
+from gptkit.config.choices import ScheduleName
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+def _cosine(lr: float, floor: float, ratio: float) -> float:
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - floor)
+
+
+def _linear(lr: float, floor: float, ratio: float) -> float:
+    return lr - ratio * (lr - floor)
+
+
+# train.schedule -> the rate after warmup, from lr (ratio 0) to the floor (ratio 1); one per
+# ScheduleName. wsd decays linearly, but only over its cooldown (see lr_at).
+SCHEDULES: dict[ScheduleName, Callable[[float, float, float], float]] = {
+    "cosine": _cosine,
+    "linear": _linear,
+    "constant": lambda lr, floor, ratio: lr,
+    "wsd": _linear,
+}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -28,15 +45,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     long cosine spreads out. (Stopping a stable phase early and cooling down gives a
     finished model of any length.)
     """
-    if cfg.schedule not in SCHEDULES:
-        raise GptkitError(
-            f"train.schedule must be one of {', '.join(SCHEDULES)} (got {cfg.schedule!r})"
-        )
     warmup = cfg.warmup_steps
     if step < warmup:
         return cfg.lr * (step + 1) / (warmup + 1)
-    if cfg.schedule == "constant":
-        return cfg.lr
     decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_steps
     # the decay starts where warmup ends; wsd holds lr until its cooldown starts
     start = warmup
@@ -44,7 +55,4 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         start = max(warmup, decay - round(cfg.cooldown_fraction * decay))
     # min_lr from step decay_steps on (also when the decay would end before warmup does)
     ratio = 1.0 if step >= decay else max(step - start, 0) / max(decay - start, 1)
-    floor = cfg.floor_lr
-    if cfg.schedule in ("linear", "wsd"):
-        return cfg.lr - ratio * (cfg.lr - floor)
-    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - floor)
+    return SCHEDULES[cfg.schedule](cfg.lr, cfg.floor_lr, ratio)

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from gptkit.config import SHAPE_KEYS, RunConfig, read_config, save_config
-from gptkit.config_usage import check_used, run_kinds
+from gptkit.config.usage import check_used, run_kinds
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, cache_dir, prepare
 from gptkit.data.sources import is_wikitext, resolve_protocol
@@ -213,14 +213,17 @@ class Trainer:
         if self.resume:
             check_same_shape(read_config(self.run_dir / "config.yaml"), cfg)
         # data.protocol auto becomes published or offline here, and is saved so with the run
-        cfg.data, protocol = resolve_protocol(cfg.data, data_dir)
+        data, protocol = resolve_protocol(cfg.data, data_dir)
+        self.cfg = cfg = cfg.updated(data=data)
         if protocol:
             self._say(protocol)
         init = self._init_run() if cfg.train.init_from and not self.resume else None
+        cfg = self.cfg  # _init_run fills in model.vocab_size
         self.accum = accumulation_steps(cfg, env.world_size)
         tokenizer = None if init is None else init.tokenizer
         if cfg.distill.teacher and tokenizer is None and not self.resume:
             tokenizer = self._teacher_tokenizer()
+            cfg = self.cfg  # with the teacher's tokenizer settings
         self.data: PreparedData | None = None
         if cfg.data.format == "sft":
             self.tokenizer = self._prepare_sft(data_dir, tokenizer)
@@ -243,7 +246,7 @@ class Trainer:
         gpt = build_model(cfg, self.tokenizer)
         if init is not None:  # only at step 0: a resumed run continues from its checkpoint
             gpt.load_state_dict(init.model.state_dict())
-        cfg.model.vocab_size = gpt.config.vocab_size
+        self.cfg = cfg = cfg.updated(model={"vocab_size": gpt.config.vocab_size})
         gpt.transformer.activation_checkpointing = cfg.train.activation_checkpointing
         torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
         ft, n_layer = cfg.finetune, cfg.model.n_layer
@@ -353,7 +356,8 @@ class Trainer:
             )
         init = load_run(path)
         if model.vocab_size is None:
-            model.vocab_size = init.model.config.vocab_size
+            self.cfg = self.cfg.updated(model={"vocab_size": init.model.config.vocab_size})
+            model = self.cfg.model
         for key in SHAPE_KEYS:
             mine, theirs = getattr(model, key), getattr(init.model.config, key)
             if mine != theirs:
@@ -367,8 +371,8 @@ class Trainer:
         """A distilled student reads the teacher's tokenizer (and records its settings)."""
         path = Path(str(self.cfg.distill.teacher))
         teacher = read_config(path / "config.yaml")
-        for key in ("tokenizer", "vocab_size", "tokenizer_path"):
-            setattr(self.cfg.data, key, getattr(teacher.data, key))
+        keys = ("tokenizer", "vocab_size", "tokenizer_path")
+        self.cfg = self.cfg.updated(data={key: getattr(teacher.data, key) for key in keys})
         return Tokenizer.load(path / "tokenizer.json")
 
     def _prepare_sft(self, data_dir: str | Path | None, tokenizer: Tokenizer | None) -> Tokenizer:
@@ -560,7 +564,7 @@ class Trainer:
         if not self.env.is_main:
             return
         info = {"step": self.step, "val_loss": self.best_val_loss,
-                "tokens_seen": self.tokens_seen, "model": asdict(self.cfg.model),
+                "tokens_seen": self.tokens_seen, "model": self.cfg.model.model_dump(),
                 "metrics": {k: v for k, v in record.items() if k.startswith(("val_", "train_"))},
                 "elapsed_s": round(self._elapsed(), 1)}
         meta = self.data.meta if self.data is not None else self.sft_meta

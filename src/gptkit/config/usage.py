@@ -8,18 +8,15 @@ it applies (issue 17: `data.augment` was silently ignored by pre-training).
 
 from __future__ import annotations
 
-import dataclasses
-
-from gptkit.config import (
-    SECTIONS,
+from gptkit.config.run import SECTIONS, RunConfig, field_names
+from gptkit.config.sample import SampleConfig
+from gptkit.config.sections import (
     ClassifyConfig,
     DistConfig,
     DistillConfig,
     FinetuneConfig,
     LogConfig,
     ModelConfig,
-    RunConfig,
-    SampleConfig,
 )
 from gptkit.errors import GptkitError
 
@@ -39,7 +36,7 @@ _TRAIN_LOOP = {f"train.{k}": _ALL for k in (
 # run that does not read it is an error (check_used); tests/test_config.py checks
 # that every field is listed here, so a new setting must say where it applies.
 USED_BY: dict[str, tuple[str, ...]] = {
-    **{f"model.{f.name}": _ALL for f in dataclasses.fields(ModelConfig)},
+    **{f"model.{f}": _ALL for f in field_names(ModelConfig)},
     "data.source": _ALL, "data.tokenizer": _ALL, "data.vocab_size": _ALL,
     "data.tokenizer_path": _ALL, "data.val_fraction": _ALL,
     "data.train_split": ("train",), "data.eval_split": _LM, "data.test_split": ("train",),
@@ -52,13 +49,13 @@ USED_BY: dict[str, tuple[str, ...]] = {
                                    "keep_checkpoints", "early_stopping_patience",
                                    "activation_checkpointing")},
     "train.eval_tokens": ("train",),
-    **{f"dist.{f.name}": _LM for f in dataclasses.fields(DistConfig)},
+    **{f"dist.{f}": _LM for f in field_names(DistConfig)},
     "eval.stride": ("train",), "eval.batch_size": _ALL,
-    **{f"sample.{f.name}": _LM for f in dataclasses.fields(SampleConfig)},
-    **{f"finetune.{f.name}": _LM for f in dataclasses.fields(FinetuneConfig)},
-    **{f"distill.{f.name}": ("distill",) for f in dataclasses.fields(DistillConfig)},
-    **{f"classify.{f.name}": ("classify",) for f in dataclasses.fields(ClassifyConfig)},
-    **{f"log.{f.name}": _LM for f in dataclasses.fields(LogConfig)},
+    **{f"sample.{f}": _LM for f in field_names(SampleConfig)},
+    **{f"finetune.{f}": _LM for f in field_names(FinetuneConfig)},
+    **{f"distill.{f}": ("distill",) for f in field_names(DistillConfig)},
+    **{f"classify.{f}": ("classify",) for f in field_names(ClassifyConfig)},
+    **{f"log.{f}": _LM for f in field_names(LogConfig)},
 }
 KIND_NAMES = {
     "train": "pre-training on text (gptkit train)",
@@ -101,9 +98,9 @@ def check_used(cfg: RunConfig, kinds: set[str]) -> None:
     when = _when(cfg)
     for section, cls in SECTIONS.items():
         default = cls()
-        for f in dataclasses.fields(cls):
-            key, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
-            if value == getattr(default, f.name):
+        for name in field_names(cls):
+            key, value = f"{section}.{name}", getattr(getattr(cfg, section), name)
+            if value == getattr(default, name):
                 continue
             where = USED_BY[key]
             if not kinds & set(where):

@@ -1,0 +1,50 @@
+"""Every named choice a setting or a command offers, declared once as a `Literal` type.
+
+The config sections use these types as field annotations (so pydantic refuses anything
+else), the command line takes its `choices=` from them, and the modules that act on a choice
+(optimizers, schedules, classification heads, pruning) key their registries by them, which
+tests/test_config.py checks. Adding a choice here is the one place it is named.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+# --- model (gptkit.model) ---------------------------------------------------------------
+PosEmbedding = Literal["learned", "rope"]  # GPT-2's position table | rotary, no table
+NormKind = Literal["layernorm", "rmsnorm"]
+MlpKind = Literal["gelu", "relu2", "swiglu"]  # 4x wide | squared ReLU, 4x | gated, ~8/3x
+
+# --- data (gptkit.data, gptkit.tokenizers) ----------------------------------------------
+TokenizerKind = Literal["char", "bpe", "gpt2"]
+DataFormat = Literal["text", "sft"]  # language modelling on text | prompt/response records
+SplitProtocol = Literal["manual", "auto", "published", "offline"]  # WikiText's splits
+SplitBy = Literal["documents", "fraction"]  # how own text/JSONL files are cut into train/val
+
+# --- training (gptkit.train) ------------------------------------------------------------
+OptimizerName = Literal["adamw", "adam", "sgd", "rmsprop", "adagrad", "muon"]
+ScheduleName = Literal["cosine", "linear", "constant", "wsd"]
+WeightDtype = Literal["fp32", "bf16"]  # what weights are stored or counted in
+# inference: auto picks bf16 where it pays, else fp32
+InferencePrecision = Literal["auto", WeightDtype]
+Precision = Literal[InferencePrecision, "fp16"]  # training: fp16 adds a gradient scaler
+Strategy = Literal["auto", "ddp", "fsdp", "none"]  # how processes share a model (torchrun)
+
+# --- fine-tuning (gptkit.finetune) ------------------------------------------------------
+ClassifyTask = Literal["sequence", "token"]  # text -> label | tokens -> tags (e.g. NER)
+Pooling = Literal["last", "mean"]  # sequence: the last token's hidden state, or the mean
+
+# --- smaller models (gptkit.compress) ---------------------------------------------------
+PruneMethod = Literal["magnitude", "heads", "mlp"]
+Quantization = Literal["int8"]
+
+
+def names(choice: Any) -> tuple[str, ...]:
+    """The values of a `Literal` choice, in declared order: `choices=` for argparse."""
+    return tuple(get_args(choice))
+
+
+def one_of(choice: Any) -> str:
+    """The values as a sentence, 'a, b or c', for messages and --help."""
+    values = names(choice)
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"

@@ -1,0 +1,186 @@
+"""`RunConfig`, all of a run's settings, and `build_config`, which turns a nested dict into one.
+
+Unknown keys are refused before pydantic sees them, with the closest valid name suggested
+("did you mean 'lr'?"); pydantic then converts and checks every value, and the checks that
+read two sections run last (`RunConfig._across`). The result is frozen: `updated` builds a
+changed, re-validated copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from gptkit.config.data import DataConfig, split_checks
+from gptkit.config.fields import (
+    Bool,
+    BoolOrStr,
+    Float,
+    Int,
+    Nullable,
+    Settings,
+    Str,
+    StrList,
+    settings_error,
+)
+from gptkit.config.sample import SampleConfig, sample_checks
+from gptkit.config.sections import (
+    ClassifyConfig,
+    DistConfig,
+    DistillConfig,
+    EvalConfig,
+    FinetuneConfig,
+    LogConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from gptkit.errors import GptkitError, check_all
+
+
+def _typed(hint: Any) -> Any:
+    """The value type of `fields.py` for a plain annotation of SampleConfig."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        kind = BoolOrStr if set(inner) == {bool, str} else _typed(inner[0])
+        nullable: Any = Nullable  # subscripted with a type known only at run time
+        return nullable[kind] if type(None) in args else kind
+    if origin is list:
+        return StrList
+    return {int: Int, float: Float, bool: Bool, str: Str}[hint]
+
+
+# SampleConfig's fields with the value types of the other sections, so `sample:` converts
+# recipe and --set values exactly as they do
+_SampleValues = create_model(  # type: ignore[call-overload]
+    "SampleValues", __config__=ConfigDict(extra="forbid"),
+    **{name: (_typed(hint), ...) for name, hint in typing.get_type_hints(SampleConfig).items()},
+)
+
+
+class RunConfig(Settings):
+    """Every setting of a run, as saved resolved in its config.yaml."""
+
+    name: Str = "shakespeare-char"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("sample", mode="before")
+    @classmethod
+    def _sample_values(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        try:
+            typed = _SampleValues(**{**dataclasses.asdict(SampleConfig()), **value})
+        except ValidationError as exc:
+            raise settings_error(exc, ("sample",)) from None
+        return SampleConfig(**dict(typed))
+
+    @model_validator(mode="after")
+    def _across(self) -> RunConfig:
+        """The checks that read more than one section."""
+        m, t, e, f = self.model, self.train, self.eval, self.finetune
+        check_all([
+            (t.optimizer != "muon" or f.lora_r == 0,
+             "train.optimizer=muon does not train LoRA adapters (finetune.lora_r > 0): Muon "
+             "is for full hidden weight matrices; use train.optimizer=adamw"),
+            (e.stride is None or e.stride <= m.block_size,
+             f"eval.stride ({e.stride}) must not exceed model.block_size ({m.block_size})"),
+            (0 <= f.freeze_layers <= m.n_layer,
+             f"finetune.freeze_layers must be in [0, model.n_layer={m.n_layer}] "
+             f"(got {f.freeze_layers})"),
+            *sample_checks(self.sample),
+            *split_checks(self.data),
+        ])
+        return self
+
+    def updated(self, **changes: Any) -> RunConfig:
+        """A validated copy; each change is a whole section (or `name`), or a dict of some of
+        a section's fields: `cfg.updated(model={"vocab_size": 65})`."""
+        values = self.model_dump()
+        for key, change in changes.items():
+            if isinstance(change, dict):
+                values[key] = {**values[key], **change}
+            elif isinstance(change, BaseModel) or dataclasses.is_dataclass(change):
+                values[key] = change  # already validated
+            else:
+                values[key] = change
+        return RunConfig(**values)
+
+
+SECTIONS: dict[str, type] = {
+    name: typing.get_type_hints(RunConfig)[name] for name in RunConfig.model_fields
+    if name != "name"
+}
+TOP_LEVEL = ("name",)
+
+
+def field_names(section: type) -> list[str]:
+    """The settings of a section class (a pydantic model, or the `sample` dataclass)."""
+    if issubclass(section, BaseModel):
+        return list(section.model_fields)
+    return [f.name for f in dataclasses.fields(typing.cast(Any, section))]
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_key(section: str | None, key: Any) -> None:
+    """Refuse a key that is no setting (of `section`, or at the top level), suggesting one."""
+    if not isinstance(key, str):  # e.g. `1: 2` in a YAML file
+        where = f" in section {section!r}" if section else ""
+        raise GptkitError(f"setting names must be text; {key!r}{where} is not")
+    if section is None:
+        valid = list(SECTIONS) + list(TOP_LEVEL)
+        if key not in valid:
+            raise GptkitError(
+                f"unknown setting {key!r}{_suggest(key, valid)}; "
+                f"sections are: {', '.join(valid)}"
+            )
+        return
+    names = field_names(SECTIONS[section])
+    if key not in names:
+        raise GptkitError(
+            f"unknown setting '{section}.{key}'{_suggest(key, names)}; "
+            f"valid keys in {section!r}: {', '.join(names)}"
+        )
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """Type-check a raw nested dict (a recipe with overrides, a saved config.yaml) and turn it
+    into a validated RunConfig; the first problem is a one-line GptkitError naming the key."""
+    values = dict(raw)
+    for key, value in raw.items():
+        check_key(None, key)
+        if key not in SECTIONS:
+            continue
+        if value is None:
+            values[key] = {}
+        elif not isinstance(value, dict):
+            raise GptkitError(f"section {key!r} must be a mapping, got {value!r}")
+        for name in values[key]:
+            check_key(key, name)
+    return RunConfig(**values)
