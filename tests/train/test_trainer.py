@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from gptkit.config import load_config
 from gptkit.errors import GptkitError
-from gptkit.train.trainer import accumulation_steps, train
+from gptkit.train.resolve import accumulation_steps
+from gptkit.train.trainer import train
 from tests.conftest import TINY
 
 

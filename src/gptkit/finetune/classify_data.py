@@ -16,11 +16,12 @@ from typing import Any
 
 from gptkit.config import ClassifyConfig, RunConfig
 from gptkit.errors import GptkitError
+from gptkit.finetune.augment import Augmenter
 from gptkit.finetune.records import Record, read_records, split_records
-from gptkit.tokenizers import Tokenizer
+from gptkit.model import IGNORE
+from gptkit.tokenizers import UNK, Tokenizer
 
 Label = str | int
-IGNORE = -100
 
 
 @dataclass
@@ -176,3 +177,40 @@ def join_words(
         ids += word
         targets += [IGNORE if tag_ids is None else tag_ids[w]] + [IGNORE] * (len(word) - 1)
     return ids[:block_size], targets[:block_size], positions
+
+
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """Ids augmentation must never produce or remove (end-of-text, unknown character)."""
+    ids = [tokenizer.eot_id, tokenizer.backend.token_to_id(UNK)]
+    return [i for i in ids if i is not None]
+
+
+class Encoder:
+    """Turns examples into (ids, target) pairs, augmenting training examples on request."""
+
+    def __init__(self, data: TaskData, tokenizer: Tokenizer, block_size: int,
+                 augmenter: Augmenter | None = None) -> None:
+        self.task, self.tokenizer, self.block_size = data.task, tokenizer, block_size
+        self.label_ids = data.label_ids
+        self.augmenter = augmenter if augmenter is not None and augmenter.enabled else None
+        self._words: dict[str, list[tuple[list[int], list[int]]]] = {}  # file:line -> pieces
+
+    def sequence(self, example: Any, key: tuple[int, ...] | None = None) -> tuple[list[int], int]:
+        text, aug, label = example.text, self.augmenter, self.label_ids[example.label]
+        if aug is None or key is None:
+            return encode_text(self.tokenizer, text, self.block_size), label
+        ids = self.tokenizer.encode(aug.text(text, key))
+        ids = aug.tokens(ids, key) or self.tokenizer.encode(text)
+        return ids[: self.block_size], label
+
+    def token(self, example: Any, key: tuple[int, ...] | None = None,
+              ) -> tuple[list[int], list[int], list[int]]:
+        pieces = self._words.get(example.where)
+        if pieces is None:
+            pieces = self._words[example.where] = encode_words(self.tokenizer, example.words)
+        if key is not None and self.augmenter is not None:
+            aug = self.augmenter  # per word, so each word keeps its first id and its tag
+            pieces = [(space, aug.tokens(word, (*key, w))) for w, (space, word) in
+                      enumerate(pieces)]
+        tags = [self.label_ids[t] for t in example.tags]
+        return join_words(pieces, tags, self.block_size)
