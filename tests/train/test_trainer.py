@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptkit.config import load_config
+from gptkit.config import load_config, read_config
 from gptkit.errors import GptkitError
 from gptkit.train.resolve import accumulation_steps
 from gptkit.train.trainer import train
@@ -253,6 +254,21 @@ def test_accumulation_is_derived_from_batch_tokens():
     assert accumulation_steps(cfg(), world_size=1) == 1
     with pytest.raises(GptkitError, match="multiple of"):
         accumulation_steps(cfg("train.batch_tokens=1000"), world_size=1)
+
+
+def test_settings_are_settled_once_into_a_new_config_and_the_callers_is_untouched(
+        tiny_run, tmp_path):
+    """vocab_size null and the tokenizer come from the starting run; the resolved settings
+    are config.yaml, and the config the caller passed in is not written to."""
+    given = cfg("train.max_steps=2", "train.eval_interval=2", "log.sample_tokens=0",
+                "data.tokenizer=bpe", f"train.init_from={tiny_run}")
+    before = copy.deepcopy(given)
+    train(given, tmp_path / "run", progress=False)
+    assert given == before and given.model.vocab_size is None
+    saved, base = read_config(tmp_path / "run" / "config.yaml"), read_config(
+        tiny_run / "config.yaml")
+    assert saved.model.vocab_size == base.model.vocab_size == 67
+    assert saved.data.tokenizer == base.data.tokenizer == "char"  # what tokenizer.json is
 
 
 def test_vocab_size_smaller_than_tokenizer_is_an_error(data_dir, tmp_path):

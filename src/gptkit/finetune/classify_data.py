@@ -5,7 +5,9 @@ strings or integers, numbered in sorted order. Token task: JSONL records with a 
 words and a list of tags (e.g. BIO: B-PER, I-PER, O) of the same length; each word's tag is
 predicted at its first sub-token, the other sub-tokens are ignored (-100), as in Hugging
 Face's token-classification examples. The held-out split is the end of the file
-(`data.val_fraction`), as for every other gptkit data source.
+(`data.val_fraction`), as for every other gptkit data source. `Encoder` turns examples into
+ids and targets, augmenting training examples by a key (epoch, index) so that a resumed run
+sees the same augmented batches.
 """
 
 from __future__ import annotations

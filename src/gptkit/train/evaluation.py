@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gptkit.errors import GptkitError
+
 
 @dataclass
 class Selection:
@@ -51,3 +53,18 @@ class Selection:
 def not_finite(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     """The first of `keys` whose number in `record` is NaN or infinite, else None."""
     return next((key for key in keys if not math.isfinite(record[key])), None)
+
+
+def diverged(record: dict[str, Any], key: str, saved_step: int | None, lr: float,
+             resume: str) -> GptkitError:
+    """The one-line error that ends a run whose `key` became NaN or infinite, saying where
+    to resume from (`resume`: the command that resumes the run) and with what."""
+    if saved_step is None:
+        advice = "no checkpoint was saved before it: start again with a lower train.lr"
+    else:
+        advice = (f"the last checkpoint before it is step {saved_step}; resume from it with a "
+                  f"lower learning rate (now {lr:g}): {resume} --set train.lr=...")
+    return GptkitError(
+        f"training stopped: the {key.replace('_', ' ')} became {record[key]} at or before "
+        f"step {record['step']}; {advice} (a gradient clip, train.grad_clip, helps too)"
+    )

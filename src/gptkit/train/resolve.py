@@ -10,6 +10,7 @@ caller's config is not touched.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from gptkit.compress import stored_quantization
@@ -52,6 +53,18 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             f"refusing to overwrite {run_dir}: it is not a gptkit run (no config.yaml); "
             "choose another --out"
         )
+
+
+def clear_run_dir(run_dir: Path, names: tuple[str, ...]) -> None:
+    """An empty run directory, or one whose earlier run's outputs `names` are gone
+    (--overwrite: a new run must not inherit the old one's checkpoints or logs)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

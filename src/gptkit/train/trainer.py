@@ -18,7 +18,6 @@ import gc
 import json
 import math
 import random
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint, distributed
 from gptkit.train.checkpointing import Checkpointer
 from gptkit.train.environment import environment_info
-from gptkit.train.evaluation import Selection, not_finite
+from gptkit.train.evaluation import Selection, diverged, not_finite
 from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
 from gptkit.train.objectives import Objective, Setup, objective_for
 from gptkit.train.optim import build_optimizer
@@ -48,6 +47,7 @@ from gptkit.train.resolve import (
     accumulation_steps,
     check_run_dir,
     check_same_shape,
+    clear_run_dir,
     donor_data,
     load_init_run,
     model_vocab_size,
@@ -133,13 +133,7 @@ class Trainer:
             freeze.apply_freezing(self.model, cfg.finetune, cfg.model.n_layer, self.step,
                                   learnable=self.learnable)
         elif env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("checkpoints", "best", *LOG_OUTPUTS, *objective.outputs):
-                path = self.run_dir / stale
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            clear_run_dir(self.run_dir, ("checkpoints", "best", *LOG_OUTPUTS, *objective.outputs))
         self._start_records()
         if env.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -373,21 +367,10 @@ class Trainer:
         checkpoints (no extra sync per step), so the divergence happened at or before this step.
         The record is logged first (metrics.jsonl writes null for the number)."""
         bad = not_finite(record, keys)
-        if bad is None:
-            return
-        self._log(record)
-        saved = self.checkpoints.saved_step
-        if saved is None:
-            advice = "no checkpoint was saved before it: start again with a lower train.lr"
-        else:
-            advice = (f"the last checkpoint before it is step {saved}; resume from it "
-                      f"with a lower learning rate (now {self.cfg.train.lr:g}): gptkit "
-                      f"{self.objective.command} --resume --out {self.run_dir} "
-                      "--set train.lr=...")
-        raise GptkitError(
-            f"training stopped: the {bad.replace('_', ' ')} became {record[bad]} at or "
-            f"before step {self.step}; {advice} (a gradient clip, train.grad_clip, helps too)"
-        )
+        if bad is not None:
+            self._log(record)
+            raise diverged(record, bad, self.checkpoints.saved_step, self.cfg.train.lr,
+                           f"gptkit {self.objective.command} --resume --out {self.run_dir}")
 
     # --- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import tokenizers
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from gptkit.config import DataConfig, RunConfig
 from gptkit.config_usage import run_kinds
@@ -58,8 +59,6 @@ class Setup:
     def say(self, message: str) -> None:
         """A line for the user, from the main process only."""
         if self.env.is_main:
-            from tqdm import tqdm
-
             tqdm.write(message)
 
 
