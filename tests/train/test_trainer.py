@@ -258,17 +258,18 @@ def test_accumulation_is_derived_from_batch_tokens():
 
 def test_settings_are_settled_once_into_a_new_config_and_the_callers_is_untouched(
         tiny_run, tmp_path):
-    """vocab_size null and the tokenizer come from the starting run; the resolved settings
-    are config.yaml, and the config the caller passed in is not written to."""
-    given = cfg("train.max_steps=2", "train.eval_interval=2", "log.sample_tokens=0",
-                "data.tokenizer=bpe", f"train.init_from={tiny_run}")
+    """The vocabulary size (null: the tokenizer's) and the tokenizer's settings (the starting
+    run's) are settled into config.yaml; the config the caller passed in is not written to."""
+    short = ["train.max_steps=2", "train.eval_interval=2", "log.sample_tokens=0"]
+    given = cfg(*short)
     before = copy.deepcopy(given)
-    train(given, tmp_path / "run", progress=False)
+    train(given, tmp_path / "fresh", progress=False)
     assert given == before and given.model.vocab_size is None
-    saved, base = read_config(tmp_path / "run" / "config.yaml"), read_config(
-        tiny_run / "config.yaml")
-    assert saved.model.vocab_size == base.model.vocab_size == 67
-    assert saved.data.tokenizer == base.data.tokenizer == "char"  # what tokenizer.json is
+    assert read_config(tmp_path / "fresh" / "config.yaml").model.vocab_size == 67
+    train(cfg(*short, "data.tokenizer=bpe", f"train.init_from={tiny_run}"), tmp_path / "init",
+          progress=False)
+    saved = read_config(tmp_path / "init" / "config.yaml")
+    assert saved.data.tokenizer == read_config(tiny_run / "config.yaml").data.tokenizer == "char"
 
 
 def test_vocab_size_smaller_than_tokenizer_is_an_error(data_dir, tmp_path):
