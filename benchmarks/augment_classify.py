@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks.common import mean_spread, write_results
 from gptkit.config import build_config
-from gptkit.finetune.classify import finetune_classifier
+from gptkit.train.objectives.classify import finetune_classifier
 
 POSITIVE = ["good", "great", "love", "excellent", "wonderful", "superb", "lovely", "brilliant"]
 NEGATIVE = ["bad", "awful", "hate", "terrible", "boring", "dreadful", "poor", "horrible"]

@@ -59,6 +59,7 @@ def test_a_setting_takes_exactly_its_declared_choices(section, key, choice):
 
 def test_the_runtime_registries_are_the_declared_choices():
     from gptkit import compress
+    from gptkit.rundir import QUANTIZATIONS
     from gptkit.finetune import heads
     from gptkit.train.optim import OPTIMIZERS
     from gptkit.train.schedule import SCHEDULES
@@ -67,7 +68,7 @@ def test_the_runtime_registries_are_the_declared_choices():
     assert tuple(SCHEDULES) == names(ScheduleName)
     assert tuple(heads.POOLERS) == names(Pooling) and names(ClassifyTask) == heads.TASKS
     assert tuple(compress.PRUNERS) == names(PruneMethod) == compress.PRUNE_METHODS
-    assert names(Quantization) == compress.QUANTIZE_CHOICES
+    assert names(Quantization) == QUANTIZATIONS
     assert names(Precision) == (*names(InferencePrecision), "fp16")
     assert names(InferencePrecision) == ("auto", *names(WeightDtype))
 
@@ -82,7 +83,7 @@ def _options(command: str) -> dict[str, argparse.Action]:
 
 
 @pytest.mark.parametrize(("command", "flag", "choice"), [
-    ("prune", "--method", PruneMethod), ("sample", "--precision", InferencePrecision),
+    ("prune", "--method", PruneMethod), ("sample", "--precision", Precision),
     ("sample", "--quantize", Quantization), ("eval", "--quantize", Quantization),
     ("export", "--quantize", Quantization), ("info", "--precision", WeightDtype),
 ])

@@ -49,7 +49,7 @@ def test_old_run_evaluates_to_its_logged_loss(old_run, capsys, data_dir):
 
 
 def test_old_run_resumes(old_run, data_dir):
-    saved = read_config(old_run / "config.yaml").to_dict()
+    saved = read_config(old_run / "config.yaml").model_dump()
     cfg = build_config(apply_overrides(saved, ["train.max_steps=9"]))
     result = train(cfg, old_run, resume=True, progress=False, data_dir=data_dir)
     assert result.step == 9

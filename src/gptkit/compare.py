@@ -16,6 +16,7 @@ from typing import Any
 
 from gptkit.config import build_config, read_raw_config
 from gptkit.errors import GptkitError
+from gptkit.rundir import RunDir
 from gptkit.viz.curves import RunMetrics, human_count, read_metrics, run_labels
 
 # Final metrics in display order: (key, row label). Rows no run has are left out.
@@ -81,7 +82,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run_settings(run_dir: Path) -> dict[str, Any]:
     """A run's resolved settings, flattened; defaults fill keys an older run did not save."""
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config_file
     if not path.is_file():
         raise GptkitError(f"{run_dir} is not a gptkit run (no config.yaml); point at a run "
                           "directory written by `gptkit train`")

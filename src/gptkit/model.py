@@ -33,6 +33,10 @@ from torch.utils.checkpoint import checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
 
+# The target id the loss skips (PyTorch's default ignore_index): prompt tokens of SFT, padding,
+# the inner sub-tokens of a tagged word. One definition for every loss in gptkit.
+IGNORE = -100
+
 
 class KVCache:
     """Keys and values of the positions seen so far, for incremental decoding.
@@ -420,7 +424,7 @@ class GPT(nn.Module):
             # The loss is taken in (at least) fp32 even under autocast: a bf16 log-softmax
             # over a large vocabulary loses precision.
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         return logits, loss
 
     def attention_weights(

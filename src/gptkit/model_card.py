@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptkit.config import RunConfig, read_config
+from gptkit.config import RunConfig
 from gptkit.memory import parameter_count
 from gptkit.runinfo import architecture_options
 
@@ -137,16 +137,13 @@ def render(
 
 def run_card(run_dir: str | Path) -> str:
     """The card of a run: `best/README.md` when written, else rendered from its files."""
-    run_dir = Path(run_dir)
-    saved = run_dir / "best" / CARD_FILE
+    from gptkit.rundir import RunDir
+
+    run = RunDir(run_dir)
+    saved = run.best / CARD_FILE
     if saved.is_file():
         return saved.read_text(encoding="utf-8")
-    return render(
-        read_config(run_dir / "config.yaml"),
-        _read_json(run_dir / "best" / "config.json") or {},
-        _read_json(run_dir / "data.json"),
-        _read_json(run_dir / "environment.json"),
-    )
+    return render(run.config(), run.best_info() or {}, run.data(), run.environment())
 
 
 def hub_card(run_dir: str | Path) -> str:

@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from gptkit.config import RunConfig, read_config
 from gptkit.config.choices import Quantization, names
+from gptkit.config.files import CONFIG_FILE
 from gptkit.errors import GptkitError
 from gptkit.train import checkpoint
 from gptkit.train.checkpoint import BEST_DIR, BEST_INFO_FILE, CHECKPOINTS_DIR, MODEL_FILE
 
-CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.json"
 EVAL_FILE = "eval.json"

@@ -11,17 +11,19 @@ from typing import Any
 import pytest
 
 from gptkit.config import SHAPE_KEYS, RunConfig, build_config, read_config
+from gptkit.data.loader import SeededEpochs, epoch_order
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import Augmenter
-from gptkit.finetune.classify import (
+from gptkit.finetune.classify_data import (
     Encoder,
-    batch_keys,
-    finetune_classifier,
+    encode_words,
+    join_words,
+    read_task_data,
     special_ids,
 )
-from gptkit.finetune.classify_data import encode_words, join_words, read_task_data
 from gptkit.run import load_run
 from gptkit.tokenizers import Tokenizer
+from gptkit.train.objectives.classify import finetune_classifier
 from tests.test_cli import expect_error, run_cli
 
 # --- tasks built here -----------------------------------------------------------------------
@@ -243,6 +245,14 @@ def test_token_augmentation_keeps_every_tag_on_its_word(ner_file: Path):
     assert [t for t in plain_targets if t != -100] == tags
 
 
+def batch_keys(step: int, batch_size: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(epoch, example index) of each example of optimizer step `step`, as the classifier's
+    batches draw them."""
+    epochs = SeededEpochs(lambda s, e: [(e, int(i)) for i in epoch_order(s, e, n)],
+                          seed=seed, micro_batch_size=batch_size)
+    return epochs.step_items(step)[0]
+
+
 def test_training_batches_walk_seeded_epochs():
     keys = [k for step in range(5) for k in batch_keys(step, 4, 10, seed=3)]
     assert [e for e, _ in keys] == [0] * 10 + [1] * 10
@@ -398,15 +408,16 @@ def test_augmentation_never_draws_end_of_text_or_unknown():
 
 def test_a_loss_that_becomes_nan_stops_training(sentiment_file: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch):
-    from gptkit.finetune import classify
+    from gptkit.train.trainer import Trainer
     from tests.train.test_metrics import strict_json
 
-    original = classify._train_step
+    original = Trainer._train_step
 
-    def diverging(*args: Any, **kwargs: Any) -> Any:
-        return original(*args, **kwargs) * float("nan")
+    def diverging(self: Trainer) -> Any:
+        loss, grad_norm = original(self)
+        return loss * float("nan"), grad_norm
 
-    monkeypatch.setattr(classify, "_train_step", diverging)
+    monkeypatch.setattr(Trainer, "_train_step", diverging)
     run = tmp_path / "run"
     with pytest.raises(GptkitError, match="the loss became nan at or before step 5"):
         finetune_classifier(config(sentiment_file, steps=20, train={"log_interval": 5}), run,

@@ -105,8 +105,8 @@ def test_the_teacher_stays_frozen_in_eval_mode(tmp_path, capsys, data_dir):
     cfg = load_config("shakespeare-char-student",
                       [*TINY, "model.n_embd=16", f"distill.teacher={teacher}"])
     trainer = Trainer(cfg, tmp_path / "student", progress=False)
-    assert trainer.teacher is not None and not trainer.teacher.training
-    before = {n: p.clone() for n, p in trainer.teacher.named_parameters()}
+    assert trainer.objective.teacher is not None and not trainer.objective.teacher.training
+    before = {n: p.clone() for n, p in trainer.objective.teacher.named_parameters()}
     trainer._train_step()
     assert all(not p.requires_grad and p.grad is None and torch.equal(p, before[n])
-               for n, p in trainer.teacher.named_parameters())
+               for n, p in trainer.objective.teacher.named_parameters())

@@ -12,7 +12,7 @@ from gptkit.errors import GptkitError
 from gptkit.finetune import sft
 from gptkit.finetune.records import Record, read_records
 from gptkit.finetune.template import generation_prompt, segments
-from gptkit.model import GPT
+from gptkit.model import GPT, IGNORE
 from gptkit.tokenizers import Tokenizer
 from gptkit.train.trainer import Trainer
 from tests.finetune.tasks import (
@@ -42,7 +42,7 @@ def test_prompt_tokens_get_no_loss():
     [example] = sft.encode_records([record], tok, block_size=64)
     x, y = sft.targets(example)
     n_prompt = len(tok.encode("Q: 2+2?\nA: "))
-    assert (y[: n_prompt - 1] == sft.IGNORE).all()  # predicting prompt tokens: no loss
+    assert (y[: n_prompt - 1] == IGNORE).all()  # predicting prompt tokens: no loss
     assert y[n_prompt - 1 :].tolist() == tok.encode("4") + [tok.eot_id]  # answer, then stop
     assert x.tolist() == example.ids[:-1].tolist()
 
@@ -79,7 +79,7 @@ def test_packed_rows_give_each_example_the_logits_it_has_alone():
         torch.testing.assert_close(packed_logits[0, start : start + len(x_alone)], alone[0])
         start += len(x_alone)
     flat_y = np.concatenate([y_ for row in rows for _, y_ in row])
-    assert sorted(y[y != sft.IGNORE].tolist()) == sorted(flat_y[flat_y != sft.IGNORE].tolist())
+    assert sorted(y[y != IGNORE].tolist()) == sorted(flat_y[flat_y != IGNORE].tolist())
 
 
 def test_batches_are_a_function_of_seed_and_step(tmp_path):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from gptkit.finetune.classify import finetune_classifier
 from gptkit.run import load_run
 from gptkit.serve import create_app
+from gptkit.train.objectives.classify import finetune_classifier
 from gptkit.viz.attention import attention_maps
 from tests.finetune.test_classify import config, ner_rows, sentiment_rows, write_csv, write_jsonl
 from tests.serve.conftest import sse_events, stream_texts

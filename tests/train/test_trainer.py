@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import shutil
@@ -10,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptkit.config import load_config
+from gptkit.config import load_config, read_config
 from gptkit.errors import GptkitError
-from gptkit.train.trainer import accumulation_steps, train
+from gptkit.train.resolve import accumulation_steps
+from gptkit.train.trainer import train
 from tests.conftest import TINY
 
 
@@ -252,6 +254,22 @@ def test_accumulation_is_derived_from_batch_tokens():
     assert accumulation_steps(cfg(), world_size=1) == 1
     with pytest.raises(GptkitError, match="multiple of"):
         accumulation_steps(cfg("train.batch_tokens=1000"), world_size=1)
+
+
+def test_settings_are_settled_once_into_a_new_config_and_the_callers_is_untouched(
+        tiny_run, tmp_path):
+    """The vocabulary size (null: the tokenizer's) and the tokenizer's settings (the starting
+    run's) are settled into config.yaml; the config the caller passed in is not written to."""
+    short = ["train.max_steps=2", "train.eval_interval=2", "log.sample_tokens=0"]
+    given = cfg(*short)
+    before = copy.deepcopy(given)
+    train(given, tmp_path / "fresh", progress=False)
+    assert given == before and given.model.vocab_size is None
+    assert read_config(tmp_path / "fresh" / "config.yaml").model.vocab_size == 67
+    train(cfg(*short, "data.tokenizer=bpe", f"train.init_from={tiny_run}"), tmp_path / "init",
+          progress=False)
+    saved = read_config(tmp_path / "init" / "config.yaml")
+    assert saved.data.tokenizer == read_config(tiny_run / "config.yaml").data.tokenizer == "char"
 
 
 def test_vocab_size_smaller_than_tokenizer_is_an_error(data_dir, tmp_path):

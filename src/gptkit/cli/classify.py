@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ def register(commands: Any) -> None:
     p.add_argument("--init-from", metavar="RUN",
                    help="start from this run's weights, model shape and tokenizer (sets "
                    "train.init_from; default: a fresh model from the recipe)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest valid checkpoint "
+                   "(--set overrides apply on top of its saved config)")
     options.add_run_out(p)
     p.set_defaults(handler=finetune_classify)
 
@@ -45,17 +49,24 @@ def register(commands: Any) -> None:
 
 
 def finetune_classify(args: argparse.Namespace) -> None:
-    from gptkit.finetune.classify import finetune_classifier, print_report
+    from gptkit.finetune.classify_metrics import print_report
+    from gptkit.train.objectives.classify import finetune_classifier
+    from gptkit.train.resolve import resume_config
 
+    if args.resume and args.init_from:
+        raise GptkitError("--init-from starts a new run; drop it to --resume (a resumed run "
+                          "continues from its own checkpoint)")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.source={args.data}")
     if args.init_from:
         overrides.append(f"train.init_from={args.init_from}")
-    cfg = load_config(args.recipe, overrides)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    result = finetune_classifier(cfg, out, overwrite=args.overwrite, data_dir=args.data_dir,
-                                 progress=not args.no_progress)
+    out = Path(args.out) if args.out else Path("runs") / load_config(args.recipe, overrides).name
+    cfg = resume_config(out, overrides) if args.resume else load_config(args.recipe, overrides)
+    result = finetune_classifier(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                                 data_dir=args.data_dir, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one report
+        return
     print(f"held-out {result.task} classification, best model at step {result.best_step} "
           f"of {result.steps}, {result.metrics['examples']} examples; run in {result.run_dir}")
     print_report(result.metrics)

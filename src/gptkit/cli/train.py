@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
-from gptkit.config import RunConfig, apply_overrides, build_config, load_config
+from gptkit.config import RunConfig, load_config
 from gptkit.errors import GptkitError
 
 
@@ -93,21 +93,14 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from gptkit.config import read_config
-    from gptkit.rundir import RunDir
+    from gptkit.train.resolve import resume_config
 
     if args.resume and args.init_from:
         raise GptkitError("--init-from starts a new run; drop it to --resume (a resumed run "
                           "continues from its own checkpoint)")
     if args.resume:
         out = Path(args.out) if args.out else Path("runs") / options.config_from(args).name
-        saved = read_config(RunDir(out).config_file) if RunDir(out).is_run() else None
-        if saved is None:
-            raise GptkitError(
-                f"cannot resume: {out} is not a gptkit run (no config.yaml); "
-                "drop --resume to start a new run, or point --out at the run"
-            )
-        cfg = build_config(apply_overrides(saved.model_dump(), args.overrides))
+        cfg = resume_config(out, args.overrides)
     else:
         cfg = options.config_from(args)
         out = Path(args.out) if args.out else Path("runs") / cfg.name

@@ -15,6 +15,8 @@ import yaml
 from gptkit.config.run import RunConfig, build_config
 from gptkit.errors import GptkitError
 
+CONFIG_FILE = "config.yaml"  # a run's resolved settings (gptkit.rundir owns the other names)
+
 
 def save_config(config: RunConfig, path: Path) -> None:
     """`config` as YAML, in field order: the file a run directory holds."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from gptkit.config.files import read_config
+from gptkit.config.files import CONFIG_FILE, read_config
 from gptkit.config.run import SECTIONS, RunConfig, build_config, check_key
 from gptkit.config.sections import MODEL_PRESETS, SHAPE_KEYS, ModelConfig, TrainConfig
 from gptkit.errors import GptkitError
@@ -98,9 +98,9 @@ def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str
     train = raw.get("train")
     init_from = TrainConfig(init_from=train.get("init_from")).init_from if isinstance(
         train, dict) else None
-    if not init_from or not (Path(init_from) / "config.yaml").is_file():
+    if not init_from or not (Path(init_from) / CONFIG_FILE).is_file():
         return raw
-    base = read_config(Path(init_from) / "config.yaml")
+    base = read_config(Path(init_from) / CONFIG_FILE)
     explicit: dict[str, Any] = {}
     recipe_train, recipe_model = recipe.get("train"), recipe.get("model")
     if isinstance(recipe_train, dict) and recipe_train.get("init_from") is not None and isinstance(

@@ -1,4 +1,5 @@
-"""Training batches drawn as random windows from a token memmap or token shards.
+"""Training batches as a pure function of (seed, step): random windows of a token stream
+(language modelling), or examples in seeded epochs (fine-tuning, classification).
 
 A step's batch is a pure function of `(seed, step)`, so resuming at step N reproduces exactly
 the batches an uninterrupted run would have seen (LESSONS.md #12) without replaying the
@@ -11,7 +12,8 @@ same batches as the same ids in one file; a window may run across a shard bounda
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +21,8 @@ from torch import Tensor
 
 from gptkit.data.shards import Tokens, read_windows
 from gptkit.errors import GptkitError
+
+T = TypeVar("T")
 
 
 class RandomWindows:
@@ -106,3 +110,66 @@ class RandomWindows:
             raise GptkitError(f"data-loader state {state!r} has a negative seed or position")
         self.seed = seed
         self.position = position
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits `n` examples: a permutation seeded by
+    (seed, epoch), so any epoch is drawn without drawing the ones before it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class SeededEpochs(Generic[T]):
+    """An endless sequence of items, epoch after epoch, cut into optimizer steps.
+
+    `items_of(seed, epoch)` lists one epoch's items (e.g. examples in `epoch_order`, or rows packed
+    from them, whose number may change from epoch to epoch); step s takes the next
+    `micro_batch_size * accum_steps * world_size` items of the sequence, and micro-batch m of
+    rank r is chunk `m * world_size + r` of them, as `RandomWindows` splits its windows. The
+    items of a step are a pure function of the step, so resume is exact. The state is the
+    same as `RandomWindows`': the seed and the next step.
+    """
+
+    def __init__(self, items_of: Callable[[int, int], list[T]], *, seed: int, micro_batch_size: int,
+                 accum_steps: int = 1, rank: int = 0, world_size: int = 1) -> None:
+        self.items_of = items_of
+        self.seed = seed
+        self.micro_batch_size = micro_batch_size
+        self.accum_steps = accum_steps
+        self.rank = rank
+        self.world_size = world_size
+        self.position = 0
+        self._cache: dict[int, list[T]] = {}  # the last two epochs drawn
+
+    def _epoch(self, epoch: int) -> list[T]:
+        if epoch not in self._cache:
+            items = self.items_of(self.seed, epoch)
+            if not items:
+                raise GptkitError("the training split has no examples; add records to "
+                                  "data.source")
+            self._cache = {epoch: items, **{e: v for e, v in self._cache.items()
+                                            if e == epoch - 1}}
+        return self._cache[epoch]
+
+    def step_items(self, step: int) -> list[list[T]]:
+        """This process's `accum_steps` micro-batches of items for optimizer step `step`."""
+        per_step = self.micro_batch_size * self.accum_steps * self.world_size
+        epoch, offset = 0, step * per_step
+        while offset >= len(self._epoch(epoch)):  # the epoch holding this step's first item
+            offset -= len(self._epoch(epoch))
+            epoch += 1
+        picked: list[T] = []
+        while len(picked) < per_step:
+            picked += self._epoch(epoch)[offset : offset + per_step - len(picked)]
+            epoch, offset = epoch + 1, 0
+        chunks = [picked[i : i + self.micro_batch_size]
+                  for i in range(0, per_step, self.micro_batch_size)]
+        self.position = step + 1
+        return [chunks[m * self.world_size + self.rank] for m in range(self.accum_steps)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The saved seed and position; epochs are drawn again from the seed."""
+        self.seed, self.position = int(state["seed"]), int(state["position"])
+        self._cache = {}

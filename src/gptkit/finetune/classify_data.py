@@ -5,7 +5,9 @@ strings or integers, numbered in sorted order. Token task: JSONL records with a 
 words and a list of tags (e.g. BIO: B-PER, I-PER, O) of the same length; each word's tag is
 predicted at its first sub-token, the other sub-tokens are ignored (-100), as in Hugging
 Face's token-classification examples. The held-out split is the end of the file
-(`data.val_fraction`), as for every other gptkit data source.
+(`data.val_fraction`), as for every other gptkit data source. `Encoder` turns examples into
+ids and targets, augmenting training examples by a key (epoch, index) so that a resumed run
+sees the same augmented batches.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 
 from gptkit.config import ClassifyConfig, RunConfig
 from gptkit.errors import GptkitError
+from gptkit.finetune.augment import Augmenter
 from gptkit.finetune.records import Record, read_records, split_records
-from gptkit.tokenizers import Tokenizer
+from gptkit.model import IGNORE
+from gptkit.tokenizers import UNK, Tokenizer
 
 Label = str | int
-IGNORE = -100
 
 
 @dataclass
@@ -176,3 +179,40 @@ def join_words(
         ids += word
         targets += [IGNORE if tag_ids is None else tag_ids[w]] + [IGNORE] * (len(word) - 1)
     return ids[:block_size], targets[:block_size], positions
+
+
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """Ids augmentation must never produce or remove (end-of-text, unknown character)."""
+    ids = [tokenizer.eot_id, tokenizer.backend.token_to_id(UNK)]
+    return [i for i in ids if i is not None]
+
+
+class Encoder:
+    """Turns examples into (ids, target) pairs, augmenting training examples on request."""
+
+    def __init__(self, data: TaskData, tokenizer: Tokenizer, block_size: int,
+                 augmenter: Augmenter | None = None) -> None:
+        self.task, self.tokenizer, self.block_size = data.task, tokenizer, block_size
+        self.label_ids = data.label_ids
+        self.augmenter = augmenter if augmenter is not None and augmenter.enabled else None
+        self._words: dict[str, list[tuple[list[int], list[int]]]] = {}  # file:line -> pieces
+
+    def sequence(self, example: Any, key: tuple[int, ...] | None = None) -> tuple[list[int], int]:
+        text, aug, label = example.text, self.augmenter, self.label_ids[example.label]
+        if aug is None or key is None:
+            return encode_text(self.tokenizer, text, self.block_size), label
+        ids = self.tokenizer.encode(aug.text(text, key))
+        ids = aug.tokens(ids, key) or self.tokenizer.encode(text)
+        return ids[: self.block_size], label
+
+    def token(self, example: Any, key: tuple[int, ...] | None = None,
+              ) -> tuple[list[int], list[int], list[int]]:
+        pieces = self._words.get(example.where)
+        if pieces is None:
+            pieces = self._words[example.where] = encode_words(self.tokenizer, example.words)
+        if key is not None and self.augmenter is not None:
+            aug = self.augmenter  # per word, so each word keeps its first id and its tag
+            pieces = [(space, aug.tokens(word, (*key, w))) for w, (space, word) in
+                      enumerate(pieces)]
+        tags = [self.label_ids[t] for t in example.tags]
+        return join_words(pieces, tags, self.block_size)

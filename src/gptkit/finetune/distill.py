@@ -14,11 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
+from gptkit.model import GPT, IGNORE
 from gptkit.run import load_run
 from gptkit.tokenizers import Tokenizer
-
-IGNORE = -100
 
 
 def distillation_loss(

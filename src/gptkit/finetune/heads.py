@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from gptkit.config import ModelConfig
 from gptkit.config.choices import ClassifyTask, Pooling, names, one_of
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, Transformer
+from gptkit.model import GPT, IGNORE, Transformer
 
 TASKS = names(ClassifyTask)
 
@@ -105,7 +105,7 @@ def pad_batch(
         mask[row, : len(seq)] = 1
     padded_targets = None
     if targets is not None:
-        padded_targets = torch.full((len(sequences), width), -100, dtype=torch.long)
+        padded_targets = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
         for row, tags in enumerate(targets):
             padded_targets[row, : len(tags)] = torch.tensor(tags, dtype=torch.long)
         padded_targets = padded_targets.to(device)

@@ -20,15 +20,15 @@ import torch
 from torch import Tensor
 
 from gptkit.config import DataConfig
+from gptkit.data.loader import SeededEpochs, epoch_order
 from gptkit.device import autocast
 from gptkit.errors import GptkitError
 from gptkit.finetune import heads
 from gptkit.finetune.augment import Augmenter
 from gptkit.finetune.records import Record, read_records, split_records
 from gptkit.finetune.template import Segments, segments
+from gptkit.model import IGNORE
 from gptkit.tokenizers import Tokenizer
-
-IGNORE = -100
 
 # (x, y) or, for packed rows, (x, y, extra model arguments)
 Batch = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]]
@@ -137,9 +137,9 @@ def collate(items: list[list[tuple[np.ndarray, np.ndarray]]], pad_id: int, packe
 class SFTBatches:
     """Training batches of examples; the same interface as `RandomWindows`.
 
-    Epoch e visits the examples in a permutation seeded by (seed, e); step s takes the next
-    `micro_batch_size * accum_steps * world_size` of that endless sequence (packed: of windows).
-    Micro-batch m of rank r is chunk m * world_size + r of the step's items.
+    Epoch e visits the examples in `epoch_order(seed, e)`; step s takes the next
+    `micro_batch_size * accum_steps * world_size` of that endless sequence (packed: of rows),
+    micro-batch m of rank r being chunk m * world_size + r (`SeededEpochs`).
     """
 
     def __init__(
@@ -163,18 +163,13 @@ class SFTBatches:
         self.records = records
         self.tokenizer = tokenizer
         self.block_size = block_size
-        self.micro_batch_size = micro_batch_size
-        self.accum_steps = accum_steps
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.packing = packing
         self.pad_id = int(tokenizer.eot_id or 0)
         specials = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
         self.augmenter = Augmenter(augment or [], seed, tokenizer.vocab_size, specials)
-        self.position = 0
-        self._epoch_cache: dict[int, list[list[tuple[np.ndarray, np.ndarray]]]] = {}
-        self._sizes: dict[int, int] = {}
+        self.epochs: SeededEpochs[list[tuple[np.ndarray, np.ndarray]]] = SeededEpochs(
+            self._items, seed=seed, micro_batch_size=micro_batch_size, accum_steps=accum_steps,
+            rank=rank, world_size=world_size)
 
     def _example(self, epoch: int, index: int) -> Example:
         """Example `index`, augmented for `epoch` on its read-only (prompt) side only:
@@ -195,44 +190,21 @@ class SFTBatches:
         end = self.block_size + 1
         return Example(np.asarray(ids[:end], dtype=np.int64), np.asarray(learnt[:end], dtype=bool))
 
-    def _items(self, epoch: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    def _items(self, seed: int, epoch: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """The items of one epoch: single examples, or (packed) rows of whole examples."""
-        if epoch not in self._epoch_cache:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-            pairs = [targets(self._example(epoch, int(i))) for i in order]
-            items = pack(pairs, self.block_size) if self.packing else [[p] for p in pairs]
-            self._epoch_cache = {epoch: items, **{
-                e: v for e, v in self._epoch_cache.items() if e == epoch - 1}}
-            self._sizes[epoch] = len(items)
-        return self._epoch_cache[epoch]
-
-    def _size(self, epoch: int) -> int:
-        if epoch not in self._sizes:
-            self._items(epoch)
-        return self._sizes[epoch]
+        order = epoch_order(seed, epoch, len(self.examples))
+        pairs = [targets(self._example(epoch, int(i))) for i in order]
+        return pack(pairs, self.block_size) if self.packing else [[p] for p in pairs]
 
     def step_batches(self, step: int) -> list[Batch]:
-        per_step = self.micro_batch_size * self.accum_steps * self.world_size
-        epoch, offset = 0, step * per_step
-        while offset >= self._size(epoch):  # the epoch holding this step's first item
-            offset -= self._size(epoch)
-            epoch += 1
-        picked: list[list[tuple[np.ndarray, np.ndarray]]] = []
-        while len(picked) < per_step:
-            picked += self._items(epoch)[offset : offset + per_step - len(picked)]
-            epoch, offset = epoch + 1, 0
-        chunks = [picked[i : i + self.micro_batch_size]
-                  for i in range(0, per_step, self.micro_batch_size)]
-        self.position = step + 1
-        return [collate(chunks[m * self.world_size + self.rank], self.pad_id, self.packing)
-                for m in range(self.accum_steps)]
+        return [collate(chunk, self.pad_id, self.packing)
+                for chunk in self.epochs.step_items(step)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "position": self.position}
+        return self.epochs.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed, self.position = int(state["seed"]), int(state["position"])
-        self._epoch_cache, self._sizes = {}, {}
+        self.epochs.load_state_dict(state)
 
 
 @torch.no_grad()

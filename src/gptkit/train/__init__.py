@@ -1,4 +1,5 @@
-"""Training: the loop (trainer), checkpoints, distributed set-up, optimizers, schedules.
+"""Training: the one loop (trainer) and what each kind of run optimises (objectives/), its
+settled settings (resolve), checkpoints, evaluation, distributed set-up, optimizers, schedules.
 
 The package is also the function `gptkit.train(cfg, run_dir, ...)` (the README's Python API,
 `from gptkit import train`). Python binds `gptkit.train` to this package whenever it is first

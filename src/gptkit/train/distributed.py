@@ -110,7 +110,7 @@ def all_gather_objects(obj: Any, env: DistEnv) -> list[Any]:
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's value on every rank (e.g. the decision to stop early)."""
+    """Rank 0's value on every rank (e.g. the tokenizer it trained)."""
     if not env.enabled:
         return obj
     box = [obj]

@@ -80,10 +80,6 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({"samples": text}, step=step)
 
-    def flush(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
-
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

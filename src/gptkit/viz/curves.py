@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptkit.errors import GptkitError
+from gptkit.rundir import RunDir
 from gptkit.viz.fonts import families_for
 
 if TYPE_CHECKING:
@@ -92,11 +93,11 @@ def _best_step(run_dir: Path) -> int | None:
     """The best model's step: best/config.json (a language model) or eval.json (a classifier).
 
     An imported run's best/ has no step of its own (val_loss null): no best marker then."""
-    best = _read_json(run_dir / "best" / "config.json")
+    best = _read_json(RunDir(run_dir).best_info_file)
     if best is not None and best.get("val_loss") is not None:
         step = best.get("step")
         return int(step) if isinstance(step, int) else None
-    kept = _read_json(run_dir / "eval.json")
+    kept = _read_json(RunDir(run_dir).eval_file)
     if kept is not None and isinstance(kept.get("step"), int):
         return int(kept["step"])
     return None
@@ -113,10 +114,10 @@ def read_metrics(run_dir: str | Path, *, required: bool = True) -> RunMetrics:
     if not run_dir.is_dir():
         raise GptkitError(f"run directory {run_dir} does not exist; train one with "
                           f"`gptkit train --out {run_dir}`")
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).is_run():
         raise GptkitError(f"{run_dir} is not a gptkit run (no config.yaml); point at a run "
                           "directory written by `gptkit train`")
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_file
     metrics = RunMetrics(run_dir, best_step=_best_step(run_dir))
     if not path.is_file():
         if required:
