@@ -215,37 +215,40 @@ def _moved(value, annotation):
     if isinstance(value, list):
         return [*value, "x"]
     inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(inner[-1]) is list:  # e.g. sample.bad_words_ids: [[1]]
+        return [[1]]
     return {int: 3, str: "x", float: 0.5, bool: True}[inner[-1]]
 
 
 def test_every_setting_declares_the_runs_that_read_it():
-    import dataclasses
-
-    from gptkit.config import SECTIONS
+    from gptkit.config import SECTIONS, field_names
     from gptkit.config_usage import RUN_KINDS, USED_BY
 
-    fields = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
-              for f in dataclasses.fields(cls)}
+    fields = {f"{name}.{field}" for name, cls in SECTIONS.items() for field in field_names(cls)}
     assert fields == set(USED_BY), "a new setting must say in USED_BY which runs read it"
     assert all(kinds and set(kinds) <= set(RUN_KINDS) for kinds in USED_BY.values())
 
 
 def test_a_setting_a_run_does_not_read_is_refused_with_where_it_applies():
-    import dataclasses
     import typing
 
-    from gptkit.config import SECTIONS
+    from gptkit.config import SECTIONS, field_names
     from gptkit.config_usage import KIND_NAMES, RUN_KINDS, USED_BY, check_used
+    from gptkit.generation.config import GenerationConfig
 
     refused = 0
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{name}.{f.name}"
+        for field in field_names(cls):
+            key = f"{name}.{field}"
             for kind in set(RUN_KINDS) - set(USED_BY[key]):
                 cfg = RunConfig()
                 section = getattr(cfg, name)
-                setattr(section, f.name, _moved(getattr(section, f.name), hints[f.name]))
+                moved = _moved(getattr(section, field), hints[field])
+                if isinstance(section, GenerationConfig):  # frozen: a changed copy
+                    setattr(cfg, name, section.model_copy(update={field: moved}))
+                else:
+                    setattr(section, field, moved)
                 with pytest.raises(GptkitError, match=rf"^{key}=.* does nothing in") as caught:
                     check_used(cfg, {kind})
                 message = str(caught.value)

@@ -13,8 +13,9 @@ from torch import nn
 
 from gptkit.config import MODEL_PRESETS, ModelConfig, load_config
 from gptkit.errors import GptkitError
-from gptkit.generate import generate
+from gptkit.generation.sampling import generate
 from gptkit.model import GPT, mlp_width, rotary_angles
+from tests.generation_opts import opts
 from tests.test_model import assert_causal
 
 VOCAB = 37
@@ -232,14 +233,14 @@ def test_checkpoint_round_trip_keeps_an_untied_head_apart(tmp_path):
 def test_generation_with_cache_and_sliding_window_equals_full_forwards(options):
     model = tiny(**options)
     prompt = random_ids(1, 6)[0].tolist()
-    out = generate(model, prompt, max_new_tokens=BLOCK + 6, temperature=0)[0].tolist()
+    out = generate(model, prompt, opts(max_new_tokens=BLOCK + 6, temperature=0))[0].tolist()
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(BLOCK + 6):  # full forward over the last block_size tokens each step
             seq.append(int(model(torch.tensor([seq[-BLOCK:]]))[0][0, -1].argmax()))
     assert out == seq
-    batch = generate(model, [prompt, prompt[3:]], max_new_tokens=5, temperature=0, eot_id=0)
-    alone = generate(model, prompt[3:], max_new_tokens=5, temperature=0, eot_id=0)
+    batch = generate(model, [prompt, prompt[3:]], opts(max_new_tokens=5, temperature=0), eot_id=0)
+    alone = generate(model, prompt[3:], opts(max_new_tokens=5, temperature=0), eot_id=0)
     assert batch[1, 3:].tolist() == alone[0].tolist()
 
 

@@ -19,9 +19,10 @@ from gptkit.config import (
     LogConfig,
     ModelConfig,
     RunConfig,
-    SampleConfig,
+    field_names,
 )
 from gptkit.errors import GptkitError
+from gptkit.generation.config import GenerationConfig
 
 # The kinds of run, for USED_BY: pre-training or continued pre-training on text (gptkit
 # train), supervised fine-tuning (data.format=sft: gptkit finetune), classification
@@ -54,7 +55,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "train.eval_tokens": ("train",),
     **{f"dist.{f.name}": _LM for f in dataclasses.fields(DistConfig)},
     "eval.stride": ("train",), "eval.batch_size": _ALL,
-    **{f"sample.{f.name}": _LM for f in dataclasses.fields(SampleConfig)},
+    **{f"sample.{name}": _LM for name in GenerationConfig.model_fields},
     **{f"finetune.{f.name}": _LM for f in dataclasses.fields(FinetuneConfig)},
     **{f"distill.{f.name}": ("distill",) for f in dataclasses.fields(DistillConfig)},
     **{f"classify.{f.name}": ("classify",) for f in dataclasses.fields(ClassifyConfig)},
@@ -101,9 +102,9 @@ def check_used(cfg: RunConfig, kinds: set[str]) -> None:
     when = _when(cfg)
     for section, cls in SECTIONS.items():
         default = cls()
-        for f in dataclasses.fields(cls):
-            key, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
-            if value == getattr(default, f.name):
+        for name in field_names(cls):
+            key, value = f"{section}.{name}", getattr(getattr(cfg, section), name)
+            if value == getattr(default, name):
                 continue
             where = USED_BY[key]
             if not kinds & set(where):

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
 from gptkit.finetune import freeze, lora, sft
 from gptkit.finetune.distill import distillation_loss, load_teacher
-from gptkit.generate import sample_text
+from gptkit.generation.text import sample_text
 from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE
 from gptkit.model_card import render as render_card
@@ -484,7 +484,7 @@ class Trainer:
             return
         gpt = self.model.get_base_model() if lora.is_lora(self.model) else self.model  # type: ignore[operator]
         assert isinstance(gpt, GPT)
-        settings = replace(self.cfg.sample, max_new_tokens=tokens, num_samples=1, num_beams=1)
+        settings = self.cfg.sample.replace(max_new_tokens=tokens, num_samples=1, num_beams=1)
         with distributed.autocast(self.env.device, self.precision):
             text = sample_text(gpt, self.tokenizer, self.cfg.sample.prompt, settings)[0]
         if self.logger is not None:
