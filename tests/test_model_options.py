@@ -14,7 +14,8 @@ from torch import nn
 from gptkit.config import MODEL_PRESETS, ModelConfig, load_config
 from gptkit.errors import GptkitError
 from gptkit.generation.sampling import generate
-from gptkit.model import GPT, mlp_width, rotary_angles
+from gptkit.model import GPT, AttentionContext, mlp_width, rotary_angles
+from gptkit.viz.capture import attention_weights, capture_attention
 from tests.generation_opts import opts
 from tests.test_model import assert_causal
 
@@ -104,7 +105,9 @@ def test_kv_cache_decoding_equals_full_forward_for_every_combination(options):
         start += size
     torch.testing.assert_close(torch.cat(pieces, dim=1), full)
     # the explicit attention path (attention_weights) computes the same network
-    torch.testing.assert_close(model.transformer(idx, attentions=[]), model.transformer(idx))
+    with capture_attention():
+        explicit = model.transformer(idx)
+    torch.testing.assert_close(explicit, model.transformer(idx))
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
@@ -145,7 +148,7 @@ def test_packed_examples_with_a_block_mask_equal_each_example_alone(options):
 def test_attention_weights_reproduce_the_attention_output_with_rope_and_qk_norm(options):
     model = tiny(torch.float32, **options)
     idx = random_ids(2, 24)
-    weights = model.attention_weights(idx)
+    weights = attention_weights(model, idx)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 2, 24), atol=1e-6, rtol=0)
     rope = rotary_angles(torch.arange(24)[None], 8)
     x = model.transformer.wte(idx)
@@ -154,9 +157,9 @@ def test_attention_weights_reproduce_the_attention_output_with_rope_and_qk_norm(
         _, _, v = block.attn.c_attn(h).split(16, dim=2)
         v = v.view(2, 24, 2, 8).transpose(1, 2)  # (B, n_head, T, head_dim)
         y = (weights[layer] @ v).transpose(1, 2).reshape(2, 24, 16)
-        attn_out = block.attn(h, rope=rope)  # the fused SDPA path
+        attn_out = block.attn(h, AttentionContext(rope=rope))  # the fused SDPA path
         torch.testing.assert_close(block.attn.c_proj(y), attn_out, atol=1e-5, rtol=0)
-        x = block(x, rope=rope)
+        x = block(x, AttentionContext(rope=rope))
 
 
 def test_rope_has_no_position_table_and_depends_only_on_distances():

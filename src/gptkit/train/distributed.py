@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gptkit.attention_precision import fp32_cpu_attention
 from gptkit.errors import GptkitError, ProcessGroupError
 
 
@@ -281,7 +282,8 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
         return
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    fp32_attention = fp32_cpu_attention() if device.type == "cpu" else contextlib.nullcontext()
+    with torch.autocast(device_type=device.type, dtype=dtype), fp32_attention:
         yield
 
 
