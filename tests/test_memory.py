@@ -24,6 +24,7 @@ from gptkit.memory import (
     training_memory,
 )
 from gptkit.model import GPT
+from gptkit.train import distributed
 
 
 def _config(n_layer: int, n_embd: int, n_head: int, block: int, vocab: int, dropout: float,
@@ -46,8 +47,9 @@ def saved_for_backward(model: GPT, batch: int, dtype: torch.dtype | None) -> int
         return t
 
     x = torch.randint(0, model.config.vocab_size or 1, (batch, model.config.block_size))
+    precision = {None: "fp32", torch.bfloat16: "bf16"}[dtype]  # training's autocast region
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            distributed.autocast(torch.device("cpu"), precision):
         model(x, x)
     return sum(n for ptr, n in storages.items() if ptr not in params)
 
@@ -106,7 +108,7 @@ def step_memory(model: GPT, precision: str) -> tuple[int, int, int]:
     loss = []
 
     def forward() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with distributed.autocast(torch.device("cpu"), precision):
             loss.append(model(x, x)[1])
 
     held, forward_peak = allocator_bytes(forward)
