@@ -54,3 +54,19 @@ def test_the_bf16_autocast_region_selects_it_for_the_model():
     q, k, v = (t.view(2, 16, 2, 8).transpose(1, 2) for t in (q, k, v))
     expected = upcast(q, k, v).transpose(1, 2).reshape(2, 16, 16)
     assert torch.equal(seen[0], expected)
+
+
+def test_activation_checkpointing_recomputes_under_the_same_kernel():
+    """The backward pass runs outside the autocast region; recomputed blocks still take the
+    fp32 attention route (else the recomputed tensors would not match the saved ones)."""
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=11))
+        model.transformer.activation_checkpointing = recompute
+        idx = torch.randint(0, 11, (2, 16))
+        with distributed.autocast(torch.device("cpu"), "bf16"):
+            loss = model(idx, targets=idx)[1]
+        loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

@@ -23,8 +23,10 @@ unchanged module, and checkpoints hold this module's own state dict.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -261,6 +263,25 @@ def attention_rule(
     return (visible | (key_pos == query_pos)[None])[:, None]
 
 
+def _replay_modes() -> tuple[contextlib.AbstractContextManager[None],
+                             contextlib.AbstractContextManager[None]]:
+    """For `checkpoint`: recomputation runs under the torch function modes the forward pass
+    ran under (checkpoint itself replays only autocast and RNG state), e.g. the precision
+    policy's attention kernel, so that recomputed tensors are the ones saved."""
+    modes = torch.overrides._get_current_function_mode_stack()
+
+    @contextlib.contextmanager
+    def replay() -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            active = torch.overrides._get_current_function_mode_stack()
+            for mode in modes:
+                if not any(mode is other for other in active):
+                    stack.enter_context(mode)
+            yield
+
+    return contextlib.nullcontext(), replay()
+
+
 class Transformer(nn.Module):
     """Embeddings, blocks and the final LayerNorm (HF's `GPT2Model`): ids -> hidden states."""
 
@@ -300,7 +321,8 @@ class Transformer(nn.Module):
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         for block in self.h:
             # recomputed: the block's RNG state is replayed, so dropout masks are the same
-            x = checkpoint(block, x, ctx, use_reentrant=False) if recompute else block(x, ctx)
+            x = checkpoint(block, x, ctx, use_reentrant=False, context_fn=_replay_modes
+                           ) if recompute else block(x, ctx)
         return self.ln_f(x)
 
 
