@@ -41,7 +41,8 @@ from gptkit import compress
 from gptkit.data.prepare import prepare
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens
-from gptkit.generate import generate
+from gptkit.generation.config import GenerationConfig
+from gptkit.generation.sampling import generate
 from gptkit.model import GPT
 from gptkit.run import Run, load_run
 from gptkit.weights import save_weights
@@ -110,8 +111,8 @@ def main() -> None:
                                           batch_size=batch))
 
     def gen_speed(model: GPT) -> float:
-        return timed(lambda: generate(model, prompt, max_new_tokens=new_tokens,
-                                      temperature=0.0))
+        greedy = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, top_k=None)
+        return timed(lambda: generate(model, prompt, greedy))
 
     scored = score_tokens(base, speed_tokens, block_size=block, batch_size=batch).tokens
     gen_speed(base)  # warm-up

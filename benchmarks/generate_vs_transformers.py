@@ -28,7 +28,8 @@ import torch
 from benchmarks.common import write_results
 from gptkit.config import ModelConfig
 from gptkit.device import inference_dtype
-from gptkit.generate import generate
+from gptkit.generation.config import GenerationConfig
+from gptkit.generation.sampling import generate
 from gptkit.interop.hf import to_transformers
 from gptkit.model import GPT
 
@@ -64,13 +65,12 @@ def bench_generation(config: ModelConfig, batches: list[int], prompt_tokens: int
     new_tokens = min(new_tokens, config.block_size - prompt_tokens)  # no side slides
     results: dict[str, Any] = {"parameters": model.num_params(), "new_tokens": new_tokens,
                                "gptkit_dtype": str(dtype or torch.float32)}
+    greedy = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, top_k=None)
     for batch in batches:
         prompts = torch.randint(0, config.vocab_size, (batch, prompt_tokens))
         sides: dict[str, Callable[[], torch.Tensor]] = {
-            "gptkit": lambda p=prompts: generate(fast, p, max_new_tokens=new_tokens,
-                                                 temperature=0.0),
-            "gptkit_fp32": lambda p=prompts: generate(model, p, max_new_tokens=new_tokens,
-                                                      temperature=0.0),
+            "gptkit": lambda p=prompts: generate(fast, p, greedy),
+            "gptkit_fp32": lambda p=prompts: generate(model, p, greedy),
             "transformers": lambda p=prompts: hf.generate(
                 p, attention_mask=torch.ones_like(p), do_sample=False,
                 max_new_tokens=new_tokens, top_k=None, top_p=None, temperature=None),

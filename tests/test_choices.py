@@ -59,8 +59,8 @@ def test_a_setting_takes_exactly_its_declared_choices(section, key, choice):
 
 def test_the_runtime_registries_are_the_declared_choices():
     from gptkit import compress
-    from gptkit.rundir import QUANTIZATIONS
     from gptkit.finetune import heads
+    from gptkit.rundir import QUANTIZATIONS
     from gptkit.train.optim import OPTIMIZERS
     from gptkit.train.schedule import SCHEDULES
 

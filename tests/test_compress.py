@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from gptkit import compress, ops
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generate import sample_text
+from gptkit.generation.text import sample_text
 from gptkit.model import GPT
 from gptkit.run import load_run
 from tests.test_cli import expect_error, run_cli
@@ -63,8 +62,8 @@ def test_int8_logits_are_close_to_fp32_and_the_original_is_untouched(fp32):
 
 def test_int8_model_generates(fp32):
     q = compress.quantize_int8(fp32.model)
-    settings = replace(fp32.config.sample, max_new_tokens=20, min_new_tokens=20,
-                       temperature=0.0)
+    settings = fp32.config.sample.replace(max_new_tokens=20, min_new_tokens=20,
+                                          temperature=0.0)
     text = sample_text(q, fp32.tokenizer, "ROMEO:", settings)[0]
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20
 

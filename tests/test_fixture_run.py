@@ -13,9 +13,10 @@ import torch
 
 from gptkit.cli import main
 from gptkit.config import apply_overrides, build_config, read_config
-from gptkit.generate import generate
+from gptkit.generation.sampling import generate
 from gptkit.run import load_run
 from gptkit.train.trainer import train
+from tests.generation_opts import opts
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run-v0"
 
@@ -34,7 +35,7 @@ def test_old_run_loads_best_and_last_and_samples(old_run):
     assert last.weights == old_run / "checkpoints" / "step-000006" / "model.safetensors"
     for a, b in zip(best.model.parameters(), last.model.parameters(), strict=True):
         assert torch.equal(a, b)  # the best model is the last step's (the loss only fell)
-    out = generate(best.model, torch.tensor([[1, 2, 3]]), max_new_tokens=5, temperature=0.0)
+    out = generate(best.model, torch.tensor([[1, 2, 3]]), opts(max_new_tokens=5, temperature=0.0))
     assert out.shape == (1, 8)
 
 

@@ -11,16 +11,11 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from gptkit.config import ModelConfig, SampleConfig, load_config
+from gptkit.config import ModelConfig, load_config
 from gptkit.errors import GptkitError
-from gptkit.generate import (
-    bad_words_ids,
-    beam_search,
-    generate,
-    generate_tokens,
-    sample_text,
-)
-from gptkit.logits_process import (
+from gptkit.generation.beam import beam_search
+from gptkit.generation.config import GenerationConfig
+from gptkit.generation.logits_process import (
     MinNewTokensLengthLogitsProcessor,
     NoBadWordsLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
@@ -31,7 +26,10 @@ from gptkit.logits_process import (
     TypicalLogitsWarper,
     build_processors,
 )
+from gptkit.generation.sampling import generate, generate_tokens
+from gptkit.generation.text import bad_words_ids, sample_text
 from gptkit.model import GPT, KVCache
+from tests.generation_opts import beam_opts, opts
 
 VOCAB = 29
 BLOCK = 16
@@ -61,8 +59,9 @@ def reference_greedy(model: GPT, prompt: list[int], steps: int) -> list[int]:
     return seq
 
 
-def run(model: GPT, prompt: Sequence[int], **kwargs) -> list[list[int]]:
-    return generate(model, prompt, **kwargs).tolist()
+def run(model: GPT, prompt: Sequence[int], eot_id: int | None = None, use_cache: bool = True,
+        **settings) -> list[list[int]]:
+    return generate(model, prompt, opts(**settings), eot_id=eot_id, use_cache=use_cache).tolist()
 
 
 # ---------------------------------------------------------------- processors
@@ -152,8 +151,9 @@ def test_seeds_reproduce_and_differ(model):
 def test_seed_groups_sample_as_if_alone(model):
     """Each group of prompts draws from its own generator: what it gets does not depend on
     the prompts batched with it (the server's guarantee)."""
-    def steps(prompts, **kw):
-        out = generate_tokens(model, prompts, max_new_tokens=15, num_samples=2, **kw)
+    def steps(prompts, seed_groups=None, **kw):
+        out = generate_tokens(model, prompts, opts(max_new_tokens=15, num_samples=2, **kw),
+                              seed_groups=seed_groups)
         return torch.stack(list(out), dim=1).tolist()
 
     alone = [steps([[1, 2, 3]], seed=5), steps([[4], [7, 8]], seed=6)]
@@ -172,10 +172,10 @@ def test_global_rng_is_untouched(model):
 
 
 def test_streams_one_int64_row_per_step(model):
-    steps = list(generate_tokens(model, [3], max_new_tokens=6, num_samples=4, seed=0))
+    steps = list(generate_tokens(model, [3], opts(max_new_tokens=6, num_samples=4, seed=0)))
     assert len(steps) == 6
     assert all(s.shape == (4,) and s.dtype == torch.int64 for s in steps)
-    assert list(generate_tokens(model, [3], max_new_tokens=0)) == []
+    assert list(generate_tokens(model, [3], opts(max_new_tokens=0))) == []
     assert run(model, [3, 4], max_new_tokens=0, num_samples=2) == [[3, 4], [3, 4]]
 
 
@@ -191,8 +191,8 @@ def test_finished_samples_keep_yielding_eot_until_all_finish():
     model = tiny(vocab=3)
     eot = 0
     steps = torch.stack(
-        list(generate_tokens(model, [1], max_new_tokens=200, num_samples=5, seed=1,
-                             temperature=2.0, eot_id=eot))
+        list(generate_tokens(model, [1], opts(max_new_tokens=200, num_samples=5, seed=1,
+                                              temperature=2.0), eot_id=eot))
     )
     assert steps[-1].eq(eot).all()
     assert len(steps) < 200 and not steps[-2].eq(eot).all()
@@ -204,7 +204,7 @@ def test_finished_samples_keep_yielding_eot_until_all_finish():
 
 def test_long_prompt_keeps_its_last_block_size_tokens(model):
     prompt = [i % VOCAB for i in range(40)]
-    out = generate(model, prompt, max_new_tokens=3, temperature=0)
+    out = generate(model, prompt, opts(max_new_tokens=3, temperature=0))
     assert out.shape == (1, BLOCK + 3)
     assert out[0, :BLOCK].tolist() == prompt[-BLOCK:]
     assert out.tolist() == [reference_greedy(model, prompt, 3)]
@@ -244,14 +244,14 @@ def test_generation_runs_without_dropout_and_restores_training_mode():
 )
 def test_bad_settings_are_errors(model, kwargs, match):
     with pytest.raises(GptkitError, match=match):
-        generate(model, [1], **{"max_new_tokens": 2, **kwargs})
+        generate(model, [1], opts(**{"max_new_tokens": 2, **kwargs}))
 
 
 def test_bad_prompts_are_errors(model):
     with pytest.raises(GptkitError, match="no tokens"):
-        generate(model, [], max_new_tokens=2)
+        generate(model, [], opts(max_new_tokens=2))
     with pytest.raises(GptkitError, match=f"token id {VOCAB} is outside"):
-        generate(model, [1, VOCAB], max_new_tokens=2)
+        generate(model, [1, VOCAB], opts(max_new_tokens=2))
 
 
 # ---------------------------------------------------------------- text
@@ -316,7 +316,7 @@ def text_model() -> GPT:
 
 def test_sample_text_returns_prompt_plus_continuation():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=20, temperature=0, top_k=None, num_samples=2)
+    cfg = GenerationConfig(max_new_tokens=20, temperature=0, top_k=None, num_samples=2)
     texts = sample_text(text_model(), tok, "bad", cfg)
     ids = run(text_model(), tok.encode("bad"), max_new_tokens=20, temperature=0)[0][3:]
     new = ids[: ids.index(tok.eot_id)] if tok.eot_id in ids else ids
@@ -326,7 +326,7 @@ def test_sample_text_returns_prompt_plus_continuation():
 
 def test_sample_text_from_nothing_starts_at_eot():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=15, temperature=1.0, num_samples=3, seed=2)
+    cfg = GenerationConfig(max_new_tokens=15, temperature=1.0, num_samples=3, seed=2)
     texts = sample_text(text_model(), tok, None, cfg)
     assert len(texts) == 3 and all(len(t) <= 15 for t in texts)
     assert all("<|endoftext|>" not in t for t in texts)
@@ -334,7 +334,7 @@ def test_sample_text_from_nothing_starts_at_eot():
 
 
 def test_sample_text_errors():
-    cfg = SampleConfig(max_new_tokens=5)
+    cfg = GenerationConfig(max_new_tokens=5)
     with pytest.raises(GptkitError, match="no end-of-text"):
         sample_text(text_model(), CharTokenizer(ALPHABET, eot=False), None, cfg)
     with pytest.raises(GptkitError, match="encodes to no tokens"):
@@ -345,7 +345,7 @@ def test_sample_text_errors():
 
 def test_streamed_pieces_join_to_the_returned_texts():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=30, temperature=1.0, num_samples=3, seed=5)
+    cfg = GenerationConfig(max_new_tokens=30, temperature=1.0, num_samples=3, seed=5)
     pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
     texts = sample_text(text_model(), tok, "ace", cfg, stream=lambda i, p: pieces[i].append(p))
     assert texts == sample_text(text_model(), tok, "ace", cfg)
@@ -359,7 +359,7 @@ def test_streaming_holds_back_partial_utf8_characters():
     model = ScriptedGPT(script, prompt_len=len(prompt.encode()))
     tok = ByteTokenizer()
     pieces: list[str] = []
-    cfg = SampleConfig(max_new_tokens=50, temperature=0, top_k=None)
+    cfg = GenerationConfig(max_new_tokens=50, temperature=0, top_k=None)
     texts = sample_text(model, tok, prompt, cfg, stream=lambda i, p: pieces.append(p))
     assert texts == ["éné€!"]
     assert pieces == ["é", "n", "é", "€", "!"]
@@ -369,7 +369,7 @@ def test_streaming_flushes_an_unfinished_character_at_the_end():
     script = [ord("a"), 0xE2, 0x82]  # "a" then two of the three bytes of "€"
     model = ScriptedGPT(script, prompt_len=1)
     pieces: list[str] = []
-    cfg = SampleConfig(max_new_tokens=3, temperature=0, top_k=None)
+    cfg = GenerationConfig(max_new_tokens=3, temperature=0, top_k=None)
     texts = sample_text(model, ByteTokenizer(), "x", cfg, stream=lambda i, p: pieces.append(p))
     assert texts == ["xa\ufffd"]
     assert "".join(pieces) == texts[0] and pieces[:2] == ["x", "a"]
@@ -471,7 +471,7 @@ def test_batched_samples_stay_with_their_prompt_and_reproduce(model):
     out = run(model, [[1, 2], [3, 4, 5]], **args)
     assert len(out) == 6 and [r[:3] for r in out] == [[0, 1, 2]] * 3 + [[3, 4, 5]] * 3
     assert run(model, [[1, 2], [3, 4, 5]], **args) == out
-    steps = list(generate_tokens(model, [[1, 2], [3, 4, 5]], **args))
+    steps = list(generate_tokens(model, [[1, 2], [3, 4, 5]], opts(**args)))
     assert len(steps) == 6 and steps[0].shape == (6,)
 
 
@@ -506,15 +506,15 @@ def test_repetition_penalty_reduces_repeats(model):
 @pytest.mark.parametrize("max_new_tokens", [6, 30], ids=["in-context", "sliding"])
 def test_beam_search_cached_equals_uncached(model, max_new_tokens):
     args = {"max_new_tokens": max_new_tokens, "num_beams": 3, "num_samples": 2,
-            "length_penalty": 0.7, "eot_id": 0}
-    cached = beam_search(model, [[1, 2, 3], [4]], **args)
-    uncached = beam_search(model, [[1, 2, 3], [4]], use_cache=False, **args)
+            "length_penalty": 0.7}
+    cached = beam_search(model, [[1, 2, 3], [4]], beam_opts(**args), eot_id=0)
+    uncached = beam_search(model, [[1, 2, 3], [4]], beam_opts(**args), eot_id=0, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(cached.scores, uncached.scores)
 
 
 def test_beam_search_returns_best_first_and_beats_greedy(model):
-    out = beam_search(model, [7, 8], max_new_tokens=6, num_beams=4, num_samples=4)
+    out = beam_search(model, [7, 8], beam_opts(max_new_tokens=6, num_beams=4, num_samples=4))
     assert out.sequences.shape == (4, 8)
     assert out.scores.tolist() == sorted(out.scores.tolist(), reverse=True)
     greedy = run(model, [7, 8], max_new_tokens=6, temperature=0)[0]
@@ -527,10 +527,12 @@ def test_beam_search_returns_best_first_and_beats_greedy(model):
 
 def test_beam_sampling_reproduces_and_explains_too_narrow_filters(model):
     args = {"max_new_tokens": 6, "num_beams": 2, "num_samples": 2, "temperature": 1.0}
-    first = beam_search(model, [[1, 2], [3]], seed=3, **args)
-    assert torch.equal(first.sequences, beam_search(model, [[1, 2], [3]], seed=3, **args).sequences)
+    first = beam_search(model, [[1, 2], [3]], beam_opts(seed=3, **args))
+    again = beam_search(model, [[1, 2], [3]], beam_opts(seed=3, **args))
+    assert torch.equal(first.sequences, again.sequences)
     with pytest.raises(GptkitError, match="2 x num_beams"):
-        beam_search(model, [1, 2], max_new_tokens=4, num_beams=3, temperature=1.0, top_k=2)
+        beam_search(model, [1, 2],
+                    beam_opts(max_new_tokens=4, num_beams=3, temperature=1.0, top_k=2))
 
 
 def test_beam_search_stop_rule_finishes_hypotheses(model):
@@ -540,8 +542,8 @@ def test_beam_search_stop_rule_finishes_hypotheses(model):
         seen.append(ids)
         return len(ids) >= 3
 
-    out = beam_search(model, [[7, 8], [1]], max_new_tokens=8, num_beams=2, num_samples=2,
-                      stop=three)
+    out = beam_search(model, [[7, 8], [1]],
+                      beam_opts(max_new_tokens=8, num_beams=2, num_samples=2), stop=three)
     assert [len(t) for t in out.new_tokens] == [3] * 4 and out.sequences.shape == (4, 5)
     assert {len(ids) for ids in seen} == {1, 2, 3}  # told each candidate's new tokens
 
@@ -561,7 +563,7 @@ def test_beam_search_stop_rule_finishes_hypotheses(model):
 )
 def test_bad_generation_settings_are_errors(model, kwargs, match):
     with pytest.raises(GptkitError, match=match):
-        generate(model, [1], **{"max_new_tokens": 2, **kwargs})
+        generate(model, [1], opts(**{"max_new_tokens": 2, **kwargs}))
 
 
 # ---------------------------------------------------------------- text: batches, stops, beams
@@ -569,7 +571,7 @@ def test_bad_generation_settings_are_errors(model, kwargs, match):
 
 def test_sample_text_takes_a_batch_of_prompts():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=12, temperature=0, top_k=None, num_samples=2)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0, top_k=None, num_samples=2)
     texts = sample_text(text_model(), tok, ["bad", "h", "ace ace"], cfg)
     alone = [sample_text(text_model(), tok, p, cfg)[0] for p in ("bad", "h", "ace ace")]
     assert texts == [t for t in alone for _ in range(2)]
@@ -577,11 +579,13 @@ def test_sample_text_takes_a_batch_of_prompts():
 
 def test_stop_strings_cut_the_text_before_them():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=20, temperature=0, top_k=None)
+    # min_new_tokens: 20 characters to cut (left free, this model ends after one)
+    cfg = GenerationConfig(max_new_tokens=20, min_new_tokens=20, temperature=0, top_k=None)
     free = sample_text(text_model(), tok, "bad", cfg)[0][3:]
     stop = free[4:6]
+    assert len(stop) == 2
     cut = free[: free.index(stop)]
-    cfg.stop = [stop, "zz"]
+    cfg = cfg.replace(stop=[stop, "zz"])
     pieces: list[str] = []
     texts = sample_text(text_model(), tok, "bad", cfg, stream=lambda i, p: pieces.append(p))
     assert texts == ["bad" + cut] and "".join(pieces) == texts[0]
@@ -591,7 +595,7 @@ def test_streaming_holds_back_what_may_start_a_stop_string():
     script = [ord(c) for c in "ab\ncd\n"] + [ord("\n"), ord("e"), 256]
     model = ScriptedGPT(script, prompt_len=1)
     pieces: list[str] = []
-    cfg = SampleConfig(max_new_tokens=50, temperature=0, top_k=None, stop=["\n\n"])
+    cfg = GenerationConfig(max_new_tokens=50, temperature=0, top_k=None, stop=["\n\n"])
     texts = sample_text(model, ByteTokenizer(), "x", cfg, stream=lambda i, p: pieces.append(p))
     assert texts == ["xab\ncd"]
     assert pieces == ["x", "a", "b", "\nc", "d"]  # each "\n" waited for the next character
@@ -599,10 +603,10 @@ def test_streaming_holds_back_what_may_start_a_stop_string():
 
 def test_sample_text_bans_words():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=30, temperature=1.5, top_k=None, num_samples=4, seed=1)
+    cfg = GenerationConfig(max_new_tokens=30, temperature=1.5, top_k=None, num_samples=4, seed=1)
     free = "".join(sample_text(text_model(), tok, "a", cfg))
     word = max(set(free[1:]) - {"\n", " "}, key=free.count)
-    cfg.bad_words = [word, "hh"]
+    cfg = cfg.replace(bad_words=[word, "hh"])
     texts = sample_text(text_model(), tok, "a", cfg)
     assert all(word not in t[1:] and "hh" not in t for t in texts)
     assert bad_words_ids(tok, ["ab", " c"]) == [[0, 1], [8, 0, 1], [8, 2]]
@@ -612,10 +616,10 @@ def test_sample_text_bans_words():
 
 def test_sample_text_with_beams_stops_and_streams():
     tok = CharTokenizer(ALPHABET)
-    cfg = SampleConfig(max_new_tokens=12, temperature=0, top_k=None, num_beams=3, num_samples=2)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0, top_k=None, num_beams=3, num_samples=2)
     texts = sample_text(text_model(), tok, ["bad", "ce"], cfg)
     assert len(texts) == 4 and texts[0].startswith("bad") and texts[2].startswith("ce")
-    cfg.stop = [texts[0][4:6]]
+    cfg = cfg.replace(stop=[texts[0][4:6]])
     pieces: dict[int, list[str]] = {i: [] for i in range(4)}
     stopped = sample_text(text_model(), tok, ["bad", "ce"], cfg,
                           stream=lambda i, p: pieces[i].append(p))

@@ -21,11 +21,13 @@ transformers = pytest.importorskip("transformers")
 from transformers.generation import GenerationMixin  # noqa: E402
 from transformers.generation import logits_process as hf_lp  # noqa: E402
 
-from gptkit import logits_process as lp  # noqa: E402
 from gptkit.config import ModelConfig  # noqa: E402
-from gptkit.generate import beam_search, generate  # noqa: E402
+from gptkit.generation import logits_process as lp  # noqa: E402
+from gptkit.generation.beam import beam_search  # noqa: E402
+from gptkit.generation.sampling import generate  # noqa: E402
 from gptkit.interop.hf import to_transformers  # noqa: E402
 from gptkit.model import GPT  # noqa: E402
+from tests.generation_opts import beam_opts, opts  # noqa: E402
 
 VOCAB, EOT, BLOCK = 40, 39, 32
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11], [20], [30, 31, 5, 6]]
@@ -219,7 +221,7 @@ def test_greedy_matches_transformers(models, prompts, settings):
     skip_where_transformers_differs(prompts, settings)
     model, hf = models
     args = {"max_new_tokens": 14, "temperature": 0.0, **settings}
-    ours = generate(model, prompts, eot_id=EOT, **args)
+    ours = generate(model, prompts, opts(**args), eot_id=EOT)
     assert torch.equal(ours, hf_generate(hf, prompts, **args))
 
 
@@ -239,7 +241,7 @@ def test_seeded_sampling_matches_transformers_under_the_same_seed(models, settin
     skip_where_transformers_differs(PROMPTS, settings)
     model, hf = models
     args = {"max_new_tokens": 12, **settings}
-    ours = generate(model, PROMPTS, eot_id=EOT, seed=123, **args)
+    ours = generate(model, PROMPTS, opts(seed=123, **args), eot_id=EOT)
     torch.manual_seed(123)  # the private generator's stream is the global one's
     assert torch.equal(ours, hf_generate(hf, PROMPTS, **args))
 
@@ -264,17 +266,18 @@ def test_beam_search_matches_transformers(models, prompts, settings):
     skip_where_transformers_differs(prompts, settings)
     model, hf = models
     args = {"max_new_tokens": 10, "temperature": 0.0, **settings}
-    ours = beam_search(model, prompts, eot_id=EOT, **args)
+    ours = beam_search(model, prompts, beam_opts(**args), eot_id=EOT)
     theirs = hf_generate(hf, prompts, return_dict_in_generate=True, output_scores=True, **args)
     assert torch.equal(ours.sequences, theirs.sequences)
     torch.testing.assert_close(ours.scores, theirs.sequences_scores)
-    assert torch.equal(generate(model, prompts, eot_id=EOT, **args), theirs.sequences)
+    assert torch.equal(generate(model, prompts, opts(**args), eot_id=EOT), theirs.sequences)
 
 
 def test_beams_really_finish_at_different_lengths(models):
     """The parity above is only worth something if hypotheses end on EOT, apart."""
     model, _ = models
-    out = beam_search(model, PROMPTS, max_new_tokens=10, num_beams=4, num_samples=4, eot_id=EOT)
+    out = beam_search(model, PROMPTS, beam_opts(max_new_tokens=10, num_beams=4, num_samples=4),
+                      eot_id=EOT)
     lengths = {len(t) for t in out.new_tokens if t[-1] == EOT}
     assert len(lengths) >= 3 and any(len(t) == 10 for t in out.new_tokens)
 
@@ -309,6 +312,6 @@ def test_beam_sampling_matches_transformers_under_the_same_seed(models, monkeypa
     args = {"max_new_tokens": 8, "temperature": 0.8, "top_k": 10, "num_beams": 3,
             "num_samples": 2, "length_penalty": 1.3}
     skip_where_transformers_differs(PROMPTS, args)
-    ours = beam_search(model, PROMPTS, eot_id=EOT, seed=5, **args)
+    ours = beam_search(model, PROMPTS, beam_opts(seed=5, **args), eot_id=EOT)
     torch.manual_seed(5)
     assert torch.equal(ours.sequences, hf_generate(hf, PROMPTS, **args))

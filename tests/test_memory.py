@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.checkpoint import checkpoint
 
+from gptkit import device as devices
 from gptkit.config import load_config
 from gptkit.errors import GptkitError
 from gptkit.memory import (
@@ -46,8 +45,9 @@ def saved_for_backward(model: GPT, batch: int, dtype: torch.dtype | None) -> int
         return t
 
     x = torch.randint(0, model.config.vocab_size or 1, (batch, model.config.block_size))
+    precision = {None: "fp32", torch.bfloat16: "bf16"}[dtype]  # training's autocast region
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            devices.autocast(torch.device("cpu"), precision):
         model(x, x)
     return sum(n for ptr, n in storages.items() if ptr not in params)
 
@@ -106,7 +106,7 @@ def step_memory(model: GPT, precision: str) -> tuple[int, int, int]:
     loss = []
 
     def forward() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with devices.autocast(torch.device("cpu"), precision):
             loss.append(model(x, x)[1])
 
     held, forward_peak = allocator_bytes(forward)
@@ -129,8 +129,7 @@ def test_activation_checkpointing_estimate_matches_what_the_allocator_holds(shap
     plain = GPT.from_config(cfg.model, shape[4]).train()
     torch.manual_seed(0)
     checkpointed = GPT.from_config(cfg.model, shape[4]).train()
-    for block in checkpointed.transformer.h:
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    checkpointed.transformer.activation_checkpointing = True
     _, _, temporaries = step_memory(plain, precision)  # the backward's own, without recompute
     held, forward_peak, backward_peak = step_memory(checkpointed, precision)
     measured = max(forward_peak, held + backward_peak - temporaries)

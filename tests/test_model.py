@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from gptkit.config import MODEL_PRESETS, ModelConfig
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
+from gptkit.viz.capture import attention_weights, capture_attention
 
 VOCAB = 37
 
@@ -233,26 +234,27 @@ def test_vocab_size_comes_from_the_tokenizer_unless_padded():
         GPT.from_config(padded, 129)
 
 
-# --- attention weights (GPT.attention_weights, Hugging Face's output_attentions) -------------
+# --- attention weights (viz.capture.attention_weights, Hugging Face's output_attentions) ---
 
 
 def test_attention_weights_are_causal_probabilities():
     model = tiny(torch.float32)
-    weights = model.attention_weights(random_ids(3, 20))
+    weights = attention_weights(model, random_ids(3, 20))
     assert weights.shape == (2, 3, 2, 20, 20) and weights.dtype == torch.float32
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 2, 20), atol=1e-6, rtol=0)
     future = torch.ones(20, 20, dtype=torch.bool).triu(1)
     assert (weights[..., future] == 0).all()  # exactly 0, not merely small
     assert (weights[..., ~future] > 0).all()
     with pytest.raises(GptkitError, match="exceeds model.block_size"):
-        model.attention_weights(random_ids(1, 25))
+        attention_weights(model, random_ids(1, 25))
 
 
 def test_explicit_attention_gives_the_same_model_output_as_sdpa():
     model = tiny(torch.float32)
     idx = random_ids(2, 24)
     fused = model.transformer(idx)
-    explicit = model.transformer(idx, attentions=(found := []))
+    with capture_attention() as found:
+        explicit = model.transformer(idx)
     assert len(found) == 2
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=0)
     logits, loss = model(idx)  # the ordinary forward is unchanged
@@ -263,7 +265,7 @@ def test_attention_weights_reproduce_the_attention_output():
     """weights @ v, heads merged, then c_proj is exactly what the attention layer outputs."""
     model = tiny(torch.float32)
     idx = random_ids(2, 24)
-    weights = model.attention_weights(idx)
+    weights = attention_weights(model, idx)
     x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(24))
     for layer, block in enumerate(model.transformer.h):
         h = block.ln_1(x)
@@ -281,15 +283,15 @@ def test_attention_weights_with_padding_hide_padded_keys():
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[0, :3] = 0  # row 0 is left-padded by 3
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    weights = model.attention_weights(ids, attention_mask=mask, position_ids=positions)
+    weights = attention_weights(model, ids, attention_mask=mask, position_ids=positions)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 2, 10), atol=1e-6, rtol=0)
     assert (weights[:, 0, :, 3:, :3] == 0).all()  # real tokens never see the padding
     assert (weights[..., torch.ones(10, 10, dtype=torch.bool).triu(1)] == 0).all()
-    alone = model.attention_weights(ids[:1, 3:])  # the same text without padding
+    alone = attention_weights(model, ids[:1, 3:])  # the same text without padding
     torch.testing.assert_close(weights[:, 0, :, 3:, 3:], alone[:, 0], atol=1e-6, rtol=0)
     fused = model.transformer(ids, attention_mask=mask, position_ids=positions)
-    explicit = model.transformer(ids, attention_mask=mask, position_ids=positions,
-                                 attentions=[])
+    with capture_attention():
+        explicit = model.transformer(ids, attention_mask=mask, position_ids=positions)
     torch.testing.assert_close(explicit[0, 3:], fused[0, 3:], atol=1e-5, rtol=0)
     torch.testing.assert_close(explicit[1], fused[1], atol=1e-5, rtol=0)
 
@@ -297,13 +299,15 @@ def test_attention_weights_with_padding_hide_padded_keys():
 def test_attention_weights_in_fp64_and_after_a_kv_cache():
     model = tiny()  # float64: the weights are computed in float64 too
     idx = random_ids(1, 12)
-    weights = model.attention_weights(idx)
+    weights = attention_weights(model, idx)
     assert weights.dtype == torch.float64
-    torch.testing.assert_close(model.transformer(idx, attentions=[]), model.transformer(idx))
+    with capture_attention():
+        explicit = model.transformer(idx)
+    torch.testing.assert_close(explicit, model.transformer(idx))
     cache = model.new_kv_cache(1)
     model(idx[:, :8], kv_cache=cache)
-    found: list[torch.Tensor] = []
-    model.transformer(idx[:, 8:], kv_cache=cache, attentions=found)
+    with capture_attention() as found:
+        model.transformer(idx[:, 8:], kv_cache=cache)
     torch.testing.assert_close(found[0], weights[0, :, :, 8:])  # new queries, all 12 keys
 
 

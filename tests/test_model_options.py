@@ -13,8 +13,10 @@ from torch import nn
 
 from gptkit.config import MODEL_PRESETS, ModelConfig, load_config
 from gptkit.errors import GptkitError
-from gptkit.generate import generate
-from gptkit.model import GPT, mlp_width, rotary_angles
+from gptkit.generation.sampling import generate
+from gptkit.model import GPT, AttentionContext, mlp_width, rotary_angles
+from gptkit.viz.capture import attention_weights, capture_attention
+from tests.generation_opts import opts
 from tests.test_model import assert_causal
 
 VOCAB = 37
@@ -103,7 +105,9 @@ def test_kv_cache_decoding_equals_full_forward_for_every_combination(options):
         start += size
     torch.testing.assert_close(torch.cat(pieces, dim=1), full)
     # the explicit attention path (attention_weights) computes the same network
-    torch.testing.assert_close(model.transformer(idx, attentions=[]), model.transformer(idx))
+    with capture_attention():
+        explicit = model.transformer(idx)
+    torch.testing.assert_close(explicit, model.transformer(idx))
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
@@ -144,7 +148,7 @@ def test_packed_examples_with_a_block_mask_equal_each_example_alone(options):
 def test_attention_weights_reproduce_the_attention_output_with_rope_and_qk_norm(options):
     model = tiny(torch.float32, **options)
     idx = random_ids(2, 24)
-    weights = model.attention_weights(idx)
+    weights = attention_weights(model, idx)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 2, 24), atol=1e-6, rtol=0)
     rope = rotary_angles(torch.arange(24)[None], 8)
     x = model.transformer.wte(idx)
@@ -153,9 +157,9 @@ def test_attention_weights_reproduce_the_attention_output_with_rope_and_qk_norm(
         _, _, v = block.attn.c_attn(h).split(16, dim=2)
         v = v.view(2, 24, 2, 8).transpose(1, 2)  # (B, n_head, T, head_dim)
         y = (weights[layer] @ v).transpose(1, 2).reshape(2, 24, 16)
-        attn_out = block.attn(h, rope=rope)  # the fused SDPA path
+        attn_out = block.attn(h, AttentionContext(rope=rope))  # the fused SDPA path
         torch.testing.assert_close(block.attn.c_proj(y), attn_out, atol=1e-5, rtol=0)
-        x = block(x, rope=rope)
+        x = block(x, AttentionContext(rope=rope))
 
 
 def test_rope_has_no_position_table_and_depends_only_on_distances():
@@ -232,14 +236,14 @@ def test_checkpoint_round_trip_keeps_an_untied_head_apart(tmp_path):
 def test_generation_with_cache_and_sliding_window_equals_full_forwards(options):
     model = tiny(**options)
     prompt = random_ids(1, 6)[0].tolist()
-    out = generate(model, prompt, max_new_tokens=BLOCK + 6, temperature=0)[0].tolist()
+    out = generate(model, prompt, opts(max_new_tokens=BLOCK + 6, temperature=0))[0].tolist()
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(BLOCK + 6):  # full forward over the last block_size tokens each step
             seq.append(int(model(torch.tensor([seq[-BLOCK:]]))[0][0, -1].argmax()))
     assert out == seq
-    batch = generate(model, [prompt, prompt[3:]], max_new_tokens=5, temperature=0, eot_id=0)
-    alone = generate(model, prompt[3:], max_new_tokens=5, temperature=0, eot_id=0)
+    batch = generate(model, [prompt, prompt[3:]], opts(max_new_tokens=5, temperature=0), eot_id=0)
+    alone = generate(model, prompt[3:], opts(max_new_tokens=5, temperature=0), eot_id=0)
     assert batch[1, 3:].tolist() == alone[0].tolist()
 
 

@@ -7,8 +7,9 @@ import torch
 
 from gptkit import device
 from gptkit.errors import GptkitError
-from gptkit.generate import generate
+from gptkit.generation.sampling import generate
 from gptkit.run import load_run
+from tests.generation_opts import opts
 
 
 def test_fp32_by_default_and_bf16_on_request(tiny_run):
@@ -17,8 +18,8 @@ def test_fp32_by_default_and_bf16_on_request(tiny_run):
     assert {p.dtype for p in fp32.parameters()} == {torch.float32}
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
     prompt = torch.tensor([[1, 2, 3, 4]])
-    a = generate(fp32, prompt, max_new_tokens=8, temperature=0.0)
-    b = generate(bf16, prompt, max_new_tokens=8, temperature=0.0)
+    a = generate(fp32, prompt, opts(max_new_tokens=8, temperature=0.0))
+    b = generate(bf16, prompt, opts(max_new_tokens=8, temperature=0.0))
     assert a.shape == b.shape == (1, 12)
     # the same first steps: bf16 weights move the logits by ~1e-2, not the argmax of a
     # trained model's confident predictions at the start

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 
 import torch
 
+from gptkit.attention_precision import fp32_cpu_attention
 from gptkit.errors import GptkitError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -121,12 +122,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed-precision region for forward passes at a resolved precision; a no-op in fp32."""
+    """Mixed-precision region for forward passes at a resolved precision; a no-op in fp32.
+    On a CPU, attention inside it runs in fp32 (`gptkit.attention_precision`)."""
     if precision == "fp32":
         yield
         return
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    fp32_attention = fp32_cpu_attention() if device.type == "cpu" else contextlib.nullcontext()
+    with torch.autocast(device_type=device.type, dtype=dtype), fp32_attention:
         yield
 
 

@@ -5,9 +5,10 @@ Pre-LayerNorm transformer blocks (causal self-attention through
 embeddings, and an output layer tied to the token embedding. Module names follow Hugging
 Face's `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn`, ...) so that import and export are a
 key map plus a transpose: HF stores these layers as `Conv1D` (weight `(in, out)`), we use
-`nn.Linear` (weight `(out, in)`). `GPT.attention_weights` recomputes the attention step by
-step to show its weights (Hugging Face's `output_attentions`); the fused kernel stays the
-only path of `forward`.
+`nn.Linear` (weight `(out, in)`). Attention is always `F.scaled_dot_product_attention`;
+what a forward call's layers share (KV cache, mask, rotary angles) travels in one
+`AttentionContext`. Seeing the attention weights (`gptkit.viz.capture`) and the CPU-bf16
+attention kernel (`gptkit.attention_precision`) are contexts around a call, outside the model.
 
 Options beyond GPT-2, each a `ModelConfig` switch whose default keeps GPT-2 exactly (these
 are what later models, e.g. LLaMA and the nanoGPT speedruns, changed): rotary position
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,11 +127,27 @@ def rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+@dataclass(frozen=True)
+class AttentionContext:
+    """What the attention of every layer needs for one forward call, worked out once by
+    `Transformer.forward` and handed down whole (the layers only read it)."""
+
+    kv_cache: KVCache | None = None  # positions cached so far; the new ones are written in
+    mask: Tensor | None = None  # bool, True = may attend (`attention_rule`); None: causal
+    rope: tuple[Tensor, Tensor] | None = None  # rotary angles of the new positions
+
+    @property
+    def start(self) -> int:
+        """Cached positions before the new ones (the cache advances after every layer)."""
+        return 0 if self.kv_cache is None else self.kv_cache.length
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention in which a position sees only itself and earlier positions."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
+        self.layer = layer  # its slab of the KV cache
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -140,73 +159,29 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps=1e-5) if config.qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps=1e-5) if config.qk_norm else None
 
-    def forward(
-        self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
-        mask: Tensor | None = None, attentions: list[Tensor] | None = None,
-        rope: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """`mask` (bool, True = may attend) replaces the plain causal rule when given.
-
-        Given a list `attentions`, the attention is computed step by step instead of by the
-        fused kernel, and its weights (B, n_head, T, keys) are appended to the list.
-        `rope`: the rotary angles of the new positions (`rotary_angles`); keys are cached
-        rotated.
-        """
+    def forward(self, x: Tensor, ctx: AttentionContext | None = None) -> Tensor:
+        """`ctx.mask` replaces the plain causal rule when given; keys are cached rotated."""
+        ctx = ctx or AttentionContext()
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rotate(q, rope), rotate(k, rope)
-        start = 0 if kv_cache is None else kv_cache.length
-        if kv_cache is not None:
-            cached_k, cached_v = kv_cache.update(layer, k, v)
+        if ctx.rope is not None:
+            q, k = rotate(q, ctx.rope), rotate(k, ctx.rope)
+        start = ctx.start
+        if ctx.kv_cache is not None:
+            cached_k, cached_v = ctx.kv_cache.update(self.layer, k, v)
             if start > 0:
                 k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
-        if attentions is None:
-            dtype = q.dtype
-            upcast = q.device.type == "cpu" and dtype == torch.bfloat16
-            if upcast:
-                # PyTorch's CPU flash attention runs its bf16 backward ~5x slower than fp32;
-                # the matmuls around it stay in bf16
-                q, k, v = q.float(), k.float(), v.float()
-            # autocast would cast q, k, v back to bf16
-            with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
-                y = F.scaled_dot_product_attention(
-                    q,
-                    k,
-                    v,
-                    attn_mask=mask,
-                    dropout_p=self.dropout if self.training else 0.0,
-                    # without a mask: causal from position 0; one new token after a cache
-                    # sees all
-                    is_causal=mask is None and start == 0,
-                ).to(dtype)
-        else:
-            if mask is None and start == 0:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            y, weights = self.explicit_attention(q, k, v, mask)
-            attentions.append(weights)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask, dropout_p=self.dropout if self.training else 0.0,
+            # without a mask: causal from position 0; one new token after a cache sees all
+            is_causal=ctx.mask is None and start == 0,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-    def explicit_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """softmax(q k^T / sqrt(head_dim)) @ v written out, in at least fp32: (y, weights).
-
-        What SDPA computes, but with the weights kept, so that the weights one looks at are
-        exactly those that produced the output. In train mode the weights are the ones
-        used, after attention dropout (rows then no longer sum to one).
-        """
-        wide = torch.promote_types(q.dtype, torch.float32)
-        scores = q.to(wide) @ k.to(wide).transpose(-2, -1) / math.sqrt(q.size(-1))
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
-        return (weights @ v.to(wide)).to(q.dtype), weights
 
 
 def mlp_width(config: ModelConfig) -> int:
@@ -249,19 +224,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One transformer layer: x + attn(ln_1(x)), then x + mlp(ln_2(x)) (pre-LayerNorm)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = norm(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(
-        self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0,
-        mask: Tensor | None = None, attentions: list[Tensor] | None = None,
-        rope: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer, mask, attentions, rope)
+    def forward(self, x: Tensor, ctx: AttentionContext | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), ctx)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -295,6 +266,25 @@ def attention_rule(
     return (visible | (key_pos == query_pos)[None])[:, None]
 
 
+def _replay_modes() -> tuple[contextlib.AbstractContextManager[None],
+                             contextlib.AbstractContextManager[None]]:
+    """For `checkpoint`: recomputation runs under the torch function modes the forward pass
+    ran under (checkpoint itself replays only autocast and RNG state), e.g. the precision
+    policy's attention kernel, so that recomputed tensors are the ones saved."""
+    modes = torch.overrides._get_current_function_mode_stack()
+
+    @contextlib.contextmanager
+    def replay() -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            active = torch.overrides._get_current_function_mode_stack()
+            for mode in modes:
+                if not any(mode is other for other in active):
+                    stack.enter_context(mode)
+            yield
+
+    return contextlib.nullcontext(), replay()
+
+
 class Transformer(nn.Module):
     """Embeddings, blocks and the final LayerNorm (HF's `GPT2Model`): ids -> hidden states."""
 
@@ -306,7 +296,7 @@ class Transformer(nn.Module):
         self.wpe = (nn.Embedding(config.block_size, config.n_embd)
                     if config.pos_embedding == "learned" else None)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = norm(config, config.n_embd)
         # recompute each block's activations during backward (train.activation_checkpointing)
         self.activation_checkpointing = False
@@ -317,9 +307,8 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        attentions: list[Tensor] | None = None,
     ) -> Tensor:
-        """Hidden states (B, T, C); each layer's attention weights go into `attentions`."""
+        """Hidden states (B, T, C) (arguments as in `GPT.forward`)."""
         start = 0 if kv_cache is None else kv_cache.length
         if position_ids is None:
             position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
@@ -330,14 +319,13 @@ class Transformer(nn.Module):
         else:
             rope = rotary_angles(position_ids, self.head_dim)
         x = self.drop(x)
-        mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
+        ctx = AttentionContext(
+            kv_cache, attention_rule(idx.size(1), start, attention_mask, idx.device), rope)
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
-        for layer, block in enumerate(self.h):
-            if recompute:  # the block's RNG state is replayed, so dropout masks are the same
-                x = checkpoint(block, x, kv_cache, layer, mask, attentions, rope,
-                               use_reentrant=False)
-            else:
-                x = block(x, kv_cache, layer, mask, attentions, rope)
+        for block in self.h:
+            # recomputed: the block's RNG state is replayed, so dropout masks are the same
+            x = checkpoint(block, x, ctx, use_reentrant=False, context_fn=_replay_modes
+                           ) if recompute else block(x, ctx)
         return self.ln_f(x)
 
 
@@ -426,26 +414,6 @@ class GPT(nn.Module):
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
             loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         return logits, loss
-
-    def attention_weights(
-        self,
-        idx: Tensor,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Every layer's attention weights for ids `idx` (B, T): (n_layer, B, n_head, T, T).
-
-        Hugging Face's `output_attentions`, kept out of `forward` so that its fast path and
-        return value stay as they are. Row i of a map holds how query position i spreads its
-        attention over the key positions 0..i (it sums to one; later keys get exactly 0).
-        The weights are computed in at least fp32 and are the ones the model uses: put the
-        model in eval mode first, or attention dropout is applied to them.
-        """
-        self._check_input(idx, None)
-        attentions: list[Tensor] = []
-        self.transformer(idx, attention_mask=attention_mask, position_ids=position_ids,
-                         attentions=attentions)
-        return torch.stack(attentions)
 
     def _check_input(self, idx: Tensor, kv_cache: KVCache | None) -> None:
         """Ids must be (batch, tokens >= 1) and fit in the context after the cached ones."""

@@ -25,11 +25,12 @@ from safetensors.torch import load_file, save_file
 from gptkit.cli import main
 from gptkit.config import ModelConfig, RunConfig, load_config, save_config
 from gptkit.errors import GptkitError
-from gptkit.generate import generate
+from gptkit.generation.sampling import generate
 from gptkit.model import GPT
 from gptkit.run import load_run
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint
+from tests.generation_opts import opts
 from tests.test_cli import run_cli
 
 transformers = pytest.importorskip("transformers")
@@ -255,8 +256,8 @@ def test_exported_tokenizer_output_feeds_the_exported_model_as_is(kind, exported
             ours = run.model(inputs["input_ids"])[0]
             new = hf.generate(**inputs, do_sample=False, max_new_tokens=6)
         assert (theirs - ours).abs().max().item() < 1e-5, text
-        expected = generate(run.model, inputs["input_ids"][0].tolist(), max_new_tokens=6,
-                            temperature=0.0, eot_id=run.tokenizer.eot_id)
+        expected = generate(run.model, inputs["input_ids"][0].tolist(),
+                            opts(max_new_tokens=6, temperature=0.0), eot_id=run.tokenizer.eot_id)
         assert torch.equal(new, expected), text
 
 

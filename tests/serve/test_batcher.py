@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from gptkit.generation.config import GenerationConfig
 from gptkit.serve.batcher import Batcher
 from gptkit.serve.engine import Job
 from tests.serve.conftest import health, live_server, sse_events, stream_texts, wait_until
@@ -62,8 +63,9 @@ def test_a_requests_text_does_not_depend_on_its_batch(run):
 
 def test_batches_respect_the_row_limit_and_sampling_settings():
     def job(rows: int, temperature: float = 0.0, top_k: int | None = None) -> Job:
-        return Job(prompts=[[1]] * rows, n=1, max_tokens=1, temperature=temperature,
-                   top_k=top_k, top_p=1.0, stops=[], seed=None, stream=False,
+        settings = GenerationConfig(max_new_tokens=1, temperature=temperature, top_k=top_k,
+                                    seed=None)
+        return Job(prompts=[[1]] * rows, settings=settings, stream=False,
                    emit=lambda event: None)
 
     batcher = Batcher(lambda jobs: None, max_batch_size=4, window_s=0.0)

@@ -9,16 +9,21 @@ require_serve()
 
 from typing import Any
 
+from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
 from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job
 
 
-def job(run: Run, prompts: list[str], **settings: Any) -> tuple[Job, list[Event]]:
+def job(run: Run, prompts: list[str], stream: bool = False, **settings: Any
+        ) -> tuple[Job, list[Event]]:
+    """A job in the request's terms (n, max_tokens, stops), as the app builds it."""
     events: list[Event] = []
-    defaults: dict[str, Any] = {"n": 1, "max_tokens": 30, "temperature": 0.0, "top_k": None,
-                                "top_p": 1.0, "stops": [], "seed": None, "stream": False}
-    made = Job(prompts=[run.tokenizer.encode(p) for p in prompts], emit=events.append,
-               **{**defaults, **settings})
+    names = {"n": "num_samples", "max_tokens": "max_new_tokens", "stops": "stop"}
+    defaults: dict[str, Any] = {"max_new_tokens": 30, "temperature": 0.0, "top_k": None,
+                                "seed": None}
+    chosen = GenerationConfig(**{**defaults, **{names.get(k, k): v for k, v in settings.items()}})
+    made = Job(prompts=[run.tokenizer.encode(p) for p in prompts], settings=chosen,
+               stream=stream, emit=events.append)
     return made, events
 
 

@@ -319,11 +319,12 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_matrix_instructions(monke
 
 
 def test_cpu_attention_kernel_runs_in_fp32_inside_bf16_autocast():
-    """Autocast lists SDPA among its bf16 ops; the model must keep it from recasting q, k, v
-    (the CPU flash-attention backward is ~5x slower in bf16). Checked below autocast, at the
-    ATen operators that really run."""
+    """Autocast lists SDPA among its bf16 ops; the precision policy's autocast region must
+    keep it from recasting q, k, v (the CPU flash-attention backward is ~5x slower in bf16).
+    Checked below autocast, at the ATen operators that really run."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    from gptkit import device as devices
     from gptkit.model import GPT
 
     class AttentionDtypes(TorchDispatchMode):
@@ -339,7 +340,7 @@ def test_cpu_attention_kernel_runs_in_fp32_inside_bf16_autocast():
     model = GPT.from_config(cfg().model, 65)
     x = torch.randint(0, 65, (2, 16))
     mode = AttentionDtypes()
-    with torch.autocast("cpu", dtype=torch.bfloat16), mode:
+    with devices.autocast(torch.device("cpu"), "bf16"), mode:
         logits, loss = model(x, x)
     assert mode.seen and set(mode.seen) == {torch.float32}
     assert logits.dtype == torch.bfloat16  # the matmuls around it do run in bf16
@@ -347,13 +348,14 @@ def test_cpu_attention_kernel_runs_in_fp32_inside_bf16_autocast():
 
 def test_bf16_autocast_on_cpu_trains_like_fp32():
     """Attention runs in fp32 inside bf16 autocast on the CPU (speed); the rest in bf16."""
+    from gptkit import device as devices
     from gptkit.model import GPT
 
     torch.manual_seed(0)
     model = GPT.from_config(cfg().model, 65)
     x = torch.randint(0, 65, (4, 32))
     _, loss32 = model(x, x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with devices.autocast(torch.device("cpu"), "bf16"):
         logits, loss16 = model(x, x)
     assert logits.dtype == torch.bfloat16
     assert loss16.item() == pytest.approx(loss32.item(), rel=2e-2)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
-from gptkit.config import SampleConfig, sample_checks
 from gptkit.errors import GptkitError
+from gptkit.generation.config import GenerationConfig
 
 
 def register(commands: Any) -> None:
@@ -81,8 +80,32 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=sample)
 
 
+def settings_from_flags(args: argparse.Namespace, base: GenerationConfig,
+                        prompts: list[str]) -> GenerationConfig:
+    """The run's `sample` settings with the flags given on top, checked and named as flags."""
+    chosen: dict[str, Any] = {
+        "prompt": prompts[0] if len(prompts) == 1 else None,
+        "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+        "typical_p": args.typical_p, "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size, "bad_words": args.bad_words,
+        "stop": args.stop, "num_samples": args.num_samples, "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty,
+        "early_stopping": {"true": True, "false": False}.get(args.early_stopping,
+                                                             args.early_stopping),
+    }
+    changes = {k: v for k, v in chosen.items() if v is not None}
+    changes["seed"] = args.seed  # None: fresh randomness (see --seed)
+    if args.top_k == 0:
+        changes["top_k"] = None
+    try:
+        return base.replace(prefix="--", **changes)
+    except GptkitError as exc:
+        raise GptkitError(str(exc).replace("_", "-")) from None
+
+
 def sample(args: argparse.Namespace) -> None:
-    from gptkit.generate import sample_text
+    from gptkit.generation.text import sample_text
     from gptkit.tokenizers import unknown_warning
 
     prompts = list(args.prompt or [])
@@ -99,32 +122,15 @@ def sample(args: argparse.Namespace) -> None:
         if not prompts:
             raise GptkitError(f"--prompts-file {path} holds no prompts; write one per line")
     run = options.load_for_inference(args, precision="auto")
-    base = run.config.sample
-    chosen: dict[str, Any] = {
-        "prompt": prompts[0] if len(prompts) == 1 else None,
-        "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
-        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "typical_p": args.typical_p, "repetition_penalty": args.repetition_penalty,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size, "bad_words": args.bad_words,
-        "stop": args.stop, "num_samples": args.num_samples, "num_beams": args.num_beams,
-        "length_penalty": args.length_penalty, "seed": args.seed,
-        "early_stopping": {"true": True, "false": False}.get(args.early_stopping,
-                                                             args.early_stopping),
-    }
-    settings: SampleConfig = replace(base, **{k: v for k, v in chosen.items() if v is not None})
-    settings.seed = args.seed  # None: fresh randomness (see --seed)
-    prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
-    texts = prompts if len(prompts) > 1 else [settings.prompt or ""]
+    own = prompts[0] if len(prompts) == 1 else run.config.sample.prompt
+    texts = prompts if len(prompts) > 1 else [own or ""]
     warning = unknown_warning(run.tokenizer.unknown_characters(texts), "the prompt", fix=(
         "the model has never seen them; leave them out, or use a run whose tokenizer has "
         "them (e.g. one trained with data.tokenizer=bpe)"))
     if warning:
         print(f"gptkit: {warning}", file=sys.stderr)
-    if args.top_k == 0:
-        settings.top_k = None
-    for ok, message in sample_checks(settings, prefix="--"):
-        if not ok:
-            raise GptkitError(message.replace("_", "-"))
+    settings = settings_from_flags(args, run.config.sample, prompts)
+    prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
     separator = "\n" + "-" * 40 + "\n"
     if args.stream:
         # samples advance together; the first is shown live, the others once it is done

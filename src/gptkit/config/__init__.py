@@ -21,7 +21,6 @@ from gptkit.config.recipes import (
     recipe_names,
 )
 from gptkit.config.run import SECTIONS, TOP_LEVEL, RunConfig, build_config, field_names
-from gptkit.config.sample import SampleConfig, sample_checks
 from gptkit.config.sections import (
     MODEL_PRESETS,
     SHAPE_KEYS,
@@ -38,7 +37,7 @@ from gptkit.config.sections import (
 __all__ = [
     "MODEL_PRESETS", "SECTIONS", "SHAPE_KEYS", "SPLIT_PROTOCOLS", "TOP_LEVEL", "ClassifyConfig",
     "DataConfig", "DistConfig", "DistillConfig", "EvalConfig", "FinetuneConfig", "LogConfig",
-    "ModelConfig", "RunConfig", "SampleConfig", "TrainConfig", "apply_overrides", "build_config",
+    "ModelConfig", "RunConfig", "TrainConfig", "apply_overrides", "build_config",
     "field_names", "inherit_init_model", "load_config", "load_recipe", "read_config",
-    "read_raw_config", "recipe_names", "sample_checks", "save_config",
+    "read_raw_config", "recipe_names", "save_config",
 ]

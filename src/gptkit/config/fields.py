@@ -102,7 +102,7 @@ def _none_words(value: Any) -> Any:
     return value
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     """A YAML list, or on the command line `[a, b]` or one bare item."""
     items = value
     if isinstance(value, str) and value.startswith("["):
@@ -119,7 +119,7 @@ Bool = Annotated[bool, BeforeValidator(_as_bool)]
 Str = Annotated[str, BeforeValidator(_as_str)]
 BoolOrStr = Annotated[bool | str, BeforeValidator(_as_bool_or_str)]
 Nullable = Annotated[T | None, BeforeValidator(_none_words)]
-StrList = Annotated[list[Str], BeforeValidator(_as_list)]
+StrList = Annotated[list[Str], BeforeValidator(as_list)]
 
 
 # --- rules beside the fields -------------------------------------------------------------

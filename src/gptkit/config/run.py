@@ -8,14 +8,14 @@ changed, re-validated copy.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -34,9 +34,9 @@ from gptkit.config.fields import (
     Settings,
     Str,
     StrList,
+    as_list,
     settings_error,
 )
-from gptkit.config.sample import SampleConfig, sample_checks
 from gptkit.config.sections import (
     ClassifyConfig,
     DistConfig,
@@ -48,10 +48,11 @@ from gptkit.config.sections import (
     TrainConfig,
 )
 from gptkit.errors import GptkitError, check_all
+from gptkit.generation.config import GenerationConfig
 
 
 def _typed(hint: Any) -> Any:
-    """The value type of `fields.py` for a plain annotation of SampleConfig."""
+    """The value type of `fields.py` for a plain annotation of GenerationConfig."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
@@ -63,11 +64,18 @@ def _typed(hint: Any) -> Any:
     return {int: Int, float: Float, bool: Bool, str: Str}[hint]
 
 
-# SampleConfig's fields with the value types of the other sections, so `sample:` converts
-# recipe and --set values exactly as they do
+_LIST = BeforeValidator(as_list)
+# GenerationConfig's fields with the value types of the other sections, so `sample:` converts
+# recipe and --set values exactly as they do (1e2 is 100, on is true, inf is refused) before
+# GenerationConfig's own rules check them
+_SAMPLE_TYPES = {name: _typed(hint)
+                 for name, hint in typing.get_type_hints(GenerationConfig).items()
+                 if name != "bad_words_ids"}
+_nullable: Any = Nullable  # subscripted below: a generic alias mypy cannot apply
+_SAMPLE_TYPES["bad_words_ids"] = _nullable[Annotated[list[Annotated[list[Int], _LIST]], _LIST]]
 _SampleValues = create_model(  # type: ignore[call-overload]
-    "SampleValues", __config__=ConfigDict(extra="forbid"),
-    **{name: (_typed(hint), ...) for name, hint in typing.get_type_hints(SampleConfig).items()},
+    "SampleValues", __config__=ConfigDict(extra="allow"),
+    **{name: (kind, None) for name, kind in _SAMPLE_TYPES.items()},
 )
 
 
@@ -80,7 +88,7 @@ class RunConfig(Settings):
     train: TrainConfig = Field(default_factory=TrainConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    sample: SampleConfig = Field(default_factory=SampleConfig)
+    sample: GenerationConfig = Field(default_factory=GenerationConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
@@ -89,13 +97,16 @@ class RunConfig(Settings):
     @field_validator("sample", mode="before")
     @classmethod
     def _sample_values(cls, value: Any) -> Any:
+        """A `sample:` mapping, converted as every setting is, then checked by
+        GenerationConfig's own rules (named sample.*); unknown names are refused there."""
         if not isinstance(value, dict):
             return value
         try:
-            typed = _SampleValues(**{**dataclasses.asdict(SampleConfig()), **value})
+            typed = _SampleValues(**value)
         except ValidationError as exc:
             raise settings_error(exc, ("sample",)) from None
-        return SampleConfig(**dict(typed))
+        converted = {k: v for k, v in typed.model_dump().items() if k in value}
+        return GenerationConfig.parse({**value, **converted}, prefix="sample.")
 
     @model_validator(mode="after")
     def _across(self) -> RunConfig:
@@ -110,7 +121,6 @@ class RunConfig(Settings):
             (0 <= f.freeze_layers <= m.n_layer,
              f"finetune.freeze_layers must be in [0, model.n_layer={m.n_layer}] "
              f"(got {f.freeze_layers})"),
-            *sample_checks(self.sample),
             *split_checks(self.data),
         ])
         return self
@@ -122,7 +132,7 @@ class RunConfig(Settings):
         for key, change in changes.items():
             if isinstance(change, dict):
                 values[key] = {**values[key], **change}
-            elif isinstance(change, BaseModel) or dataclasses.is_dataclass(change):
+            elif isinstance(change, BaseModel):
                 values[key] = change  # already validated
             else:
                 values[key] = change
@@ -137,10 +147,8 @@ TOP_LEVEL = ("name",)
 
 
 def field_names(section: type) -> list[str]:
-    """The settings of a section class (a pydantic model, or the `sample` dataclass)."""
-    if issubclass(section, BaseModel):
-        return list(section.model_fields)
-    return [f.name for f in dataclasses.fields(typing.cast(Any, section))]
+    """The settings of a section class (each is a pydantic model)."""
+    return list(typing.cast(type[BaseModel], section).model_fields)
 
 
 def _suggest(key: str, choices: list[str]) -> str:

@@ -9,7 +9,6 @@ it applies (issue 17: `data.augment` was silently ignored by pre-training).
 from __future__ import annotations
 
 from gptkit.config.run import SECTIONS, RunConfig, field_names
-from gptkit.config.sample import SampleConfig
 from gptkit.config.sections import (
     ClassifyConfig,
     DistConfig,
@@ -19,6 +18,7 @@ from gptkit.config.sections import (
     ModelConfig,
 )
 from gptkit.errors import GptkitError
+from gptkit.generation.config import GenerationConfig
 
 # The kinds of run, for USED_BY: pre-training or continued pre-training on text (gptkit
 # train), supervised fine-tuning (data.format=sft: gptkit finetune), classification
@@ -52,7 +52,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "train.eval_tokens": ("train",),
     **{f"dist.{f}": _ALL for f in field_names(DistConfig)},
     "eval.stride": ("train",), "eval.batch_size": _ALL,
-    **{f"sample.{f}": _LM for f in field_names(SampleConfig)},
+    **{f"sample.{f}": _LM for f in field_names(GenerationConfig)},
     **{f"finetune.{f}": _LM for f in field_names(FinetuneConfig)},
     **{f"distill.{f}": ("distill",) for f in field_names(DistillConfig)},
     **{f"classify.{f}": ("classify",) for f in field_names(ClassifyConfig)},

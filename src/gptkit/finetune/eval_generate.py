@@ -2,7 +2,7 @@
 
 Each record (prompt/response, prompt + reference, or a chat) gives a prompt and its expected
 answer (`template.generation_prompt`). The model answers every prompt through
-`gptkit.generate.sample_text` (greedy by default, ending at the end-of-text token), batched,
+`gptkit.generation.text.sample_text` (greedy by default, ending at the end-of-text token), batched,
 and the answers are scored with the usual tools so that numbers compare with other work:
 corpus BLEU from `sacrebleu` (0-100), ROUGE-1/2/L F-measure from `rouge-score` with stemming
 (mean over examples, 0-1), and exact match after stripping surrounding whitespace (0-1).
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptkit.config import SampleConfig, sample_checks
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, check_all
 from gptkit.finetune.records import Record
 from gptkit.finetune.template import generation_prompt
+from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
 
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
@@ -97,19 +97,24 @@ def score_texts(predictions: Sequence[str], references: Sequence[str]) -> Genera
 
 def check_options(
     *, max_new_tokens: int, num_beams: int, temperature: float, batch_size: int,
-    limit: int | None, prefix: str = "",
-) -> None:
-    """Reject generation settings that cannot work, naming them with `prefix` (CLI: "--")."""
-    settings = SampleConfig(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                            temperature=temperature, top_k=None)
-    checks = sample_checks(settings, prefix=prefix) + [
+    limit: int | None, seed: int = 1337, prefix: str = "",
+) -> GenerationConfig:
+    """The generation settings of these options (greedy unless `temperature` > 0, no top-k,
+    answers ending at the end-of-text token), checked and named with `prefix` (CLI: "--");
+    beyond GenerationConfig's own checks an answer needs a token, a batch a row."""
+    checks = [
         (max_new_tokens >= 1, f"{prefix}max_new_tokens must be >= 1 (got {max_new_tokens})"),
         (batch_size >= 1, f"{prefix}batch_size must be >= 1 (got {batch_size})"),
         (limit is None or limit >= 1, f"{prefix}limit must be >= 1 (got {limit})"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise GptkitError(message.replace("_", "-") if prefix == "--" else message)
+    try:
+        settings = GenerationConfig.parse(
+            {"max_new_tokens": max_new_tokens, "num_beams": num_beams,
+             "temperature": temperature, "top_k": None, "seed": seed}, prefix=prefix)
+        check_all(checks)
+    except GptkitError as exc:
+        raise GptkitError(str(exc).replace("_", "-") if prefix == "--" else str(exc)) from None
+    return settings
 
 
 def task_pairs(records: Sequence[Record]) -> list[tuple[Record, str, str]]:
@@ -140,10 +145,11 @@ def evaluate_generation(
     """Generate the run's answer to every record's prompt and score it against the record's
     reference. Prompts are batched in order of length (less padding); answers end at the
     end-of-text token or after `max_new_tokens`."""
-    from gptkit.generate import sample_text
+    from gptkit.generation.text import sample_text
 
-    check_options(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
-                  batch_size=batch_size, limit=limit)
+    settings = check_options(max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             temperature=temperature, batch_size=batch_size, limit=limit,
+                             seed=seed)
     pairs = task_pairs(list(records)[:limit])
     if not pairs:
         raise GptkitError("no records to evaluate; give at least one")
@@ -157,8 +163,6 @@ def evaluate_generation(
                 f"{block} (model.block_size); shorten that prompt or drop the record"
             )
         lengths.append(size)
-    settings = SampleConfig(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                            temperature=temperature, top_k=None, seed=seed)
     order = sorted(range(len(pairs)), key=lambda i: lengths[i])
     answers: dict[int, str] = {}
     for start in range(0, len(order), batch_size):

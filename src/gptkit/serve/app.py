@@ -196,7 +196,6 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             raise APIError(422, str(exc), param="prompt") from exc
         for p in ids:
             check_prompt(p, settings.max_prompt_tokens)
-        top_k = sample.top_k if body.top_k is None else body.top_k
         gate.enter()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -205,12 +204,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        job = Job(
-            prompts=ids, n=body.n, max_tokens=max_tokens,
-            temperature=sample.temperature if body.temperature is None else body.temperature,
-            top_k=top_k or None, top_p=sample.top_p if body.top_p is None else body.top_p,
-            stops=body.stops(), seed=body.seed, stream=body.stream, emit=emit,
-        )
+        job = Job(prompts=ids, settings=body.generation_config(sample, max_tokens),
+                  stream=body.stream, emit=emit)
         closed = False
 
         def close() -> None:

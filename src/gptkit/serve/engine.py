@@ -2,7 +2,8 @@
 
 Everything here is synchronous and runs in the server's single worker thread, one call at a
 time (the batcher decides which requests share a call), so the model is never used by two
-threads at once. Generation is `gptkit.generate.generate_tokens` on the requests' prompts,
+threads at once. Generation is `gptkit.generation.sampling.generate_tokens` on the requests'
+prompts, one `GenerationConfig` per request (`Job.settings`),
 left-padded with an attention mask and decoded with the KV cache; each request samples from
 a generator of its own (`seed_groups`), so its text does not depend on what it was batched
 with. Text is cut at stop strings and streamed as `sample_text` does it (held back while it
@@ -21,7 +22,9 @@ from typing import Literal
 
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
-from gptkit.generate import first_stop, generate_tokens, showable
+from gptkit.generation.config import GenerationConfig
+from gptkit.generation.sampling import generate_tokens
+from gptkit.generation.text import first_stop, showable
 from gptkit.model import GPT
 from gptkit.run import Run
 from gptkit.tokenizers import Tokenizer
@@ -60,32 +63,36 @@ Event = Delta | Finish | End | Failure
 
 @dataclass(eq=False)
 class Job:
-    """One completion request: `prompts` x `n` rows, generated until each ends."""
+    """One completion request: `prompts` x `settings.num_samples` rows, generated until each
+    ends; its settings are the request's (`CompletionRequest.generation_config`)."""
 
     prompts: list[list[int]]
-    n: int
-    max_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float
-    stops: list[str]
-    seed: int | None
+    settings: GenerationConfig
     stream: bool
     emit: Callable[[Event], None]  # called from the worker thread; must be thread-safe
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
 
     @property
+    def n(self) -> int:
+        return self.settings.num_samples
+
+    @property
+    def max_tokens(self) -> int:
+        return self.settings.max_new_tokens
+
+    @property
+    def stops(self) -> list[str]:
+        return self.settings.stop
+
+    @property
     def rows(self) -> int:
         return len(self.prompts) * self.n
 
     @property
-    def key(self) -> tuple[float | int | None, ...]:
-        """Jobs with equal keys share the logits processors, so they can share a batch; greedy
-        decoding ignores the sampling filters."""
-        if self.temperature == 0:
-            return (0.0,)
-        return (self.temperature, self.top_k, self.top_p)
+    def key(self) -> tuple[object, ...]:
+        """Jobs with equal keys share the logits processors, so they can share a batch."""
+        return self.settings.processor_key()
 
 
 @dataclass(eq=False)
@@ -178,18 +185,17 @@ class Engine:
         if len({job.n for job in jobs}) == 1:  # as `gptkit sample`: prompts x num_samples
             prompts = [p for job in jobs for p in job.prompts]
             num_samples = jobs[0].n
-            groups = [(len(job.prompts), job.seed) for job in jobs]
+            groups = [(len(job.prompts), job.settings.seed) for job in jobs]
         else:  # different n: each row its own prompt, in the same order
             prompts = [p for job in jobs for p in job.prompts for _ in range(job.n)]
             num_samples = 1
-            groups = [(job.rows, job.seed) for job in jobs]
-        longest = max(job.max_tokens for job in jobs)
-        first = jobs[0]
-        tokens = generate_tokens(
-            self.model, prompts, max_new_tokens=longest, temperature=first.temperature,
-            top_k=first.top_k, top_p=first.top_p, num_samples=num_samples,
-            eot_id=self.tokenizer.eot_id, seed_groups=groups,
-        )
+            groups = [(job.rows, job.settings.seed) for job in jobs]
+        # the jobs share the processors (Job.key); lengths, counts and seeds are the batch's
+        shared = jobs[0].settings.replace(
+            max_new_tokens=max(job.max_tokens for job in jobs), num_samples=num_samples,
+            seed=None, stop=[])
+        tokens = generate_tokens(self.model, prompts, shared, eot_id=self.tokenizer.eot_id,
+                                 seed_groups=groups)
         live = {job: its_rows for job, _, its_rows in spans}
         try:
             for step, token in enumerate(tokens, start=1):

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gptkit.generation.config import GenerationConfig
+
 MAX_N = 16  # completions per prompt
 MAX_PROMPTS = 16  # prompts in one request
 MAX_STOP = 4  # stop strings, as OpenAI
@@ -79,6 +81,19 @@ class CompletionRequest(Strict):
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def generation_config(self, run: GenerationConfig, max_tokens: int) -> GenerationConfig:
+        """The settings this request generates with: its own, or for temperature, top_k and
+        top_p the run's `sample` section (as `gptkit sample` without those flags);
+        `max_tokens` is already resolved against the server's limit. Settings the API does
+        not offer stay at their neutral defaults; top_k 0 means all tokens."""
+        top_k = run.top_k if self.top_k is None else self.top_k
+        return GenerationConfig(
+            max_new_tokens=max_tokens,
+            temperature=run.temperature if self.temperature is None else self.temperature,
+            top_k=top_k or None, top_p=run.top_p if self.top_p is None else self.top_p,
+            stop=self.stops(), num_samples=self.n, seed=self.seed,
+        )
 
 
 class ClassifyRequest(Strict):

@@ -1,7 +1,7 @@
 """Attention maps: which earlier tokens each token of a prompt looks at, per layer and head.
 
 `attention_maps` runs a model on a prompt and keeps its real attention weights
-(`GPT.attention_weights`: the very weights that produce the attention output, not a
+(`gptkit.viz.capture.attention_weights`: the very weights that produce the attention output, not a
 re-derivation). `attention_figure` draws them as heat maps, the prompt's tokens on both axes
 (queries down the side, keys along the bottom), with the cells that the causal mask hides
 hatched grey so that they cannot be mistaken for weights near zero; `plot_attention` writes
@@ -28,6 +28,7 @@ from matplotlib.patches import Rectangle
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
+from gptkit.viz.capture import attention_weights
 from gptkit.viz.fonts import families_for
 
 CMAP = "viridis"  # perceptually uniform; its darkest end stays distinct from the grey mask
@@ -102,7 +103,7 @@ def attention_maps(model: GPT, tokenizer: Tokenizer, text: str) -> AttentionMaps
     model.eval()
     try:
         with torch.no_grad():
-            weights = model.attention_weights(torch.tensor([ids], device=device))
+            weights = attention_weights(model, torch.tensor([ids], device=device))
     finally:
         model.train(was_training)
     return AttentionMaps(

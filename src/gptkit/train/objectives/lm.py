@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -22,7 +21,7 @@ from gptkit.device import autocast
 from gptkit.errors import GptkitError
 from gptkit.evaluate import score_tokens, summarize
 from gptkit.finetune import lora, sft
-from gptkit.generate import sample_text
+from gptkit.generation.text import sample_text
 from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE
 from gptkit.model_card import render as render_card
@@ -123,7 +122,7 @@ class LanguageModelling(Objective):
         """The same seed every time, so the texts show what the model learnt in between."""
         gpt = model.get_base_model() if lora.is_lora(model) else model  # type: ignore[operator]
         assert isinstance(gpt, GPT)
-        settings = replace(cfg.sample, max_new_tokens=cfg.log.sample_tokens, num_samples=1,
+        settings = cfg.sample.replace(max_new_tokens=cfg.log.sample_tokens, num_samples=1,
                            num_beams=1)
         with autocast(env.device, precision):
             return sample_text(gpt, tokenizer, cfg.sample.prompt, settings)[0]
