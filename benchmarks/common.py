@@ -51,22 +51,28 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join([*env, *head, *argv[1:]])
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux: /proc/cpuinfo; elsewhere what platform knows)."""
+def cpu_model() -> tuple[str, bool | None]:
+    """The CPU's marketing name (Linux: /proc/cpuinfo; elsewhere what platform knows), and
+    whether it multiplies bf16 matrices in hardware (AVX512-BF16 or AMX; None if unknown),
+    which decides gptkit's default precision on it."""
+    name, bf16 = "", None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and bf16 is None:
+                bf16 = bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return name or platform.processor() or platform.machine(), bf16
 
 
 def machine() -> dict[str, Any]:
     """What the figures depend on: CPU, cores, threads, torch, GPU, and how busy the machine
     was (load averages, this benchmark's own processes included) when the results were
     written. torch is only asked if the benchmark imported it (serve_load's client does not)."""
-    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(),
+    cpu, bf16 = cpu_model()
+    info: dict[str, Any] = {"cpu": cpu, "cpu_bf16": bf16, "cores": os.cpu_count(),
                             "python": platform.python_version(), "os": platform.platform()}
     try:
         info["torch"] = importlib.metadata.version("torch")
