@@ -37,6 +37,16 @@ def full_val_loss(run_dir: Path, which: str = "best") -> float:
     return score.nll / score.tokens
 
 
+def made_by(run_dir: Path) -> str | None:
+    """The command that trained a run a benchmark measures (from its environment.json), so
+    figures of a run carry how the run was made; None for a run without that record."""
+    try:
+        argv = json.loads((Path(run_dir) / "environment.json").read_text())["argv"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return shlex.join(["gptkit", *argv[1:]])
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command that ran this benchmark, as a user would type it: `python -m
     benchmarks.NAME ARGS` (sys.argv holds the module's file path instead), prefixed with

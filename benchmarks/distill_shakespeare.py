@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import full_val_loss, write_results
+from benchmarks.common import full_val_loss, made_by, write_results
 from gptkit.config import load_config
 from gptkit.train.trainer import train
 
@@ -55,7 +55,8 @@ def main() -> None:
     print(f"student distilled:  {mean['distilled']:.4f}")
     print(f"distillation gain:  {mean['gain']:+.4f} nats "
           f"(better in {sum(r['gain'] > 0 for r in results)} of {len(results)} seeds)")
-    write_results(args.json, {"teacher_val_loss": teacher_loss, "seeds": results,
+    write_results(args.json, {"teacher_val_loss": teacher_loss,
+                              "teacher_made_by": made_by(teacher), "seeds": results,
                               "mean": mean})
 
 

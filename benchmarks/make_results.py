@@ -59,8 +59,8 @@ def num(value: Any, digits: int = 3) -> str:
         return str(value)
     if isinstance(value, int) or (abs(value) >= 1000 and float(value).is_integer()):
         return f"{value:,.0f}"
-    if abs(value) >= 100:
-        return f"{value:,.1f}"
+    if digits == 0 or abs(value) >= 100:
+        return f"{value:,.{min(digits, 1)}f}"
     return f"{value:.{digits}f}"
 
 
@@ -119,6 +119,11 @@ def generic(results: Any, prefix: str = "") -> list[list[Any]]:
     return rows
 
 
+def made(command: str | None) -> str:
+    """ " (made by `CMD`)" for a run whose training command was recorded, else nothing."""
+    return f" (made by `{command}`)" if command else ""
+
+
 def render_generic(results: Any) -> list[str]:
     return table(["figure", "value"], generic(results))
 
@@ -156,9 +161,10 @@ def render_prepare(r: dict[str, Any]) -> list[str]:
 
 
 def render_compress(r: dict[str, Any]) -> list[str]:
-    out = [f"Run `{Path(r['run']).name}`, scored on its whole `{r['split']}` split "
-           f"({r['split_tokens']:,} tokens); speeds against the fp32 model in alternation, "
-           f"{r['repeats']} repeats, batch-1 generation of {r['new_tokens']} tokens.", ""]
+    out = [f"Run `{Path(r['run']).name}`{made(r.get('run_made_by'))}, scored on its whole "
+           f"`{r['split']}` split ({r['split_tokens']:,} tokens); speeds against the fp32 model "
+           f"in alternation, {r['repeats']} repeats, batch-1 generation of {r['new_tokens']} "
+           "tokens.", ""]
     rows = []
     for row in r["rows"]:
         label = row["variant"] if row["amount"] is None else f"{row['variant']} {row['amount']:g}"
@@ -171,20 +177,20 @@ def render_compress(r: dict[str, Any]) -> list[str]:
 
 
 def render_distill(r: dict[str, Any]) -> list[str]:
-    rows = [[s["seed"], num(s["alone"], 4), num(s["distilled"], 4), f"{s['gain']:+.4f}"]
+    rows = [[str(s["seed"]), num(s["alone"], 4), num(s["distilled"], 4), f"{s['gain']:+.4f}"]
             for s in r["seeds"]]
     mean = r["mean"]
     rows.append(["mean", num(mean["alone"], 4), num(mean["distilled"], 4),
                  f"{mean['gain']:+.4f}"])
     return ([f"The `shakespeare-char-student` recipe alone and distilled from a teacher whose "
-             f"full val loss is {r['teacher_val_loss']:.4f}; full val loss of each student "
-             "(lower is better), the gain in nats.", ""]
+             f"full val loss is {r['teacher_val_loss']:.4f}{made(r.get('teacher_made_by'))}; "
+             "full val loss of each student (lower is better), the gain in nats.", ""]
             + table(["seed", "alone", "distilled", "gain"], rows))
 
 
 def render_augment(r: dict[str, Any]) -> list[str]:
-    rows = [[name, ", ".join(s["augment"]) if isinstance(s["augment"], list) else
-             str(s["augment"] or "none"), num(s["mean_accuracy"]), num(s["mean_macro_f1"]),
+    rows = [[name, ", ".join(s["augment"]) or "(none)" if isinstance(s["augment"], list)
+             else str(s["augment"] or "(none)"), num(s["mean_accuracy"]), num(s["mean_macro_f1"]),
              f"{s['mean_accuracy_difference_vs_none']:+.3f}",
              f"{s['seeds_better_than_none']} of {len(s['accuracy'])}"]
             for name, s in r["settings"].items()]
@@ -207,7 +213,8 @@ def render_serve(r: dict[str, Any]) -> list[str]:
         rows.append([label, num(off), num(on), ratio])
     return ([f"{r['requests']} streamed requests, {r['concurrency']} at a time, "
              f"{r['max_tokens']} new tokens each, {r['rounds']} alternating rounds; run: "
-             f"{Path(str(r['run'])).name}; the same text with and without batching for "
+             f"{Path(str(r['run'])).name}{made(r.get('run_made_by'))}; the same text with and "
+             "without batching for "
              f"{r['same_text']} of {r['requests']} requests.", ""]
             + table(["", "batching off (1)", f"batching on ({r['batch_size']})", "on / off"],
                     rows))
@@ -248,18 +255,18 @@ def render_train_speed(r: dict[str, Any]) -> list[str]:
             continue
         rows = []
         for side, s in figures["sides"].items():
-            rows.append([side, num(s.get("train_tokens_per_s", {}).get("median"), 0)
-                         if isinstance(s.get("train_tokens_per_s"), dict)
-                         else num(s.get("train_tokens_per_s")),
-                         num(s.get("eval_tokens_per_s", {}).get("median"), 0)
-                         if isinstance(s.get("eval_tokens_per_s"), dict)
-                         else num(s.get("eval_tokens_per_s")),
-                         f"{100 * s['mfu']:.0f}%" if isinstance(s.get("mfu"), float) else ""])
-        out += [f"Shape `{shape}`:", ""] + table(
-            ["side", "train tokens/s", "eval tokens/s", "MFU"], rows) + [""]
-        extra = {k: v for k, v in figures.items() if k != "sides"}
-        if extra:
-            out += render_generic(extra) + [""]
+            train, evaluate = s["train_tokens_per_s"], s["eval_tokens_per_s"]
+            rows.append([side, f"{num(train['median'], 0)} ({num(train['min'], 0)}-"
+                         f"{num(train['max'], 0)})", f"{num(evaluate['median'], 0)} "
+                         f"({num(evaluate['min'], 0)}-{num(evaluate['max'], 0)})",
+                         f"{100 * s['mfu']:.0f}%" if isinstance(s.get("mfu"), float) else "",
+                         f"{s['ratio_train']:.2f}x / {s['ratio_eval']:.2f}x"
+                         if "ratio_train" in s else "(itself)"])
+        out += [f"Shape `{shape}` ({figures.get('parameters', 0):,} parameters; gptkit in "
+                f"{figures.get('precision_gptkit')}, the baselines in fp32); tokens/s median "
+                "(min-max) over the alternating chunks; MFU of the measured matmul peak.", ""]
+        out += table(["side", "train tokens/s", "eval tokens/s", "MFU",
+                      "gptkit / side, train / eval"], rows) + [""]
     return out or render_generic(r)
 
 
