@@ -100,11 +100,13 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """The commit the benchmark ran from, with `+dirty` when the tree had changes."""
+    """The commit the benchmark ran from, with `+dirty` when the tree had changes (other than
+    results, which the benchmarks run before this one have just rewritten)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!benchmarks/results", ":!docs/results.md"],
                                cwd=REPO, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
