@@ -227,7 +227,7 @@ def _why_not_run(argv: list[str], torchrun: bool, folder: Path) -> str | None:
     from gptkit.cli import build_parser
 
     if torchrun:
-        return "torchrun (tests/train/test_distributed.py runs it)"
+        return "torchrun (tests/train/test_sharded.py runs it)"
     if argv[0] in NEVER_RUN:
         return NEVER_RUN[argv[0]]
     args = build_parser().parse_args(argv)
