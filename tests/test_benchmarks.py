@@ -46,3 +46,14 @@ def test_results_say_when_where_and_how_they_were_measured(tmp_path, monkeypatch
     assert made["machine"]["cpu"] and made["machine"]["cores"] >= 1
     assert made["machine"]["torch"] and "gpu" in made["machine"]
     assert made["commit"] is None or len(made["commit"].split("+")[0]) == 40
+
+
+def test_a_measured_run_carries_the_command_that_trained_it(tmp_path):
+    import json
+
+    from benchmarks.common import made_by
+
+    (tmp_path / "environment.json").write_text(json.dumps(
+        {"argv": ["/x/gptkit/__main__.py", "train", "--set", "train.max_steps=500"]}))
+    assert made_by(tmp_path) == "gptkit train --set train.max_steps=500"
+    assert made_by(tmp_path / "missing") is None
