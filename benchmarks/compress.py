@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import write_results
+from benchmarks.common import made_by, write_results
 from gptkit import compress
 from gptkit.data.prepare import prepare
 from gptkit.errors import GptkitError
@@ -167,7 +167,8 @@ def main() -> None:
               f"{r['eval_speedup']:.2f}x | {r['generate_tokens_per_s']:,.1f} | "
               f"{r['generate_speedup']:.2f}x | {r['weights_mb']:.2f} |")
     write_results(args.json, {
-        "run": str(args.run), "split": split, "split_tokens": len(tokens),
+        "run": str(args.run), "run_made_by": made_by(args.run), "split": split,
+        "split_tokens": len(tokens),
         "threads": torch.get_num_threads(), "new_tokens": new_tokens,
         "speed_tokens": args.speed_tokens, "repeats": args.repeats, "rows": rows,
     })

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import write_results
 from gptkit.data.loader import RandomWindows
 from gptkit.data.shards import ShardWriter, TokenShards
 
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("GPTKIT_DATA_DIR", "../shared/data")))
     parser.add_argument("--skip", nargs="*", default=[], choices=["gather", "prepare"])
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/data_shards.json"))
     args = parser.parse_args()
     results: dict[str, Any] = {"cpus": os.cpu_count()}
     if "gather" not in args.skip:
@@ -155,8 +156,7 @@ def main() -> None:
     if "prepare" not in args.skip:
         results["prepare"] = bench_prepare(args.megabytes, args.bpe_megabytes, args.repeats,
                                            args.data_dir)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

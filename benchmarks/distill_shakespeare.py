@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import full_val_loss
+from benchmarks.common import full_val_loss, made_by, write_results
 from gptkit.config import load_config
 from gptkit.train.trainer import train
 
@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
     parser.add_argument("--steps", type=int, help="student steps (default: the recipe's)")
     parser.add_argument("--work", type=Path, help="where runs go (default: a temp folder)")
+    parser.add_argument("--json", type=Path,
+                        default=Path("benchmarks/results/distill_shakespeare.json"))
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="gptkit-distill-"))
     teacher = args.teacher
@@ -53,6 +55,9 @@ def main() -> None:
     print(f"student distilled:  {mean['distilled']:.4f}")
     print(f"distillation gain:  {mean['gain']:+.4f} nats "
           f"(better in {sum(r['gain'] > 0 for r in results)} of {len(results)} seeds)")
+    write_results(args.json, {"teacher_val_loss": teacher_loss,
+                              "teacher_made_by": made_by(teacher), "seeds": results,
+                              "mean": mean})
 
 
 if __name__ == "__main__":

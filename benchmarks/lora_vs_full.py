@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import write_results
 from gptkit.config import build_config
 from gptkit.finetune.eval_generate import evaluate_generation
 from gptkit.finetune.freeze import count_parameters
@@ -67,12 +68,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=3e-3)
+    parser.add_argument("--base-steps", type=int, default=600,
+                        help="steps of the base model on the reverse task")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/lora_vs_full.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gptkit-lora-"))
     base_task = write_task(work / "reverse.jsonl", "reverse")
     target = write_task(work / "sort.jsonl", "sort", seed=1)
     base = work / "base"
-    print("base (reverse):", json.dumps(finetune(base_task, base, 600, 1337)))
+    print("base (reverse):", json.dumps(finetune(base_task, base, args.base_steps, 1337)))
     rows = []
     for seed in args.seeds:
         init = {"init_from": str(base), "seed": seed}
@@ -88,6 +92,10 @@ def main() -> None:
         params = rows[0][i]["trainable"]
         print(f"{name:>5}: exact match {em:.3f}, token accuracy {acc:.3f}, "
               f"trainable {params:,} of {rows[0][i]['total']:,} parameters")
+    write_results(args.json, {"steps": args.steps, "base_steps": args.base_steps,
+                              "rank": args.rank, "lora_lr": args.lora_lr,
+                              "seeds": [{"seed": s, "full": f, "lora": lo}
+                                        for s, (f, lo) in zip(args.seeds, rows, strict=True)]})
 
 
 if __name__ == "__main__":

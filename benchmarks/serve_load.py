@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import write_results
+from benchmarks.common import made_by, write_results
 
 # at most 15 characters: with 48 new tokens a request fits the default recipe's 64-token
 # context, where every step decodes from the KV cache (past it, the window slides and each
@@ -240,6 +240,7 @@ def main() -> None:
               "max_tokens": args.max_tokens, "batch_size": args.batch_size,
               "rounds": args.rounds, "threads": os.environ.get("OMP_NUM_THREADS"),
               "run": str(args.run) if args.run else f"shakespeare-char, {args.train_steps} steps",
+              "run_made_by": made_by(args.run) if args.run else None,
               "off": off, "on": on, "server_stats": batches, "same_text": same}
     write_results(args.json, report)
     print(f"wrote {args.json}")

@@ -34,7 +34,7 @@ INTRO = """# Memory planning
 How much memory one training process needs, before you rent the GPUs: `gptkit info` prints it
 for any recipe or run, per parallel strategy, with and without activation checkpointing:
 
-```
+```bash
 gptkit info --recipe gpt2-124m --set model.preset=gpt2-xl --precision bf16 --world-size 8
 ```
 

@@ -1,5 +1,6 @@
-"""The README's Python API: `from gptkit import train` is the training function whatever was
-imported before (Python binds `gptkit.train` to the subpackage when that is first imported)."""
+"""The Python API (docs/python-api.md): `from gptkit import train` is the training function
+whatever was imported before (Python binds `gptkit.train` to the subpackage when that is first
+imported)."""
 
 from __future__ import annotations
 

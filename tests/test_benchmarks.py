@@ -25,3 +25,35 @@ def test_augment_classify_summary_with_any_number_of_seeds(seeds):
     assert len(lines) == 4 and summary["all four"]["seeds_better_than_none"] == seeds
     assert summary["all four"]["mean_accuracy_difference_vs_none"] == pytest.approx(0.03)
     assert ("n/a (1 seed)" in lines[0]) == (seeds == 1)
+
+
+def test_results_say_when_where_and_how_they_were_measured(tmp_path, monkeypatch):
+    """Every benchmark's JSON carries its date, machine, exact command and commit, which
+    docs/results.md prints beside each figure."""
+    import json
+    import sys
+
+    from benchmarks.common import REPO, write_results
+
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "compress.py"), "--run", "r x"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    write_results(tmp_path / "compress.json", {"x": 1.5})
+    saved = json.loads((tmp_path / "compress.json").read_text())
+    assert saved["benchmark"] == "compress" and saved["results"] == {"x": 1.5}
+    made = saved["provenance"]
+    assert made["command"] == "OMP_NUM_THREADS=1 python -m benchmarks.compress --run 'r x'"
+    assert made["date"].startswith("20") and made["date"].endswith("+00:00")
+    assert made["machine"]["cpu"] and made["machine"]["cores"] >= 1
+    assert made["machine"]["torch"] and "gpu" in made["machine"]
+    assert made["commit"] is None or len(made["commit"].split("+")[0]) == 40
+
+
+def test_a_measured_run_carries_the_command_that_trained_it(tmp_path):
+    import json
+
+    from benchmarks.common import made_by
+
+    (tmp_path / "environment.json").write_text(json.dumps(
+        {"argv": ["/x/gptkit/__main__.py", "train", "--set", "train.max_steps=500"]}))
+    assert made_by(tmp_path) == "gptkit train --set train.max_steps=500"
+    assert made_by(tmp_path / "missing") is None

@@ -107,7 +107,7 @@ def test_unknown_schedule_is_an_error() -> None:
 
 
 def test_min_lr_follows_a_lowered_lr_as_a_ratio() -> None:
-    """The README's `--recipe wikitext2 --set train.lr=3e-5` needs no word about min_lr."""
+    """docs/interop.md's `--recipe wikitext2 --set train.lr=3e-5` needs no word about min_lr."""
     from gptkit.config import load_config
 
     t = load_config("wikitext2", ["train.lr=3e-5"]).train
