@@ -17,7 +17,7 @@ import torch
 
 from gptkit import compress
 from gptkit.config import RunConfig
-from gptkit.device import inference_dtype, resolve_device
+from gptkit.device import inference_dtype, resolve_device, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.model import GPT
@@ -65,7 +65,8 @@ def load_run(
     the model with int8 linear layers (`gptkit.compress`); a run written by `gptkit export
     --quantize int8` always loads that way. `precision` casts a language model's weights
     for generation (`gptkit.device.inference_dtype`: "fp32" keeps them, "auto" follows the
-    policy table); scoring keeps fp32 weights and autocasts instead (`gptkit eval`).
+    policy table); scoring keeps fp32 weights and autocasts instead (`gptkit eval`), as a
+    classifier run does at `precision`.
     """
     rundir = RunDir(path).check()
     compress.check_quantize(quantize)
@@ -82,8 +83,10 @@ def load_run(
         if quantize:
             raise GptkitError("--quantize applies to language models; a classifier run is used "
                               "as it is")
-        classifier = _load_classifier(rundir, config, tokenizer, weights,
-                                      resolve_device(str(device)))
+        target = resolve_device(str(device))
+        classifier = _load_classifier(rundir, config, tokenizer, weights, target)
+        # scored like `gptkit eval`: fp32 weights under autocast ("auto": the table's)
+        classifier.precision = resolve_precision(precision, target)
         return Run(rundir.path, config, tokenizer, weights, classifier.device,
                    classifier=classifier)
     stored = rundir.quantization if weights == rundir.best_weights else None

@@ -171,6 +171,14 @@ def test_sequence_classifier_learns_keyword_sentiment(sentiment_run: Path, senti
         assert p.score == max(p.probabilities.values()) > 0.5
     with pytest.raises(GptkitError, match="labels whole texts.*use predict"):
         classifier.predict_tokens([["a", "b"]])
+    # --precision bf16 scores under bf16 autocast, as gptkit eval does: the same labels, the
+    # probabilities of a bf16 forward pass
+    bf16 = load_run(sentiment_run, precision="bf16").classifier
+    assert bf16.precision == "bf16" and classifier.precision == "fp32"
+    low = bf16.predict(["we really love the music", "the ending was awful"])
+    assert [p.label for p in low] == ["pos", "neg"]
+    assert [p.score for p in low] != [p.score for p in new]
+    assert [p.score for p in low] == pytest.approx([p.score for p in new], abs=0.05)
 
 
 def test_mean_pooling_learns_with_augmentation_that_never_touches_held_out_data(

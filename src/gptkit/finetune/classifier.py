@@ -60,6 +60,7 @@ class Classifier:
     model: GPTClassifier
     labels: list[Label]
     metrics: dict[str, Any] | None = None  # eval.json
+    precision: str = "fp32"  # autocast of the forward passes, resolved (gptkit.device)
 
     @property
     def task(self) -> str:
@@ -78,7 +79,8 @@ class Classifier:
         seqs = [encode_text(self.tokenizer, text, self.config.model.block_size)
                 for text in texts]
         out = []
-        for logits in batched_logits(self.model, seqs, self.device, batch_size):
+        for logits in batched_logits(self.model, seqs, self.device, batch_size,
+                                     self.precision):
             for probs in logits.softmax(-1).tolist():
                 best = max(range(len(probs)), key=probs.__getitem__)
                 named = {str(lab): p for lab, p in zip(self.labels, probs, strict=True)}
@@ -100,7 +102,8 @@ class Classifier:
             pieces = encode_words(self.tokenizer, [w.strip() for w in words])
             rows.append(join_words(pieces, None, self.config.model.block_size))
         out, at = [], 0
-        for logits in batched_logits(self.model, [r[0] for r in rows], self.device, batch_size):
+        for logits in batched_logits(self.model, [r[0] for r in rows], self.device, batch_size,
+                                     self.precision):
             for probs in logits.softmax(-1):
                 positions = rows[at][2]
                 tagged = []

@@ -24,13 +24,11 @@ import yaml
 
 from gptkit.config import RunConfig
 from gptkit.errors import GptkitError
+from gptkit.rundir import METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, TB_DIR
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.txt"
-TB_DIR = "tb"
 WANDB_ID_FILE = "wandb-id.txt"
 # every file or folder the loggers write; a new run (--overwrite) starts without them
-LOG_OUTPUTS = (METRICS_FILE, SAMPLES_FILE, TB_DIR, WANDB_ID_FILE, "wandb", "plots")
+LOG_OUTPUTS = (METRICS_FILE, SAMPLES_FILE, TB_DIR, WANDB_ID_FILE, "wandb", PLOTS_DIR)
 
 _SAMPLE_HEADER = re.compile(r"^=== step (\d+) ", re.MULTILINE)
 

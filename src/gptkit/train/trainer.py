@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gptkit.config import RunConfig, read_config, save_config
+from gptkit.config import RunConfig, save_config
 from gptkit.config.usage import check_used
 from gptkit.data.prepare import cache_dir
 from gptkit.device import autocast, resolve_compile, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.finetune import freeze, lora
 from gptkit.run import Run
+from gptkit.rundir import RunDir
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint, distributed
 from gptkit.train.checkpoint import BEST_DIR, CHECKPOINTS_DIR
@@ -45,7 +46,6 @@ from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, pe
 from gptkit.train.objectives import Objective, Setup, objective_for
 from gptkit.train.optim import build_optimizer
 from gptkit.train.resolve import (
-    CONFIG_FILE,
     accumulation_steps,
     check_run_dir,
     check_same_shape,
@@ -109,7 +109,7 @@ class Trainer:
                       "training it from step 0")
             self.resume = False
         if self.resume:
-            check_same_shape(read_config(self.run_dir / CONFIG_FILE), given)
+            check_same_shape(RunDir(self.run_dir).config(), given)
         self.accum = accumulation_steps(given, env.world_size)
         init = self._resolve(given, data_dir)
         cfg = self.cfg  # settled: saved as config.yaml, never changed
@@ -161,11 +161,11 @@ class Trainer:
         tokenizer: Tokenizer | None = None
         donor = self.objective.tokenizer_donor(given)
         if self.resume:
-            tokenizer = Tokenizer.load(self.run_dir / "tokenizer.json")
+            tokenizer = Tokenizer.load(RunDir(self.run_dir).tokenizer_file)
         elif init is not None:
             tokenizer, data = init.tokenizer, donor_data(data, init.path)
         elif donor is not None:
-            tokenizer, data = Tokenizer.load(donor / "tokenizer.json"), donor_data(data, donor)
+            tokenizer, data = Tokenizer.load(RunDir(donor).tokenizer_file), donor_data(data, donor)
         with_data = resolved_config(given, data=data)
         self.tokenizer = self.objective.prepare(with_data, tokenizer, setup)
         self.cfg = resolved_config(
@@ -220,15 +220,16 @@ class Trainer:
         self.environment: dict[str, Any] = {}
         if not env.is_main:
             return
-        save_config(cfg, self.run_dir / CONFIG_FILE)
-        self.tokenizer.save(self.run_dir / "tokenizer.json")
-        (self.run_dir / "data.json").write_text(json.dumps(self.objective.data_meta(), indent=2))
+        run = RunDir(self.run_dir)
+        save_config(cfg, run.config_file)
+        self.tokenizer.save(run.tokenizer_file)
+        run.data_file.write_text(json.dumps(self.objective.data_meta(), indent=2))
         for name, text in self.objective.run_files().items():
             (self.run_dir / name).write_text(text, encoding="utf-8")
         self.environment = environment_info(
             env, self.precision, self.compiled, (self.peak_flops, peak_source))
         self.environment["strategy"] = self.strategy
-        (self.run_dir / "environment.json").write_text(json.dumps(self.environment, indent=2))
+        run.environment_file.write_text(json.dumps(self.environment, indent=2))
         self.logger = MetricsLogger(
             self.run_dir, cfg, resume_step=self.step if self.resume else None)
 

@@ -19,7 +19,7 @@ from gptkit.data.prepare import PreparedData, prepare
 from gptkit.data.sources import is_wikitext, resolve_protocol
 from gptkit.device import autocast
 from gptkit.errors import GptkitError
-from gptkit.evaluate import score_tokens, summarize
+from gptkit.evaluate import evaluate_split, score_tokens
 from gptkit.finetune import lora, sft
 from gptkit.generation.text import sample_text
 from gptkit.model import GPT
@@ -84,18 +84,13 @@ class LanguageModelling(Objective):
             block_size=block, batch_size=max(cfg.eval.batch_size, cfg.train.micro_batch_size),
             device=env.device, precision=precision, special_ids=special, env=env,
         )
-        val_tokens = data.tokens(cfg.data.eval_split)
-        val = score_tokens(model, val_tokens, max_windows=cap, **common)
-        val_windows = math.ceil((min(len(val_tokens), (cap or 10**18) * block) - 1) / block)
+        # what `gptkit eval --split <eval split>` computes, on `cap` windows when capped
+        result = evaluate_split(model, data, cfg.data.eval_split, max_windows=cap,
+                                word_level=is_wikitext(cfg.data.source), **common)
+        val_tokens = len(data.tokens(cfg.data.eval_split))
+        val_windows = math.ceil((min(val_tokens, (cap or 10**18) * block) - 1) / block)
         train = score_tokens(
             model, data.tokens(cfg.data.train_split), max_windows=val_windows, **common
-        )
-        full = cap is None or cap * block >= len(val_tokens) - 1
-        split_meta = data.split_meta(cfg.data.eval_split)
-        result = summarize(
-            val, split=cfg.data.eval_split, block_size=block, stride=block,
-            n_bytes=split_meta["bytes"] if full else None,
-            n_words=split_meta["words"] if full and is_wikitext(cfg.data.source) else None,
         )
         record = {
             "train_loss": train.nll / max(train.tokens, 1),
@@ -123,7 +118,7 @@ class LanguageModelling(Objective):
         gpt = model.get_base_model() if lora.is_lora(model) else model  # type: ignore[operator]
         assert isinstance(gpt, GPT)
         settings = cfg.sample.replace(max_new_tokens=cfg.log.sample_tokens, num_samples=1,
-                           num_beams=1)
+                                      num_beams=1)
         with autocast(env.device, precision):
             return sample_text(gpt, tokenizer, cfg.sample.prompt, settings)[0]
 
@@ -186,14 +181,13 @@ class SupervisedFineTuning(LanguageModelling):
             batch_size=max(cfg.eval.batch_size, cfg.train.micro_batch_size),
             pad_id=int(self.tokenizer.eot_id or 0), device=env.device, precision=precision,
         )
-        val = sft.response_loss(model, self.val, **common)
-        train = sft.response_loss(model, self.train[: len(self.val)], **common)
-        loss = val["nll"] / max(val["tokens"], 1)
+        val = sft.response_metrics(sft.response_loss(model, self.val, **common))
+        train = sft.response_metrics(
+            sft.response_loss(model, self.train[: len(self.val)], **common))
         return {
-            "train_loss": train["nll"] / max(train["tokens"], 1),
-            "val_loss": loss, "val_perplexity": math.exp(min(loss, 700)),
-            "val_tokens": int(val["tokens"]),
-            "val_token_accuracy": val["correct"] / max(val["tokens"], 1),
+            "train_loss": train["loss"], "val_loss": val["loss"],
+            "val_perplexity": val["perplexity"], "val_tokens": val["response_tokens"],
+            "val_token_accuracy": val["token_accuracy"],
         }
 
     def data_meta(self) -> dict[str, Any]:
