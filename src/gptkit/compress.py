@@ -8,7 +8,7 @@ here it decodes 2 to 3 times faster than fp32 at GPT-2 shapes (a 4,096- or 50,25
 vocabulary, 256 to 384 wide); on a tiny model (the char-level recipe) quantizing the
 activations costs what the small matrix products save. torchao, the maintained successor
 of `torch.ao`, was measured too: its int8 layers run 2 to 9 times slower than these in
-eager mode on a CPU and still slower after a 50 s `torch.compile` (README, Compression).
+eager mode on a CPU and still slower after a 50 s `torch.compile` (docs/design.md, int8).
 
 The LM head is a linear layer, so it is quantized too; it shares its matrix with the token
 embedding, which cannot take int8 weights. The tie is kept *in value*: the embedding becomes
@@ -80,7 +80,7 @@ def _quiet_ao() -> Iterator[None]:
 
     PyTorch (2.10 on) marks `torch.ao.quantization` and quantized tensors deprecated in favour
     of torchao, but torchao's int8 linear layers are slower than fp32 on a CPU without
-    `torch.compile` (measured: README, Compression), so gptkit keeps PyTorch's own CPU kernels
+    `torch.compile` (measured: docs/design.md, int8), so gptkit keeps PyTorch's own CPU kernels
     until torchao's eager CPU path catches up; users should not see a warning they cannot act on.
     """
     with warnings.catch_warnings():

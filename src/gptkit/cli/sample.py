@@ -73,7 +73,7 @@ def register(commands: Any) -> None:
         p, quantize=f"{options.INT8_HELP}: weights about 3.5x smaller in memory. Faster only for "
         "wide models: batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
         "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, 384-wide GPT-2 with "
-        "its 50,257-token vocabulary (README, Compression)",
+        "its 50,257-token vocabulary (docs/design.md, int8)",
         precision="weights' dtype for generation; auto (default): bf16 on GPUs and on CPUs "
         "with bf16 matrix instructions for models of at least 2M parameters (about 2x faster "
         "per token there), else fp32")

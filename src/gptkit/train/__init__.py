@@ -1,7 +1,7 @@
 """Training: the one loop (trainer) and what each kind of run optimises (objectives/), its
 settled settings (resolve), checkpoints, evaluation, distributed set-up, optimizers, schedules.
 
-The package is also the function `gptkit.train(cfg, run_dir, ...)` (the README's Python API,
+The package is also the function `gptkit.train(cfg, run_dir, ...)` (docs/python-api.md,
 `from gptkit import train`). Python binds `gptkit.train` to this package whenever it is first
 imported (by `load_run`, say), which shadows any function of that name in `gptkit`; so the
 package itself is made callable, and `train(cfg, "runs/x")` means the same whichever was
