@@ -195,6 +195,10 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         if max_tokens > settings.max_tokens:
             raise APIError(422, f"max_tokens: {max_tokens} is more than the server's limit of "
                            f"{settings.max_tokens}", param="max_tokens")
+        if body.best_of is not None and body.best_of != body.n:
+            raise APIError(422, f"best_of ({body.best_of}) must equal n ({body.n}): ranking "
+                           "more candidates than are returned is not supported yet",
+                           param="best_of")
         prompts = body.prompts()
         most = max(settings.max_batch_size, MAX_N)
         if len(prompts) * body.n > most:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gptkit.generation.config import GenerationConfig
 
@@ -115,13 +115,6 @@ class CompletionRequest(Strict):
                 raise ValueError(f"logit_bias of token {key} must be in [-100, 100] "
                                  f"(got {bias})")
         return value
-
-    @model_validator(mode="after")
-    def _best_of(self) -> CompletionRequest:
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError(f"best_of ({self.best_of}) must equal n ({self.n}): ranking "
-                             "more candidates than are returned is not supported yet")
-        return self
 
     @field_validator("stop")
     @classmethod
