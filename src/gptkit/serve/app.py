@@ -1,9 +1,9 @@
 """The HTTP API and the playground page: `create_app(run, settings)` builds the FastAPI app.
 
 Endpoints: POST /v1/completions (OpenAI's completions API, server-sent events when
-`stream` is true), GET /v1/models, POST /v1/classify (classifier runs), POST /v1/attention
-(the playground's attention map), GET /health, and the playground at /. Model work runs in
-one worker thread; completion requests go through the micro-batcher.
+`stream` is true), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
+POST /v1/attention (the playground's attention map), GET /health, and the playground at /.
+Model work runs in one worker thread; completion requests go through the micro-batcher.
 """
 
 from __future__ import annotations
