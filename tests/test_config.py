@@ -217,6 +217,8 @@ def _moved(value, annotation):
     inner = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(inner[-1]) is list:  # e.g. sample.bad_words_ids: [[1]]
         return [[1]]
+    if typing.get_origin(inner[-1]) is dict:  # sample.logit_bias: {token id: bias}
+        return {1: 2.0}
     return {int: 3, str: "x", float: 0.5, bool: True}[inner[-1]]
 
 
@@ -352,14 +354,18 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
 
     saved = yaml.safe_load(FIXTURE.read_text(encoding="utf-8"))
     cfg = read_config(FIXTURE)
-    # the same values; sample.bad_words_ids (token ids, as Hugging Face's) came later, unset
+    # the same values; sample.bad_words_ids (token ids, as Hugging Face's) and OpenAI's
+    # penalties and logit bias came later, at their neutral values
     dumped = cfg.model_dump()
-    assert dumped["sample"].pop("bad_words_ids") is None
+    later = {"bad_words_ids": None, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+             "logit_bias": None}
+    assert {key: dumped["sample"].pop(key) for key in later} == later
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
     written = (tmp_path / "config.yaml").read_text(encoding="utf-8").splitlines()
-    assert [line for line in written if line != "  bad_words_ids: null"] == FIXTURE.read_text(
+    new_lines = {f"  {key}: {'null' if value is None else value}" for key, value in later.items()}
+    assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor
     del saved["train"]["min_lr_ratio"]

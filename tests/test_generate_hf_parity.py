@@ -150,6 +150,9 @@ CASES = [
         lp.NoBadWordsLogitsProcessor([[3, 3], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7]]),
         hf_lp.NoBadWordsLogitsProcessor([[3, 3], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7]]),
     ),
+    # OpenAI's logit_bias is transformers' sequence bias with one-token sequences
+    (lp.LogitBiasLogitsProcessor({5: 2.5, 0: -100.0, 11: 100.0}),
+     hf_lp.SequenceBiasLogitsProcessor({(5,): 2.5, (0,): -100.0, (11,): 100.0})),
     *[(lp.MinNewTokensLengthLogitsProcessor(4, m, 2),
        hf_lp.MinNewTokensLengthLogitsProcessor(4, m, 2)) for m in (0, 5, 6)],
     *[(lp.TemperatureLogitsWarper(t), hf_lp.TemperatureLogitsWarper(t)) for t in (0.3, 1.7)],

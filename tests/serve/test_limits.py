@@ -38,7 +38,7 @@ def test_malformed_json_is_400(client, raw):
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"prompt": "a", "frequency_penalty": 0}, "frequency_penalty"),
+    ({"prompt": "a", "frequncy_penalty": 0}, "frequncy_penalty"),
     ({"prompt": "a", "stream_options": {"include_usage": True, "extra": 1}},
      "stream_options.extra"),
 ])
@@ -54,7 +54,9 @@ def test_unknown_fields_are_422(client, body, param):
     ({"max_tokens": 257}, "max_tokens"), ({"seed": 2**64}, "seed"), ({"seed": "1"}, "seed"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": ""}, "stop"),
     ({"stop": [1]}, "stop"), ({"prompt": []}, "prompt"), ({"prompt": ["a"] * 17}, "prompt"),
-    ({"prompt": 5}, "prompt"), ({"prompt": [[1, 2]]}, "prompt"), ({"stream": "yes"}, "stream"),
+    ({"prompt": 5}, "prompt"), ({"prompt": [["a"]]}, "prompt"),
+    ({"prompt": [1, "a"]}, "prompt"), ({"prompt": [[1], []]}, "prompt"),
+    ({"stream": "yes"}, "stream"),
     ({"echo": 1}, "echo"),
 ])
 def test_out_of_range_and_wrongly_typed_values_are_422(client, body, param):

@@ -39,6 +39,15 @@ def register(commands: Any) -> None:
     p.add_argument("--repetition-penalty", type=float,
                    help="> 1 makes tokens already in the text (prompt included) less likely, "
                    "< 1 more likely (1 = off; 1.2 is a common choice)")
+    p.add_argument("--frequency-penalty", type=float,
+                   help="OpenAI's: lower a token's score by this much per time it occurs in "
+                   "the generated text (not the prompt), in [-2, 2] (0 = off)")
+    p.add_argument("--presence-penalty", type=float,
+                   help="OpenAI's: lower a token's score by this much once it occurs in the "
+                   "generated text (not the prompt), in [-2, 2] (0 = off)")
+    p.add_argument("--logit-bias", action="append", metavar="ID=BIAS",
+                   help="add BIAS (-100 to 100) to token ID's score at every step; -100 in "
+                   "effect bans it (repeatable)")
     p.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
                    help="never repeat a sequence of N tokens, prompt included (0 = off)")
     p.add_argument("--bad-words", action="append", metavar="TEXT",
@@ -88,6 +97,8 @@ def settings_from_flags(args: argparse.Namespace, base: GenerationConfig,
         "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
         "typical_p": args.typical_p, "repetition_penalty": args.repetition_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "presence_penalty": args.presence_penalty, "logit_bias": _logit_bias(args.logit_bias),
         "no_repeat_ngram_size": args.no_repeat_ngram_size, "bad_words": args.bad_words,
         "stop": args.stop, "num_samples": args.num_samples, "num_beams": args.num_beams,
         "length_penalty": args.length_penalty,
@@ -102,6 +113,21 @@ def settings_from_flags(args: argparse.Namespace, base: GenerationConfig,
         return base.replace(prefix="--", **changes)
     except GptkitError as exc:
         raise GptkitError(str(exc).replace("_", "-")) from None
+
+
+def _logit_bias(items: list[str] | None) -> dict[int, float] | None:
+    """--logit-bias ID=BIAS flags as a mapping."""
+    if not items:
+        return None
+    bias: dict[int, float] = {}
+    for item in items:
+        token, _, value = item.partition("=")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise GptkitError(f"--logit-bias takes ID=BIAS, a token id and a number, e.g. "
+                              f"--logit-bias 50256=-100 (got {item!r})") from None
+    return bias
 
 
 def sample(args: argparse.Namespace) -> None:

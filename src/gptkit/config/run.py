@@ -70,9 +70,10 @@ _LIST = BeforeValidator(as_list)
 # GenerationConfig's own rules check them
 _SAMPLE_TYPES = {name: _typed(hint)
                  for name, hint in typing.get_type_hints(GenerationConfig).items()
-                 if name != "bad_words_ids"}
+                 if name not in ("bad_words_ids", "logit_bias")}
 _nullable: Any = Nullable  # subscripted below: a generic alias mypy cannot apply
 _SAMPLE_TYPES["bad_words_ids"] = _nullable[Annotated[list[Annotated[list[Int], _LIST]], _LIST]]
+_SAMPLE_TYPES["logit_bias"] = _nullable[dict[Int, Float]]
 _SampleValues = create_model(  # type: ignore[call-overload]
     "SampleValues", __config__=ConfigDict(extra="allow"),
     **{name: (kind, None) for name, kind in _SAMPLE_TYPES.items()},

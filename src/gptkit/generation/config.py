@@ -81,6 +81,16 @@ class GenerationConfig(BaseModel):
     # > 1 discourages tokens already in the text; 1 = off
     repetition_penalty: Annotated[float, _rule(lambda v: v > 0,
                                                "must be > 0, 1 = off (got {v})")] = 1.0
+    # OpenAI's penalties on the tokens generated so far (not the prompt's): a token's score
+    # loses presence_penalty once it has occurred and frequency_penalty per occurrence
+    frequency_penalty: Annotated[float, _rule(lambda v: -2 <= v <= 2,
+                                              "must be in [-2, 2], 0 = off (got {v})")] = 0.0
+    presence_penalty: Annotated[float, _rule(lambda v: -2 <= v <= 2,
+                                             "must be in [-2, 2], 0 = off (got {v})")] = 0.0
+    # token id -> number added to its score (OpenAI's logit_bias; -100 bans, 100 forces)
+    logit_bias: Annotated[dict[int, float] | None, _rule(
+        lambda v: v is None or all(i >= 0 and -100 <= b <= 100 for i, b in v.items()),
+        "must map token ids >= 0 to biases in [-100, 100] (got {v!r})")] = None
     # no n-gram of this many tokens occurs twice; 0 = off
     no_repeat_ngram_size: Annotated[int, _rule(lambda v: v >= 0,
                                                 "must be >= 0, 0 = off (got {v})")] = 0
@@ -129,8 +139,10 @@ class GenerationConfig(BaseModel):
         (seed, lengths, stop strings and counts are per request). Greedy decoding ignores
         the warpers (temperature, top-k, top-p, typical)."""
         words = tuple(tuple(w) for w in self.bad_words_ids or [])
+        bias = tuple(sorted((self.logit_bias or {}).items()))
         common = (self.min_new_tokens, self.repetition_penalty, self.no_repeat_ngram_size,
-                  tuple(self.bad_words), words)
+                  tuple(self.bad_words), words, self.frequency_penalty,
+                  self.presence_penalty, bias)
         if self.temperature == 0:
             return (0.0, *common)
         return (self.temperature, self.top_k, self.top_p, self.typical_p, *common)

@@ -151,6 +151,8 @@ def processors_for(
     return build_processors(
         settings.temperature, settings.top_k, settings.top_p, typical_p=settings.typical_p,
         repetition_penalty=settings.repetition_penalty,
+        frequency_penalty=settings.frequency_penalty,
+        presence_penalty=settings.presence_penalty, logit_bias=settings.logit_bias,
         no_repeat_ngram_size=settings.no_repeat_ngram_size,
         bad_words_ids=settings.bad_words_ids, min_new_tokens=settings.min_new_tokens,
         prompt_length=ids.size(1), eos_token_id=eot_id,

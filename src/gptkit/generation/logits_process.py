@@ -65,6 +65,61 @@ class RepetitionPenaltyLogitsProcessor:
         return torch.where(seen, penalised, scores)
 
 
+class FrequencyPresencePenaltyLogitsProcessor:
+    """OpenAI's `frequency_penalty` and `presence_penalty`: a token's score loses
+    `presence_penalty` if it occurs among the generated tokens and `frequency_penalty` times
+    the number of times it occurs there (negative values encourage repeats). As in OpenAI's
+    API (its docs: "based on their existing frequency in the text so far", counted over the
+    completion, as vLLM and llama.cpp's server do too) only the tokens generated so far
+    count, never the prompt's: `prompt_length` is the (padded) prompt width to skip.
+    `transformers` has no counterpart (its repetition penalty scales, and counts the prompt).
+    """
+
+    def __init__(self, frequency_penalty: float, presence_penalty: float,
+                 prompt_length: int) -> None:
+        for name, value in (("frequency_penalty", frequency_penalty),
+                            ("presence_penalty", presence_penalty)):
+            if not -2 <= value <= 2:
+                raise GptkitError(f"{name} must be in [-2, 2] (got {value}); 0 means none")
+        self.frequency_penalty = frequency_penalty
+        self.presence_penalty = presence_penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        vocab = scores.size(-1)
+        generated = input_ids[:, self.prompt_length :].clamp(max=vocab)  # vocab: ignored
+        counts = torch.zeros(scores.size(0), vocab + 1, dtype=scores.dtype,
+                             device=scores.device)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        counts = counts[:, :vocab]
+        return (scores - self.frequency_penalty * counts
+                - self.presence_penalty * (counts > 0).to(scores.dtype))
+
+
+class LogitBiasLogitsProcessor:
+    """OpenAI's `logit_bias`: adds a fixed number to chosen tokens' scores at every step
+    (-100 in effect bans a token, 100 forces it). `transformers`' `SequenceBiasLogitsProcessor`
+    with one-token sequences does the same."""
+
+    def __init__(self, logit_bias: dict[int, float]) -> None:
+        bad = [(i, b) for i, b in logit_bias.items() if i < 0 or not -100 <= b <= 100]
+        if not logit_bias or bad:
+            raise GptkitError(f"logit_bias must map token ids >= 0 to biases in [-100, 100] "
+                              f"(got {logit_bias!r})")
+        self.ids = list(logit_bias)
+        self.bias = list(logit_bias.values())
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        vocab = scores.size(-1)
+        too_big = [i for i in self.ids if i >= vocab]
+        if too_big:
+            raise GptkitError(
+                f"logit_bias token id {too_big[0]} is outside the vocabulary [0, {vocab})")
+        bias = torch.zeros(vocab, dtype=scores.dtype, device=scores.device)
+        bias[self.ids] = torch.tensor(self.bias, dtype=scores.dtype, device=scores.device)
+        return scores + bias
+
+
 class NoRepeatNGramLogitsProcessor:
     """Forbids any token that would complete an n-gram already present in the sequence
     (prompt included), so no n-gram of `ngram_size` tokens occurs twice."""
@@ -242,6 +297,9 @@ def build_processors(
     *,
     typical_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    logit_bias: dict[int, float] | None = None,
     no_repeat_ngram_size: int = 0,
     bad_words_ids: Sequence[Sequence[int]] | None = None,
     min_new_tokens: int = 0,
@@ -252,7 +310,8 @@ def build_processors(
 ) -> LogitsProcessorList:
     """The chain `transformers`' `generate` builds for these settings, in its order.
 
-    Processors first (repetition penalty, n-gram blocking, banned words, minimum new
+    Processors first (repetition penalty, then OpenAI's frequency/presence penalties and
+    logit bias, which `transformers` lacks, then n-gram blocking, banned words, minimum new
     tokens), then, only when sampling (temperature > 0; 0 is greedy), the warpers:
     temperature, top-k, top-p, typical. Settings at their neutral value add nothing.
     `prompt_length` is the (padded) prompt width; `padding_lengths` each row's left padding;
@@ -261,6 +320,11 @@ def build_processors(
     processors = LogitsProcessorList()
     if repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty, padding_lengths))
+    if frequency_penalty != 0 or presence_penalty != 0:
+        processors.append(FrequencyPresencePenaltyLogitsProcessor(
+            frequency_penalty, presence_penalty, prompt_length))
+    if logit_bias:
+        processors.append(LogitBiasLogitsProcessor(logit_bias))
     if no_repeat_ngram_size > 0:
         processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
     if bad_words_ids:

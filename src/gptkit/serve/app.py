@@ -1,9 +1,9 @@
 """The HTTP API and the playground page: `create_app(run, settings)` builds the FastAPI app.
 
 Endpoints: POST /v1/completions (OpenAI's completions API, server-sent events when
-`stream` is true), GET /v1/models, POST /v1/classify (classifier runs), POST /v1/attention
-(the playground's attention map), GET /health, and the playground at /. Model work runs in
-one worker thread; completion requests go through the micro-batcher.
+`stream` is true), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
+POST /v1/attention (the playground's attention map), GET /health, and the playground at /.
+Model work runs in one worker thread; completion requests go through the micro-batcher.
 """
 
 from __future__ import annotations
@@ -174,6 +174,17 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                                          task=engine.task,
                                          context_length=engine.block_size)])
 
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard,
+             responses={401: ERRORS[401], 404: ERRORS[404]})
+    async def model_card(model_id: str) -> ModelCard:
+        """The served model's card; 404 for any other id."""
+        if model_id != engine.name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server serves "
+                           f"{engine.name!r} (GET /v1/models)", code="model_not_found",
+                           param="model")
+        return ModelCard(id=engine.name, created=engine.created, task=engine.task,
+                         context_length=engine.block_size)
+
     # --- completions ----------------------------------------------------------------------
     @app.post("/v1/completions", response_model=Completion, responses=ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -184,6 +195,10 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         if max_tokens > settings.max_tokens:
             raise APIError(422, f"max_tokens: {max_tokens} is more than the server's limit of "
                            f"{settings.max_tokens}", param="max_tokens")
+        if body.best_of is not None and body.best_of != body.n:
+            raise APIError(422, f"best_of ({body.best_of}) must equal n ({body.n}): ranking "
+                           "more candidates than are returned is not supported yet",
+                           param="best_of")
         prompts = body.prompts()
         most = max(settings.max_batch_size, MAX_N)
         if len(prompts) * body.n > most:
@@ -194,6 +209,11 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             ids = [engine.encode_prompt(p) for p in prompts]
         except GptkitError as exc:
             raise APIError(422, str(exc), param="prompt") from exc
+        bias = body.bias()
+        try:
+            engine.check_ids(bias or {}, "logit_bias")
+        except GptkitError as exc:
+            raise APIError(422, str(exc), param="logit_bias") from exc
         for p in ids:
             check_prompt(p, settings.max_prompt_tokens)
         gate.enter()
@@ -215,7 +235,9 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                 job.cancelled.set()  # generation stops at its next token if still running
                 gate.leave()
 
-        heads = [(p or "") if body.echo else "" for p in prompts for _ in range(body.n)]
+        texts = [engine.tokenizer.decode(p) if isinstance(p, list) else (p or "")
+                 for p in prompts]
+        heads = [text if body.echo else "" for text in texts for _ in range(body.n)]
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": engine.name}
         try:

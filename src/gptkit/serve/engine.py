@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -139,8 +139,25 @@ class Engine:
             raise GptkitError(f"{self.name} is a classifier run; it has no language model")
         return self.run.model
 
-    def encode_prompt(self, text: str | None) -> list[int]:
-        """A prompt's token ids; None starts a fresh document at the end-of-text token."""
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a request may use: those both the tokenizer and the model know."""
+        return min(self.tokenizer.vocab_size, self.model.transformer.wte.num_embeddings)
+
+    def check_ids(self, ids: Iterable[int], what: str) -> None:
+        """Token ids from a request: each must be in the vocabulary."""
+        vocab = self.vocab_size
+        for i in ids:
+            if not 0 <= i < vocab:
+                raise GptkitError(f"{what}: token id {i} is outside the vocabulary "
+                                  f"[0, {vocab})")
+
+    def encode_prompt(self, text: str | list[int] | None) -> list[int]:
+        """A prompt's token ids (checked, when given as ids); None starts a fresh document at
+        the end-of-text token."""
+        if isinstance(text, list):
+            self.check_ids(text, "prompt")
+            return text
         eot = self.tokenizer.eot_id
         if text is None:
             if eot is None:

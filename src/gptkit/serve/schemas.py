@@ -1,14 +1,17 @@
 """Request and response bodies of the HTTP API, shaped like OpenAI's completions API.
 
 Requests are validated strictly (`extra="forbid"`, no string-to-number coercion, finite
-numbers only), so that a misspelt or unsupported field (`frequency_penalty`, `logprobs`,
-...) is a 422 naming it rather than a silently ignored wish. Omitted sampling settings take
-the run's `sample` section, as `gptkit sample` does; an omitted seed draws fresh randomness.
+numbers only), so that a misspelt or unsupported field is a 422 naming it rather than a
+silently ignored wish. Every field of OpenAI's completions request is known, and its neutral
+value (what clients send when the user chose nothing) always accepted; the few values gptkit
+cannot honour (`suffix`, `logprobs`, `best_of` above `n`) are a 422 saying so. Omitted
+sampling settings take the run's `sample` section, as `gptkit sample` does; an omitted seed
+draws fresh randomness.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,6 +20,7 @@ from gptkit.generation.config import GenerationConfig
 MAX_N = 16  # completions per prompt
 MAX_PROMPTS = 16  # prompts in one request
 MAX_STOP = 4  # stop strings, as OpenAI
+Prompt = str | list[str] | list[int] | list[list[int]] | None
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 
 
@@ -35,9 +39,12 @@ class CompletionRequest(Strict):
     """POST /v1/completions."""
 
     model: str | None = Field(None, description="the served model's id (optional)")
-    prompt: str | list[str] | None = Field(
-        None, description="text to continue, or a list of them; none or empty: start a fresh "
-        "document (from the end-of-text token)")
+    prompt: str | list[str] | list[int] | list[list[int]] | None = Field(
+        None, description="text to continue, or a list of them, or token ids (one prompt) or "
+        "a list of token id lists; none or empty: start a fresh document (from the "
+        "end-of-text token)")
+    suffix: str | None = Field(
+        None, description="refused unless empty: no gptkit model can insert text")
     max_tokens: int | None = Field(
         None, ge=0, description="new tokens per completion (default: the run's "
         "sample.max_new_tokens, at most the server's limit)")
@@ -47,6 +54,19 @@ class CompletionRequest(Strict):
         None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass, in (0, 1]")
     top_k: int | None = Field(
         None, ge=0, description="sample among the K most likely tokens; 0 = all")
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, allow_inf_nan=False, description="lower a token's score by this "
+        "much per time it occurs in the completion so far (OpenAI's); 0 or none: off")
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, allow_inf_nan=False, description="lower a token's score by this "
+        "much once it occurs in the completion so far (OpenAI's); 0 or none: off")
+    logit_bias: dict[str, float] | None = Field(
+        None, description="token id (as a string, JSON's keys) -> number from -100 to 100 "
+        "added to its score at every step")
+    logprobs: int | None = Field(
+        None, description="not supported yet: only none (no log-probabilities)")
+    best_of: int | None = Field(
+        None, ge=1, le=MAX_N, description="only none or equal to n is supported")
     stop: str | list[str] | None = Field(
         None, description=f"up to {MAX_STOP} strings; the text ends before the first one")
     n: int = Field(1, ge=1, le=MAX_N, description="completions per prompt")
@@ -59,9 +79,41 @@ class CompletionRequest(Strict):
 
     @field_validator("prompt")
     @classmethod
-    def _prompts(cls, value: str | list[str] | None) -> str | list[str] | None:
+    def _prompts(cls, value: Prompt) -> Prompt:
+        if isinstance(value, list) and not value:
+            raise ValueError("a list of prompts must not be empty")
+        if isinstance(value, list) and isinstance(value[0], int):
+            return value  # one prompt of token ids (its length is checked against the limit)
         if isinstance(value, list) and not 1 <= len(value) <= MAX_PROMPTS:
             raise ValueError(f"a list of prompts must hold 1 to {MAX_PROMPTS} prompts")
+        if isinstance(value, list) and any(isinstance(p, list) and not p for p in value):
+            raise ValueError("a prompt of token ids must hold at least one id")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("suffix is not supported: gptkit's models continue text and "
+                             "cannot insert it before a suffix; leave suffix out")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("logprobs is not supported yet; leave it out or null")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids (got {key!r})")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias of token {key} must be in [-100, 100] "
+                                 f"(got {bias})")
         return value
 
     @field_validator("stop")
@@ -74,10 +126,19 @@ class CompletionRequest(Strict):
             raise ValueError("stop strings must not be empty")
         return value
 
-    def prompts(self) -> list[str | None]:
-        """The prompts as a list; None starts a fresh document."""
-        items = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+    def prompts(self) -> list[str | list[int] | None]:
+        """The prompts as a list, text or token ids; None starts a fresh document."""
+        value = self.prompt
+        if not isinstance(value, list):
+            return [value or None]
+        items: list[Any] = list(value)
+        if items and isinstance(items[0], int):
+            return [[int(i) for i in items]]
         return [p or None for p in items]
+
+    def bias(self) -> dict[int, float] | None:
+        """`logit_bias` with integer token ids; None when empty."""
+        return {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -93,6 +154,8 @@ class CompletionRequest(Strict):
             temperature=run.temperature if self.temperature is None else self.temperature,
             top_k=top_k or None, top_p=run.top_p if self.top_p is None else self.top_p,
             stop=self.stops(), num_samples=self.n, seed=self.seed,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0, logit_bias=self.bias(),
         )
 
 

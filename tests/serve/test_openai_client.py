@@ -1,0 +1,115 @@
+"""The official `openai` Python package against a live `gptkit serve` on 127.0.0.1:
+completions (plain, streamed, n, seed, stop, token-id prompts, the neutral fields as the SDK
+sends them, penalties), models.list and models.retrieve, and a wrong API key."""
+
+from __future__ import annotations
+
+from tests.serve.conftest import require_serve
+
+require_serve()
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+openai = pytest.importorskip(
+    "openai", reason="the openai package is not installed: pip install -e '.[dev]'")
+
+from gptkit.run import Run  # noqa: E402
+from tests.serve.conftest import live_server  # noqa: E402
+
+KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def server(run: Run) -> Iterator[str]:
+    with live_server(run, api_key=KEY, max_tokens=64) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sdk(server: str) -> Any:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def texts(result: Any) -> list[str]:
+    return [choice.text for choice in sorted(result.choices, key=lambda c: c.index)]
+
+
+def test_plain_and_streamed_completions_agree(sdk):
+    plain = sdk.completions.create(model="tiny", prompt="ROMEO:", max_tokens=16, temperature=0)
+    assert plain.object == "text_completion" and plain.model == "tiny"
+    (choice,) = plain.choices
+    assert choice.finish_reason in ("stop", "length") and choice.text
+    assert plain.usage.prompt_tokens == len("ROMEO:")
+    streamed: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    for chunk in sdk.completions.create(model="tiny", prompt="ROMEO:", max_tokens=16,
+                                        temperature=0, stream=True):
+        for part in chunk.choices:
+            streamed[part.index] = streamed.get(part.index, "") + part.text
+            if part.finish_reason:
+                reasons[part.index] = part.finish_reason
+    assert streamed == {0: choice.text} and reasons == {0: choice.finish_reason}
+
+
+def test_n_seed_and_stop(sdk):
+    def seeded(seed: int, n: int = 3, **more: Any) -> list[str]:
+        return texts(sdk.completions.create(model="tiny", prompt="A", max_tokens=24, n=n,
+                                            temperature=1.0, seed=seed, **more))
+
+    first = seeded(7)
+    assert len(first) == 3 and first == seeded(7) and first != seeded(8)
+    (whole,) = seeded(7, n=1)
+    (stopped,) = seeded(7, n=1, stop=["e", "\n"])
+    assert "e" not in stopped and "\n" not in stopped
+    assert whole.startswith(stopped) and len(whole) > len(stopped)
+
+
+def test_token_id_prompts(sdk, run):
+    ids = run.tokenizer.encode("ROMEO:")
+    by_text = texts(sdk.completions.create(model="tiny", prompt="ROMEO:", max_tokens=8,
+                                           temperature=0))
+    by_ids = sdk.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0)
+    assert texts(by_ids) == by_text
+    batch = sdk.completions.create(model="tiny", prompt=[ids, ids], max_tokens=8,
+                                   temperature=0)
+    assert texts(batch) == by_text * 2
+
+
+def test_neutral_fields_as_the_sdk_sends_them(sdk):
+    greedy = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0}
+    neutral = sdk.completions.create(
+        **greedy, frequency_penalty=0, presence_penalty=0, logprobs=None, best_of=1,
+        logit_bias={}, suffix=None, user="someone", echo=False, n=1, stop=None, top_p=1)
+    assert texts(neutral) == texts(sdk.completions.create(**greedy))
+
+
+def test_penalties_change_the_text(sdk):
+    greedy = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 20, "temperature": 0}
+    plain = texts(sdk.completions.create(**greedy))
+    penalised = texts(sdk.completions.create(**greedy, frequency_penalty=2.0,
+                                             presence_penalty=2.0))
+    assert penalised != plain
+
+
+def test_what_cannot_be_honoured_raises_the_sdks_error(sdk):
+    with pytest.raises(openai.UnprocessableEntityError, match="suffix is not supported"):
+        sdk.completions.create(model="tiny", prompt="A", suffix="end", max_tokens=2)
+
+
+def test_models_list_and_retrieve(sdk):
+    (card,) = sdk.models.list().data
+    assert card.id == "tiny" and card.object == "model" and card.owned_by == "gptkit"
+    assert sdk.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        sdk.models.retrieve("gpt-4")
+
+
+def test_a_wrong_api_key_is_an_authentication_error(server):
+    wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.completions.create(model="tiny", prompt="A", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
