@@ -24,6 +24,7 @@ generation prompt that precedes it (its content and end-of-turn) is learnt, the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
@@ -94,8 +95,6 @@ def _raise_exception(message: str) -> None:
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 

@@ -111,6 +111,14 @@ def test_chat_finetuning_stores_its_template_and_export_carries_it(chat_run):
         " Hi! 😀 café<|endoftext|>")
 
 
+def test_copies_of_a_chat_run_keep_its_template(chat_run, tmp_path):
+    from gptkit.ops import export_int8
+
+    _, run, _ = chat_run
+    export_int8(run, tmp_path / "int8")
+    assert require_chat_template(tmp_path / "int8").source == DEFAULT_CHAT_TEMPLATE
+
+
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_apply_chat_template_gives_gptkits_ids(chat_run, add_generation_prompt):
     _, run, export = chat_run
