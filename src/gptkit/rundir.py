@@ -2,6 +2,8 @@
 the folder holds, and which weights file `which=best|last` means.
 
     config.yaml       the resolved RunConfig          tokenizer.json   the tokenizer
+    tokenizer_config.json  the chat template (`chat_template`, as Hugging Face keeps it) of a
+                      chat model: chat fine-tuning runs, imported chat models
     metrics.jsonl     train and eval records          samples.txt, tb/, plots/  logs
     data.json         statistics of the data          environment.json  where it trained
     best/             model.safetensors + config.json (+ README.md, adapter/): best weights
@@ -30,6 +32,7 @@ from gptkit.train import checkpoint
 from gptkit.train.checkpoint import BEST_DIR, BEST_INFO_FILE, CHECKPOINTS_DIR, MODEL_FILE
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 LABELS_FILE = "labels.json"
 EVAL_FILE = "eval.json"
 METRICS_FILE = "metrics.jsonl"
@@ -39,7 +42,7 @@ PLOTS_DIR = "plots"
 DATA_FILE = "data.json"
 ENVIRONMENT_FILE = "environment.json"
 # what a copy of a run (export --quantize, prune) takes over from the run it came from
-RECORD_FILES = (CONFIG_FILE, TOKENIZER_FILE, DATA_FILE, ENVIRONMENT_FILE)
+RECORD_FILES = (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, DATA_FILE, ENVIRONMENT_FILE)
 
 INT8: Quantization = "int8"
 QUANTIZATIONS = names(Quantization)
@@ -78,6 +81,10 @@ class RunDir:
     @property
     def tokenizer_file(self) -> Path:
         return self.path / TOKENIZER_FILE
+
+    @property
+    def tokenizer_config_file(self) -> Path:
+        return self.path / TOKENIZER_CONFIG_FILE
 
     @property
     def labels_file(self) -> Path:
@@ -150,6 +157,15 @@ class RunDir:
         """best/config.json: the step, losses and metrics of the best weights."""
         info = read_json(self.best_info_file)
         return info if isinstance(info, dict) else None
+
+    def tokenizer_config(self) -> dict[str, Any] | None:
+        """tokenizer_config.json: the chat template (`gptkit.chat_template`), or None."""
+        config = read_json(self.tokenizer_config_file)
+        return config if isinstance(config, dict) else None
+
+    def write_tokenizer_config(self, config: dict[str, Any]) -> None:
+        self.tokenizer_config_file.write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def data(self) -> dict[str, Any] | None:
         """data.json: token, word and byte counts of the data the run was trained on."""

@@ -1,9 +1,10 @@
 """Score a model's generated answers against reference answers: BLEU, ROUGE, exact match.
 
 Each record (prompt/response, prompt + reference, or a chat) gives a prompt and its expected
-answer (`template.generation_prompt`). The model answers every prompt through
-`gptkit.generation.text.sample_text` (greedy by default, ending at the end-of-text token), batched,
-and the answers are scored with the usual tools so that numbers compare with other work:
+answer (`template.generation_prompt`; a chat through the run's chat template). The model
+answers every prompt through `gptkit.generation.text.sample_text` (greedy by default, ending
+at the end-of-text token), batched, and the answers are scored with the usual tools so that
+numbers compare with other work:
 corpus BLEU from `sacrebleu` (0-100), ROUGE-1/2/L F-measure from `rouge-score` with stemming
 (mean over examples, 0-1), and exact match after stripping surrounding whitespace (0-1).
 All three see the stripped texts. Corpus BLEU counts n-grams up to 4 over the whole set, so
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptkit.chat_template import ChatTemplate, read_chat_template
 from gptkit.errors import GptkitError, check_all
 from gptkit.finetune.records import Record
 from gptkit.finetune.template import generation_prompt
@@ -117,11 +119,13 @@ def check_options(
     return settings
 
 
-def task_pairs(records: Sequence[Record]) -> list[tuple[Record, str, str]]:
-    """(record, prompt, reference) of each record; a record without an answer is an error."""
+def task_pairs(records: Sequence[Record], template: ChatTemplate | None = None
+               ) -> list[tuple[Record, str, str]]:
+    """(record, prompt, reference) of each record, chats rendered by `template` (gptkit's
+    format by default); a record without an answer is an error."""
     pairs = []
     for record in records:
-        prompt, reference = generation_prompt(record)
+        prompt, reference = generation_prompt(record, template)
         if reference is None:
             raise GptkitError(
                 f"{record.where} has no reference answer to score against: give it a "
@@ -150,7 +154,8 @@ def evaluate_generation(
     settings = check_options(max_new_tokens=max_new_tokens, num_beams=num_beams,
                              temperature=temperature, batch_size=batch_size, limit=limit,
                              seed=seed)
-    pairs = task_pairs(list(records)[:limit])
+    # the run's chat format (runs fine-tuned before it was stored used gptkit's)
+    pairs = task_pairs(list(records)[:limit], read_chat_template(run.path))
     if not pairs:
         raise GptkitError("no records to evaluate; give at least one")
     block = run.config.model.block_size

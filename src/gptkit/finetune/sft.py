@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gptkit.chat_template import ChatTemplate, encode_segments
 from gptkit.config import DataConfig
 from gptkit.data.loader import SeededEpochs, epoch_order
 from gptkit.device import autocast
@@ -26,7 +27,7 @@ from gptkit.errors import GptkitError
 from gptkit.finetune import heads
 from gptkit.finetune.augment import Augmenter
 from gptkit.finetune.records import Record, read_records, split_records
-from gptkit.finetune.template import Segments, segments
+from gptkit.finetune.template import Segments, is_chat, segments
 from gptkit.model import IGNORE
 from gptkit.tokenizers import Tokenizer
 
@@ -46,23 +47,31 @@ def load_split(cfg: DataConfig, split: str) -> list[Record]:
     return split_records(records, "train" if split == "train" else "val", cfg.val_fraction)
 
 
-def training_texts(records: list[Record]) -> list[str]:
+def training_texts(records: list[Record], template: ChatTemplate | None = None) -> list[str]:
     """The rendered texts, to train a char/BPE tokenizer on."""
-    return ["".join(text for text, _ in segments(r)) for r in records]
+    return ["".join(text for text, _ in segments(r, template)) for r in records]
 
 
-def encode(parts: Segments, tokenizer: Tokenizer) -> Example:
+def encode(parts: Segments, tokenizer: Tokenizer, whole: bool = False) -> Example:
+    """The parts' ids and learnt mask. A prompt and its response are encoded apart, as the
+    prompt is when the model answers it; a chat (`whole`) is encoded whole, as its template's
+    text is when the model answers (`gptkit.chat_template.encode_chat`)."""
     ids: list[int] = []
     learnt: list[bool] = []
-    for text, trained in parts:
-        piece = tokenizer.encode(text)
-        ids += piece
-        learnt += [trained] * len(piece)
+    if whole:
+        ids, learnt = encode_segments(parts, tokenizer)
+    else:
+        for text, trained in parts:
+            piece = tokenizer.encode(text)
+            ids += piece
+            learnt += [trained] * len(piece)
     return Example(np.asarray(ids, dtype=np.int64), np.asarray(learnt, dtype=bool))
 
 
-def encode_records(records: list[Record], tokenizer: Tokenizer, block_size: int) -> list[Example]:
-    """Examples of `records`, cut to block_size + 1 tokens; errors if one has nothing to learn."""
+def encode_records(records: list[Record], tokenizer: Tokenizer, block_size: int,
+                   template: ChatTemplate | None = None) -> list[Example]:
+    """Examples of `records` (chats through `template`), cut to block_size + 1 tokens; errors
+    if one has nothing to learn."""
     if tokenizer.eot_id is None:
         raise GptkitError(
             "supervised fine-tuning needs a tokenizer with an end-of-text token "
@@ -70,7 +79,7 @@ def encode_records(records: list[Record], tokenizer: Tokenizer, block_size: int)
         )
     examples = []
     for record in records:
-        example = encode(segments(record), tokenizer)
+        example = encode(segments(record, template), tokenizer, whole=is_chat(record))
         example = Example(example.ids[: block_size + 1], example.learnt[: block_size + 1])
         if not example.learnt[1:].any():
             raise GptkitError(
@@ -156,12 +165,14 @@ class SFTBatches:
         world_size: int = 1,
         packing: bool = False,
         augment: list[str] | None = None,
+        template: ChatTemplate | None = None,
     ) -> None:
         if not examples:
             raise GptkitError("the training split has no examples; add records to data.source")
         self.examples = examples
         self.records = records
         self.tokenizer = tokenizer
+        self.template = template
         self.block_size = block_size
         self.packing = packing
         self.pad_id = int(tokenizer.eot_id or 0)
@@ -178,7 +189,7 @@ class SFTBatches:
             return self.examples[index]
         ids: list[int] = []
         learnt: list[bool] = []
-        for part, (text, trained) in enumerate(segments(self.records[index])):
+        for part, (text, trained) in enumerate(segments(self.records[index], self.template)):
             if trained:
                 piece = self.tokenizer.encode(text)
             else:

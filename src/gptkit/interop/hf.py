@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from gptkit.chat_template import read_chat_template, special_tokens, write_chat_template
 from gptkit.config import DataConfig, ModelConfig, RunConfig, save_config
 from gptkit.errors import GptkitError
 from gptkit.files import check_target, new_folder
@@ -32,7 +33,7 @@ from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE, hub_card
 from gptkit.model_card import render as render_card
 from gptkit.rundir import CONFIG_FILE, RunDir
-from gptkit.tokenizers import EOT, Tokenizer
+from gptkit.tokenizers import Tokenizer
 from gptkit.train.checkpoint import save_best
 
 if TYPE_CHECKING:
@@ -214,7 +215,8 @@ def from_transformers(hf_model: GPT2LMHeadModel) -> GPT:
 # --- folders: export and import -----------------------------------------------------------------
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # What a GPT-2 import needs from a hub repository (weights in safetensors when it has them).
-HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
+             "tokenizer_config.json", "chat_template.jinja"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -222,23 +224,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]:
+def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int,
+                        chat_template: str | None = None) -> dict[str, Any]:
     """tokenizer_config.json for our tokenizer.json: AutoTokenizer then encodes as we do.
 
-    No BOS/EOS is added and `<|endoftext|>` is special (it is an added token already). Only
-    EOT is named: transformers turns every named special token into an added token, so
-    naming the char tokenizer's `<unk>` would make a literal "<unk>" in text one token for
-    transformers but five characters for gptkit. Unknown characters still map to `<unk>`.
+    No BOS/EOS is added and `<|endoftext|>` is special (it is an added token already); only
+    EOT is named (`chat_template.special_tokens`). Unknown characters still map to `<unk>`.
+    A chat model's template is its `chat_template`, for `apply_chat_template`.
 
     `model_input_names` is stated because transformers 4.x otherwise has a fast tokenizer
     return `token_type_ids` too, which GPT-2 adds as embeddings: `model(**tok(text))`,
     `generate` and `pipeline` would then compute other logits, with no error.
     """
-    special = {}
-    if tokenizer.eot_id is not None:
-        special = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
-        if tokenizer.kind == "bpe":
-            special["unk_token"] = EOT  # as GPT-2's own tokenizer (byte-level BPE never needs it)
+    chat = {} if chat_template is None else {"chat_template": chat_template}
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_length,
@@ -246,7 +244,8 @@ def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
-        **special,
+        **special_tokens(tokenizer),
+        **chat,
     }
 
 
@@ -273,8 +272,10 @@ def export_hf(
     run = load_run(run_dir, which=which)
     check_gpt2_architecture(run.model.config)
     eot = run.tokenizer.eot_id
-    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size)
-    special = {k: v for k, v in tokenizer_config.items() if k.endswith("_token")}
+    template = read_chat_template(run.path)
+    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size,
+                                           None if template is None else template.source)
+    special = special_tokens(run.tokenizer)
     with new_folder(Path(out), overwrite=overwrite, marker="config.json",
                      what="Hugging Face model folder") as tmp:
         save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
@@ -360,7 +361,8 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     """Make a gptkit run directory from an HF GPT-2 folder or hub id.
 
     The run looks like a trained one (config.yaml, tokenizer.json, best/) without
-    checkpoints, so `load_run`, eval, sample, info and `train.init_from` accept it.
+    checkpoints, so `load_run`, eval, sample, info and `train.init_from` accept it. A chat
+    model's template (tokenizer_config.json's `chat_template`) comes along.
     """
     out = Path(out)
     check_target(out.resolve(), overwrite=overwrite, marker=CONFIG_FILE,
@@ -391,6 +393,7 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
         raise GptkitError(f"{file}: {exc}") from exc
     model = GPT(config)
     model.load_state_dict(weights)
+    template = read_chat_template(folder)
     cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2"))
     info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": config.model_dump(),
             "imported_from": source}
@@ -398,6 +401,8 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
                                what="gptkit run") as tmp:
         save_config(cfg, RunDir(tmp).config_file)
         tokenizer.save(RunDir(tmp).tokenizer_file)
+        if template is not None:
+            write_chat_template(tmp, template)
         card = render_card(cfg, info)
 
         def write_card(folder: Path) -> None:

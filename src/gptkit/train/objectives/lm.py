@@ -7,12 +7,15 @@ sample of text at each evaluation and a model card beside the best weights.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from gptkit.chat_template import ChatTemplate, default_chat_template, read_chat_template
 from gptkit.config import DataConfig, RunConfig
 from gptkit.data.loader import RandomWindows
 from gptkit.data.prepare import PreparedData, prepare
@@ -21,10 +24,12 @@ from gptkit.device import autocast
 from gptkit.errors import GptkitError
 from gptkit.evaluate import evaluate_split, score_tokens
 from gptkit.finetune import lora, sft
+from gptkit.finetune.template import is_chat
 from gptkit.generation.text import sample_text
 from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE
 from gptkit.model_card import render as render_card
+from gptkit.rundir import TOKENIZER_CONFIG_FILE
 from gptkit.tokenizers import Tokenizer, build_tokenizer, unknown_warning
 from gptkit.train import distributed
 from gptkit.train.distributed import DistEnv
@@ -134,20 +139,35 @@ class SupervisedFineTuning(LanguageModelling):
     def __init__(self) -> None:
         super().__init__()
         self.meta: dict[str, Any] = {}
+        self.template: ChatTemplate | None = None  # set when the records are chats
+
+    @staticmethod
+    def chat_template(cfg: RunConfig, setup: Setup) -> ChatTemplate:
+        """The chat format to train on: the run's own on resume, else that of the run it
+        starts from (an imported chat model keeps its format), else gptkit's."""
+        source = setup.run_dir if setup.resume else cfg.train.init_from
+        found = read_chat_template(Path(str(source))) if source else None
+        return found or default_chat_template()
 
     def prepare(self, cfg: RunConfig, tokenizer: Tokenizer | None, setup: Setup) -> Tokenizer:
-        """Records of data.source, split and encoded (small: in memory)."""
+        """Records of data.source, split and encoded (small: in memory); chats through the
+        chat template, which the run keeps (`run_files`)."""
         self.records = sft.load_split(cfg.data, "train")
         val_records = sft.load_split(cfg.data, cfg.data.eval_split)
+        if any(is_chat(r) for r in self.records + val_records):
+            self.template = self.chat_template(cfg, setup)
+        template = self.template
         if tokenizer is None:
             tokenizer = same_tokenizer_everywhere(build_tokenizer(
-                cfg.data, sft.training_texts(self.records), data_dir=setup.data_dir), setup.env)
+                cfg.data, sft.training_texts(self.records, template),
+                data_dir=setup.data_dir), setup.env)
         block = cfg.model.block_size
-        self.train = sft.encode_records(self.records, tokenizer, block)
-        self.val = sft.encode_records(val_records, tokenizer, block)
+        self.train = sft.encode_records(self.records, tokenizer, block, template)
+        self.val = sft.encode_records(val_records, tokenizer, block, template)
         for split, records in (("train", self.records), (cfg.data.eval_split, val_records)):
-            warning = unknown_warning(tokenizer.unknown_characters(sft.training_texts(records)),
-                                      f"{cfg.data.source} [{split}]")
+            warning = unknown_warning(
+                tokenizer.unknown_characters(sft.training_texts(records, template)),
+                f"{cfg.data.source} [{split}]")
             if warning and setup.env.is_main:
                 print(f"gptkit: {warning}", file=sys.stderr)
         self.meta = {
@@ -169,7 +189,7 @@ class SupervisedFineTuning(LanguageModelling):
             self.train, self.records, self.tokenizer, block_size=cfg.model.block_size,
             micro_batch_size=cfg.train.micro_batch_size, accum_steps=accum_steps,
             seed=cfg.train.seed, rank=env.rank, world_size=env.world_size,
-            packing=cfg.data.packing, augment=cfg.data.augment,
+            packing=cfg.data.packing, augment=cfg.data.augment, template=self.template,
         )
 
     def evaluate(self, model: nn.Module, cfg: RunConfig, precision: str,
@@ -192,3 +212,10 @@ class SupervisedFineTuning(LanguageModelling):
 
     def data_meta(self) -> dict[str, Any]:
         return self.meta
+
+    def run_files(self) -> dict[str, str]:
+        """A chat run's template, where transformers and gptkit's chat tools look for it."""
+        if self.template is None:
+            return {}
+        return {TOKENIZER_CONFIG_FILE: json.dumps({"chat_template": self.template.source},
+                                                  indent=2, ensure_ascii=False) + "\n"}
