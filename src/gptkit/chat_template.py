@@ -155,6 +155,30 @@ class ChatTemplate:
         return [(part, learnt) for part, learnt in parts if part]
 
 
+    def end_of_turn(self, special: dict[str, str] | None = None) -> str | None:
+        """The text that ends an assistant turn in this format (ChatML's `<|im_end|>`), found
+        by rendering a reply: what follows its content, up to any end-of-text token and without
+        surrounding whitespace. None when the end-of-text token alone ends the turn (gptkit's
+        format: generation stops at that token anyway) or nothing marks its end."""
+        special = special if special is not None else {"eos_token": EOT, "bos_token": EOT}
+        reply = "\u2063gptkit-reply\u2063"  # text no real reply contains
+        asked: list[Message] = [{"role": "user", "content": "hi"}]
+        prompt = self.render(asked, add_generation_prompt=True, special=special)
+        turn = self.render([*asked, {"role": "assistant", "content": reply}], special=special)
+        if not turn.startswith(prompt) or reply not in turn[len(prompt) :]:
+            return None  # not a growing prefix: no end marker can be told apart
+        end = turn[len(prompt) :].split(reply, 1)[1]
+        end = end.split(special.get("eos_token", EOT), 1)[0].strip()
+        return end or None
+
+
+def stop_strings(template: ChatTemplate, tokenizer: Tokenizer) -> list[str]:
+    """Stop strings that end a generated assistant turn: the template's end-of-turn text,
+    unless the model's end-of-text token already ends it."""
+    end = template.end_of_turn(special_tokens(tokenizer))
+    return [] if end is None else [end]
+
+
 def default_chat_template() -> ChatTemplate:
     """gptkit's own chat format, which chat fine-tuning uses unless its base model has one."""
     return ChatTemplate(DEFAULT_CHAT_TEMPLATE)

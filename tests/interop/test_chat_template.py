@@ -241,3 +241,18 @@ def test_a_template_that_does_not_grow_by_prefix_cannot_be_trained_on():
     last_only = "{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}"
     with pytest.raises(GptkitError, match="growing prefix"):
         ChatTemplate(last_only, "x").segments(FINISHED)
+
+
+TRUE_CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+               "'<|im_end|>\\n' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize(("source", "end"), [
+    (DEFAULT_CHAT_TEMPLATE, None),  # the end-of-text token ends the turn
+    (CHATML, None),  # eos_token after each message: the same
+    (TRUE_CHATML, "<|im_end|>"),  # a text marker: generation must stop at it
+    ("{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}", None),
+])
+def test_the_end_of_an_assistant_turn_is_found_from_the_template(source, end):
+    assert ChatTemplate(source, "x").end_of_turn() == end
