@@ -33,6 +33,26 @@ def run(tiny_run: Path) -> Run:
     return load_run(tiny_run)
 
 
+def chat_copy(tiny_run: Path, folder: Path, template: Any) -> Run:
+    """The tiny run copied to `folder`/tiny with `template` as its chat template (a
+    `ChatTemplate`), loaded: the 20-step model, but it can chat."""
+    import shutil
+
+    from gptkit.chat_template import write_chat_template
+
+    shutil.copytree(tiny_run, folder / "tiny")
+    write_chat_template(folder / "tiny", template)
+    return load_run(folder / "tiny")
+
+
+@pytest.fixture(scope="session")
+def chat_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The tiny run (model id `tiny`) with gptkit's own chat template."""
+    from gptkit.chat_template import default_chat_template
+
+    return chat_copy(tiny_run, tmp_path_factory.mktemp("chat"), default_chat_template())
+
+
 @pytest.fixture(scope="module")
 def client(run: Run) -> Iterator[Any]:
     """The API of the tiny run with default settings, in process (FastAPI's TestClient)."""
