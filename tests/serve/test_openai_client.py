@@ -1,6 +1,7 @@
 """The official `openai` Python package against a live `gptkit serve` on 127.0.0.1:
 completions (plain, streamed, n, seed, stop, token-id prompts, the neutral fields as the SDK
-sends them, penalties), models.list and models.retrieve, and a wrong API key."""
+sends them, penalties), chat completions (plain, streamed, multi-turn, n, stop, usage, a run
+without a chat template), models.list and models.retrieve, and a wrong API key."""
 
 from __future__ import annotations
 
@@ -113,3 +114,79 @@ def test_a_wrong_api_key_is_an_authentication_error(server):
         wrong.completions.create(model="tiny", prompt="A", max_tokens=2)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
+
+
+# --- chat completions ---------------------------------------------------------------------
+CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(scope="module")
+def chat_sdk(chat_run: Run) -> Iterator[Any]:
+    """The SDK on a live server of the tiny run with gptkit's chat template."""
+    with live_server(chat_run, api_key=KEY, max_tokens=64, max_prompt_tokens=400) as (url, _):
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def replies(result: Any) -> list[str]:
+    return [c.message.content for c in sorted(result.choices, key=lambda c: c.index)]
+
+
+def test_chat_plain_and_streamed_agree(chat_sdk):
+    settings = {"model": "tiny", "messages": CHAT, "max_tokens": 16, "temperature": 0.9,
+                "seed": 4}
+    plain = chat_sdk.chat.completions.create(**settings)
+    assert plain.object == "chat.completion" and plain.model == "tiny"
+    (choice,) = plain.choices
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    text, reasons, roles = "", [], []
+    for chunk in chat_sdk.chat.completions.create(**settings, stream=True):
+        assert chunk.object == "chat.completion.chunk"
+        for part in chunk.choices:
+            roles += [part.delta.role] if part.delta.role else []
+            text += part.delta.content or ""
+            reasons += [part.finish_reason] if part.finish_reason else []
+    assert roles == ["assistant"] and text == choice.message.content
+    assert reasons == [choice.finish_reason]
+
+
+def test_chat_multi_turn_n_and_stop(chat_sdk, chat_run):
+    from gptkit.chat_template import default_chat_template, encode_chat
+
+    turns = [*CHAT, {"role": "assistant", "content": "Good day."},
+             {"role": "user", "content": "And again?"}]
+    settings = {"model": "tiny", "messages": turns, "max_completion_tokens": 24,
+                "temperature": 1.0, "seed": 9}
+    answer = chat_sdk.chat.completions.create(**settings, n=2)
+    # the model read the whole history through the template
+    assert answer.usage.prompt_tokens == len(encode_chat(
+        turns, chat_run.tokenizer, default_chat_template(), add_generation_prompt=True))
+    two = replies(answer)
+    assert len(two) == 2 and two[0] != two[1]
+    (first, _) = two
+    stop = first[3:5]
+    (cut, _) = replies(chat_sdk.chat.completions.create(**settings, n=2, stop=[stop]))
+    assert cut == first[:first.index(stop)]
+
+
+def test_chat_stream_with_usage(chat_sdk):
+    chunks = list(chat_sdk.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=5, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens <= 5
+    assert all(c.usage is None for c in chunks[:-1])
+    whole = chat_sdk.chat.completions.create(model="tiny", messages=CHAT, max_tokens=5,
+                                             temperature=0)
+    assert last.usage.total_tokens == whole.usage.total_tokens
+
+
+def test_chat_errors_are_the_sdks_exceptions(chat_sdk, sdk, server):
+    with pytest.raises(openai.BadRequestError, match="no chat template"):
+        sdk.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
+    with pytest.raises(openai.UnprocessableEntityError, match="not supported by gptkit"):
+        chat_sdk.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2,
+                                         response_format={"type": "json_object"})
+    wrong = openai.OpenAI(base_url=str(chat_sdk.base_url), api_key="wrong", max_retries=0,
+                          timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
