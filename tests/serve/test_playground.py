@@ -1,5 +1,6 @@
 """The playground page in a real headless Chromium, against `gptkit serve` itself: type a
-prompt, generate, watch the text stream in; then the attention tab draws the prompt's map.
+prompt, generate, watch the text stream in; then the attention tab draws the prompt's map;
+the chat tab streams replies, sends the history with each turn, stops and clears.
 
 Needs selenium (dev extra) and Chromium with its driver (Debian: apt-get install chromium
 chromium-driver, which .ci/run does); skips, saying which is missing, where they are not.
@@ -118,3 +119,80 @@ def test_the_playground_streams_text_and_draws_attention(browser, cli_server, tm
              browser.find_element(By.ID, "head").find_elements(By.TAG_NAME, "option")]
     assert heads == ["mean", "0", "1"]
     assert browser.get_log("browser") == []  # no script errors, no failed requests
+
+
+def test_the_chat_tab_streams_replies_keeps_the_history_and_stops(browser, chat_run,
+                                                                   tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.serve.conftest import live_server
+
+    with live_server(chat_run, max_tokens=1024, max_prompt_tokens=4096) as (url, _):
+        browser.get(url + "/")
+        wait_for(browser, "document.body.dataset.ready === '1'", "the page has read /health")
+        browser.find_element(By.ID, "tab-chat").click()
+        assert browser.find_element(By.ID, "panel-chat").is_displayed()
+        assert not browser.find_element(By.ID, "panel-generate").is_displayed()
+        assert browser.find_element(By.ID, "temperature").is_displayed()  # the shared controls
+        browser.find_element(By.ID, "system").send_keys("You are brief.")
+        set_value(browser, "temperature", "1")
+        set_value(browser, "seed", "3")
+        set_value(browser, "max_tokens", "40")
+        browser.execute_script(
+            "window.updates = 0; new MutationObserver((m) => window.updates += m.length)"
+            ".observe(document.getElementById('conversation'), {childList: true, "
+            "characterData: true, subtree: true});")
+
+        def say(text: str) -> tuple[dict[str, Any], str]:
+            """Type a message, send it with Enter: (the request the page sent, the reply)."""
+            browser.execute_script("delete document.body.dataset.chatFinish")
+            browser.find_element(By.ID, "chat-input").send_keys(text, Keys.ENTER)
+            wait_for(browser, "document.body.dataset.chatFinish", "the reply has finished")
+            assert browser.execute_script("return document.body.dataset.chatFinish") in (
+                "stop", "length")
+            replies = browser.find_elements(By.CSS_SELECTOR, "#conversation .msg.assistant")
+            return (browser.execute_script("return window.lastChatRequest"),
+                    browser.execute_script("return arguments[0].querySelector('.body')"
+                                           ".textContent", replies[-1]))
+
+        sent, first = say("Hello there")
+        assert sent["stream"] is True and sent["messages"] == [
+            {"role": "system", "content": "You are brief."},
+            {"role": "user", "content": "Hello there"}]
+        whole = httpx.post(url + "/v1/chat/completions", timeout=60,
+                           json={**sent, "stream": False}).json()
+        assert first == whole["choices"][0]["message"]["content"] and first
+        # it streamed in: a change of the conversation per piece (one token each)
+        tokens = whole["usage"]["completion_tokens"]
+        assert browser.execute_script("return window.updates") >= tokens > 3
+        sent, second = say("And now?")
+        assert sent["messages"][1:] == [
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "And now?"}]
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#conversation .msg")) == 4
+        keep = os.environ.get("GPTKIT_PLAYGROUND_CHAT_SCREENSHOT")
+        browser.save_screenshot(str(keep and Path(keep) or tmp_path / "playground-chat.png"))
+
+        # a long greedy reply, stopped while it streams
+        set_value(browser, "temperature", "0")
+        set_value(browser, "max_tokens", "1024")
+        browser.execute_script("delete document.body.dataset.chatFinish")
+        browser.find_element(By.ID, "chat-input").send_keys("Go on", Keys.ENTER)
+        wait_for(browser, "document.body.dataset.chat === 'streaming' && document."
+                 "querySelectorAll('#conversation .msg.assistant')[2].textContent.length > 12",
+                 "the third reply streams")
+        browser.find_element(By.ID, "chat-stop").click()
+        wait_for(browser, "document.body.dataset.chatFinish === 'aborted'", "it stopped")
+        assert browser.find_element(By.ID, "send").is_enabled()
+        assert not browser.find_element(By.ID, "chat-stop").is_enabled()
+        assert "stopped" in browser.find_element(By.ID, "chat-stats").text
+
+        browser.find_element(By.ID, "chat-reset").click()
+        assert browser.find_elements(By.CSS_SELECTOR, "#conversation .msg") == []
+        set_value(browser, "max_tokens", "4")
+        sent, _ = say("Fresh start")
+        assert sent["messages"][1:] == [{"role": "user", "content": "Fresh start"}]
+        assert [e for e in browser.get_log("browser")
+                if "chat/completions" not in e["message"]] == []

@@ -1,5 +1,6 @@
 // The gptkit playground: plain JavaScript, no build step. It calls the same API as any client:
-// POST /v1/completions with stream=true (server-sent events), POST /v1/attention, POST /v1/classify.
+// POST /v1/completions and /v1/chat/completions with stream=true (server-sent events),
+// POST /v1/attention, POST /v1/classify.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -33,6 +34,9 @@ function selectTab(tab) {
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === tab));
   document.querySelectorAll(".panel").forEach((p) => p.classList.toggle("hidden", p.id !== tab.dataset.panel));
   if (tab.id === "tab-attention" && !$("attn-prompt").value) $("attn-prompt").value = $("prompt").value;
+  // the sampling controls are shared: they move to the tab that generates
+  const columns = $(tab.dataset.panel).querySelector(".columns");
+  if (columns && $("controls").parentElement !== columns) columns.appendChild($("controls"));
 }
 document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => selectTab(tab)));
 
@@ -49,7 +53,7 @@ async function init() {
     `${health.model} · ${health.task === "classify" ? "classifier" : "language model"} · context ${health.context_length} tokens`;
   $("key-row").classList.toggle("hidden", !health.auth);
   if (health.task === "classify") {
-    ["tab-generate", "tab-attention"].forEach((id) => $(id).classList.add("hidden"));
+    ["tab-generate", "tab-chat", "tab-attention"].forEach((id) => $(id).classList.add("hidden"));
     $("tab-classify").classList.remove("hidden");
     selectTab($("tab-classify"));
   } else {
@@ -69,9 +73,8 @@ async function init() {
 }
 
 // --- generation ------------------------------------------------------------------------------
-function request() {
+function sampling() {
   const body = {
-    prompt: $("prompt").value,
     max_tokens: parseInt($("max_tokens").value, 10),
     temperature: parseFloat($("temperature").value),
     top_p: parseFloat($("top_p").value),
@@ -84,6 +87,33 @@ function request() {
     .map((s) => s.replace(/\\n/g, "\n").replace(/\\t/g, "\t"));
   if (stops.length) body.stop = stops;
   return body;
+}
+
+function request() {
+  return { prompt: $("prompt").value, ...sampling() };
+}
+
+// Read a server-sent event stream, calling onEvent with each JSON payload until [DONE].
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut).trim();
+      buffer = buffer.slice(cut + 2);
+      if (!line.startsWith("data:")) continue;
+      const data = line.slice(5).trim();
+      if (data === "[DONE]") continue;
+      const event = JSON.parse(data);
+      if (event.error) throw new Error(event.error.message);
+      onEvent(event);
+    }
+  }
 }
 
 function setRunning(running) {
@@ -108,35 +138,19 @@ async function generate() {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const line = buffer.slice(0, cut).trim();
-        buffer = buffer.slice(cut + 2);
-        if (!line.startsWith("data:")) continue;
-        const data = line.slice(5).trim();
-        if (data === "[DONE]") continue;
-        const event = JSON.parse(data);
-        if (event.error) throw new Error(event.error.message);
-        for (const choice of event.choices) {
-          if (choice.text) {
-            if (first === null) first = performance.now() - start;
-            $("completion").textContent += choice.text;
-            pieces += 1;
-            $("output").scrollTop = $("output").scrollHeight;
-          }
-          if (choice.finish_reason) reason = choice.finish_reason;
+    await readEvents(response, (event) => {
+      for (const choice of event.choices) {
+        if (choice.text) {
+          if (first === null) first = performance.now() - start;
+          $("completion").textContent += choice.text;
+          pieces += 1;
+          $("output").scrollTop = $("output").scrollHeight;
         }
-        const seconds = (performance.now() - start) / 1000;
-        $("stats").textContent = `${pieces} chunks · first after ${first === null ? "–" : first.toFixed(0) + " ms"} · ${seconds.toFixed(1)} s`;
+        if (choice.finish_reason) reason = choice.finish_reason;
       }
-    }
+      const seconds = (performance.now() - start) / 1000;
+      $("stats").textContent = `${pieces} chunks · first after ${first === null ? "–" : first.toFixed(0) + " ms"} · ${seconds.toFixed(1)} s`;
+    });
     const seconds = (performance.now() - start) / 1000;
     $("stats").textContent = `${pieces} chunks in ${seconds.toFixed(2)} s · first after ${first === null ? "–" : first.toFixed(0) + " ms"} · finished: ${reason || "?"}`;
     document.body.dataset.finish = reason || "";
@@ -158,6 +172,98 @@ $("generate").addEventListener("click", generate);
 $("stop-button").addEventListener("click", () => controller && controller.abort());
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate();
+});
+
+// --- chat ------------------------------------------------------------------------------------
+let history = []; // the conversation: {role, content}, without the system prompt
+let chatController = null;
+
+function addMessage(role, content) {
+  $("chat-empty").classList.add("hidden");
+  const el = document.createElement("div");
+  el.className = "msg " + role;
+  el.innerHTML = '<span class="who"></span><span class="body"></span>';
+  el.querySelector(".who").textContent = role === "user" ? "you" : "assistant";
+  el.querySelector(".body").textContent = content;
+  $("conversation").appendChild(el);
+  $("conversation").scrollTop = $("conversation").scrollHeight;
+  return el.querySelector(".body");
+}
+
+function setChatting(running) {
+  $("send").disabled = running;
+  $("chat-stop").disabled = !running;
+  $("conversation").classList.toggle("streaming", running);
+  document.body.dataset.chat = running ? "streaming" : "done";
+}
+
+async function send() {
+  const text = $("chat-input").value;
+  if (!text.trim() || chatController) return;
+  show("chat-error", "");
+  $("chat-input").value = "";
+  history.push({ role: "user", content: text });
+  addMessage("user", text);
+  const system = $("system").value.trim();
+  const body = {
+    messages: [...(system ? [{ role: "system", content: system }] : []), ...history],
+    ...sampling(), stream: true,
+  };
+  window.lastChatRequest = body; // what was sent (the browser test reads it)
+  const reply = addMessage("assistant", "");
+  setChatting(true);
+  chatController = new AbortController();
+  const start = performance.now();
+  let reason = null, pieces = 0;
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: chatController.signal,
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    await readEvents(response, (event) => {
+      for (const choice of event.choices) {
+        if (choice.delta && choice.delta.content) {
+          reply.textContent += choice.delta.content;
+          pieces += 1;
+          $("conversation").scrollTop = $("conversation").scrollHeight;
+        }
+        if (choice.finish_reason) reason = choice.finish_reason;
+      }
+    });
+    const seconds = (performance.now() - start) / 1000;
+    $("chat-stats").textContent = `${pieces} chunks in ${seconds.toFixed(2)} s · finished: ${reason || "?"}`;
+    document.body.dataset.chatFinish = reason || "";
+  } catch (e) {
+    if (e.name === "AbortError") {
+      $("chat-stats").textContent = "stopped";
+      document.body.dataset.chatFinish = "aborted";
+    } else {
+      show("chat-error", e.message);
+      document.body.dataset.chatFinish = "error";
+    }
+  } finally {
+    // the reply as far as it came stays part of the conversation (an empty one does not)
+    if (reply.textContent) history.push({ role: "assistant", content: reply.textContent });
+    else reply.parentElement.remove();
+    chatController = null;
+    setChatting(false);
+  }
+}
+
+function resetChat() {
+  if (chatController) chatController.abort();
+  history = [];
+  $("conversation").querySelectorAll(".msg").forEach((m) => m.remove());
+  $("chat-empty").classList.remove("hidden");
+  $("chat-stats").textContent = "";
+  show("chat-error", "");
+}
+
+$("send").addEventListener("click", send);
+$("chat-stop").addEventListener("click", () => chatController && chatController.abort());
+$("chat-reset").addEventListener("click", resetChat);
+$("chat-input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); }
 });
 
 // --- attention map ---------------------------------------------------------------------------
