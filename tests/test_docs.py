@@ -10,6 +10,7 @@ A Python block may be preceded by an HTML comment the tests read:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,10 +84,14 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("name,code,kind,detail", python_snippets(),
                          ids=[s[0] for s in python_snippets()])
-def test_python_snippets_of_the_docs_run(name, code, kind, detail, tmp_path, made, data_dir):
+def test_python_snippets_of_the_docs_run(name, code, kind, detail, tmp_path, made, data_dir,
+                                        request):
     if kind == "skip":
         pytest.skip(detail)
     for need in detail.split() if kind == "needs" else []:
+        if need == "server":  # `gptkit serve runs/chat`, where the page says localhost:8000
+            code = code.replace("http://localhost:8000", request.getfixturevalue("doc_server"))
+            continue
         assert need in NEEDS, f"{name}: the docs name an unknown prerequisite {need!r}"
         if not (made / need).exists():
             NEEDS[need](made)
@@ -93,6 +99,74 @@ def test_python_snippets_of_the_docs_run(name, code, kind, detail, tmp_path, mad
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env=_env())
     assert done.returncode == 0, f"{name}:\n{code}\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def doc_server(made: Path) -> Iterator[str]:
+    """`gptkit serve runs/chat` (a tiny run with gptkit's chat template) on a free loopback
+    port, for the pages' curl and OpenAI SDK examples: its base URL."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from gptkit.chat_template import default_chat_template, write_chat_template
+
+    if not (made / "runs/base").exists():
+        NEEDS["runs/base"](made)
+    folder = made / "served"
+    shutil.copytree(made / "runs/base", folder / "runs/chat")
+    write_chat_template(folder / "runs/chat", default_chat_template())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "serve", "runs/chat", "--port", "0", "--log-level",
+         "warning"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=_env())
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # "serving chat (generate) on http://127.0.0.1:N: ..."
+        assert " on http://127.0.0.1:" in first, first
+        url = first.split(" on ", 1)[1].split(": ", 1)[0]
+        for _ in range(600):
+            done = subprocess.run(["curl", "-sf", url + "/health"], capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def curl_commands() -> list[tuple[str, str]]:
+    """(where, command) of each `curl` line of the docs' ```bash blocks (continuations
+    joined)."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for block in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S):
+            line_no = text[: block.start()].count("\n") + 2
+            for i, line in enumerate(block.group(1).replace("\\\n", " ").splitlines()):
+                if line.startswith("curl "):
+                    found.append((f"{doc.relative_to(REPO)}:{line_no + i}", line))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_documented_serving_curl_examples_run(data_dir, doc_server):
+    """Every documented `curl` call of the API, against a served chat run: a JSON answer (or
+    a stream of JSON events ending in [DONE]) that is not an error."""
+    chat = [c for c in curl_commands() if "/v1/chat/completions" in c[1]]
+    assert any("README.md" in w for w, _ in chat) and any("serving.md" in w for w, _ in chat)
+    host = doc_server.removeprefix("http://")
+    for where, command in curl_commands():
+        if "/v1/classify" in command:
+            continue  # needs a finetune-classify run (tests/serve covers the endpoint)
+        done = subprocess.run(["bash", "-c", command.replace("localhost:8000", host)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (where, done.stderr)
+        if '"stream": true' in command:
+            events = [line[len("data: "):] for line in done.stdout.splitlines() if line]
+            assert events[-1] == "[DONE]", (where, done.stdout[-500:])
+            bodies = [json.loads(e) for e in events[:-1]]
+        else:
+            bodies = [json.loads(done.stdout)]
+        assert all("error" not in b for b in bodies), (where, done.stdout[-500:])
 
 
 def test_the_docs_have_python_snippets():
