@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +27,10 @@ from starlette.types import Receive, Scope, Send
 
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
+from gptkit.generation.logprobs import TokenLogprob
 from gptkit.run import Run
 from gptkit.serve.batcher import Batcher
-from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job
+from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job, Prompt
 from gptkit.serve.errors import APIError, error_body, install_handlers
 from gptkit.serve.limits import Gate, Guard
 from gptkit.serve.schemas import (
@@ -163,6 +164,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                        "max_concurrent": settings.max_concurrent,
                        "max_batch_size": settings.max_batch_size,
                        "max_body_bytes": settings.max_body_bytes,
+                       "max_logprobs": settings.max_logprobs,
                        "max_attention_tokens": min(settings.max_attention_tokens,
                                                    engine.block_size)},
         }
@@ -195,16 +197,26 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         if max_tokens > settings.max_tokens:
             raise APIError(422, f"max_tokens: {max_tokens} is more than the server's limit of "
                            f"{settings.max_tokens}", param="max_tokens")
-        if body.best_of is not None and body.best_of != body.n:
-            raise APIError(422, f"best_of ({body.best_of}) must equal n ({body.n}): ranking "
-                           "more candidates than are returned is not supported yet",
+        if body.logprobs is not None and body.logprobs > settings.max_logprobs:
+            raise APIError(422, f"logprobs: {body.logprobs} is more than the server's limit "
+                           f"of {settings.max_logprobs} (gptkit serve --max-logprobs)",
+                           param="logprobs")
+        best_of = body.n if body.best_of is None else body.best_of
+        if best_of < body.n:
+            raise APIError(422, f"best_of ({best_of}) must be at least n ({body.n}): it is "
+                           "how many candidates the n returned are chosen from",
                            param="best_of")
+        if best_of > body.n and body.stream:
+            raise APIError(422, f"best_of ({best_of}) above n ({body.n}) cannot stream: the "
+                           "best candidates are known only once all have ended; set stream "
+                           "false or best_of to n", param="best_of")
         prompts = body.prompts()
         most = max(settings.max_batch_size, MAX_N)
-        if len(prompts) * body.n > most:
-            raise APIError(422, f"n: {len(prompts)} prompts x n {body.n} = "
-                           f"{len(prompts) * body.n} completions, more than the server's limit "
-                           f"of {most} per request", param="n")
+        if len(prompts) * best_of > most:
+            what = "n" if best_of == body.n else "best_of"
+            raise APIError(422, f"{what}: {len(prompts)} prompts x {what} {best_of} = "
+                           f"{len(prompts) * best_of} completions, more than the server's "
+                           f"limit of {most} per request", param=what)
         try:
             ids = [engine.encode_prompt(p) for p in prompts]
         except GptkitError as exc:
@@ -216,6 +228,13 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             raise APIError(422, str(exc), param="logit_bias") from exc
         for p in ids:
             check_prompt(p, settings.max_prompt_tokens)
+        echo_logprobs = body.echo and body.logprobs is not None
+        for p in ids:
+            if echo_logprobs and len(p) > engine.block_size:
+                raise APIError(422, f"the prompt is {len(p)} tokens long; echo with logprobs "
+                               "needs it inside the model's context window of "
+                               f"{engine.block_size} tokens (its first tokens would have no "
+                               "log-probabilities): shorten it", param="prompt")
         gate.enter()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -225,7 +244,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
         job = Job(prompts=ids, settings=body.generation_config(sample, max_tokens),
-                  stream=body.stream, emit=emit)
+                  stream=body.stream, emit=emit,
+                  logprobs=body.logprobs, echo_logprobs=echo_logprobs, keep=body.n)
         closed = False
 
         def close() -> None:
@@ -240,6 +260,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         heads = [text if body.echo else "" for text in texts for _ in range(body.n)]
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": engine.name}
+        shape = _Shape(heads, body.n, body.logprobs is not None, echo_logprobs)
         try:
             batcher.submit(job)
         except Exception:
@@ -247,9 +268,9 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             raise
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventStream(_stream(queue, meta, heads, usage), close)
+            return EventStream(_stream(queue, meta, shape, usage), close)
         try:
-            return await _collect(queue, meta, heads, request, job)
+            return await _collect(queue, meta, shape, request, job)
         finally:
             close()
 
@@ -286,22 +307,64 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     return app
 
 
-async def _stream(queue: asyncio.Queue[Event], meta: dict[str, Any], heads: list[str],
+@dataclass
+class _Shape:
+    """How a completion's choices are written: each one's echoed prompt text (`heads`, one
+    per choice), the choices per prompt, and whether log-probabilities are reported (and the
+    echoed prompts', which arrive as Prompt events before the choices' text)."""
+
+    heads: list[str]
+    n: int
+    logprobs: bool
+    echo_logprobs: bool
+
+    def shift(self, index: int) -> int:
+        """Where the generated text of choice `index` starts in its text."""
+        return len(self.heads[index])
+
+
+def _legacy(tokens: list[TokenLogprob], shift: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy `logprobs` of these tokens; text offsets moved by `shift`. Each
+    top_logprobs dict holds the most likely tokens and the chosen one, as OpenAI's does."""
+    tops: list[dict[str, float] | None] = []
+    for token in tokens:
+        if token.top is None or token.logprob is None:
+            tops.append(None)
+            continue
+        top: dict[str, float] = {}
+        for _, text, logprob in token.top:
+            top.setdefault(text, logprob)
+        top.setdefault(token.text, token.logprob)
+        tops.append(top)
+    return {"tokens": [token.text for token in tokens],
+            "token_logprobs": [token.logprob for token in tokens], "top_logprobs": tops,
+            "text_offset": [token.offset + shift for token in tokens]}
+
+
+async def _stream(queue: asyncio.Queue[Event], meta: dict[str, Any], shape: _Shape,
                   include_usage: bool) -> AsyncIterator[str]:
-    """OpenAI's streamed completion: text chunks as they come, a chunk with each choice's
-    finish_reason, optionally the usage, then [DONE]."""
+    """OpenAI's streamed completion: text chunks as they come (each with the log-probabilities
+    of the tokens whose text it carries), a chunk with each choice's finish_reason,
+    optionally the usage, then [DONE]."""
 
-    def chunk(index: int, text: str, reason: str | None = None) -> str:
+    def chunk(index: int, text: str, reason: str | None = None,
+              tokens: list[TokenLogprob] | None = None, shift: int = 0) -> str:
+        logprobs = _legacy(tokens, shift) if shape.logprobs and tokens is not None else None
         return _sse({**meta, "choices": [{"index": index, "text": text,
-                                          "finish_reason": reason, "logprobs": None}]})
+                                          "finish_reason": reason, "logprobs": logprobs}]})
 
-    for index, head in enumerate(heads):
-        if head:
-            yield chunk(index, head)
+    if not shape.echo_logprobs:
+        for index, head in enumerate(shape.heads):
+            if head:
+                yield chunk(index, head)
     while True:
         event = await queue.get()
-        if isinstance(event, Delta):
-            yield chunk(event.index, event.text)
+        if isinstance(event, Prompt):
+            for index in range(event.prompt * shape.n, (event.prompt + 1) * shape.n):
+                yield chunk(index, shape.heads[index], tokens=event.tokens)
+        elif isinstance(event, Delta):
+            yield chunk(event.index, event.text, tokens=event.tokens or [],
+                        shift=shape.shift(event.index))
         elif isinstance(event, Finish):
             yield chunk(event.index, "", event.reason)
         elif isinstance(event, Failure):
@@ -314,10 +377,11 @@ async def _stream(queue: asyncio.Queue[Event], meta: dict[str, Any], heads: list
             return
 
 
-async def _collect(queue: asyncio.Queue[Event], meta: dict[str, Any], heads: list[str],
+async def _collect(queue: asyncio.Queue[Event], meta: dict[str, Any], shape: _Shape,
                    request: Request, job: Job) -> JSONResponse:
     """The whole completion; gives up (cancelling the work) if the client disconnects."""
     finished: dict[int, Finish] = {}
+    prompts: dict[int, list[TokenLogprob]] = {}
     while True:
         try:
             event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
@@ -326,14 +390,25 @@ async def _collect(queue: asyncio.Queue[Event], meta: dict[str, Any], heads: lis
                 job.cancelled.set()
                 return JSONResponse(error_body(499, "the client disconnected"), 499)
             continue
-        if isinstance(event, Finish):
+        if isinstance(event, Prompt):
+            prompts[event.prompt] = event.tokens
+        elif isinstance(event, Finish):
             finished[event.index] = event
         elif isinstance(event, Failure):
             raise APIError(event.status, event.message)
         elif isinstance(event, End):
-            choices = [{"index": i, "text": heads[i] + finished[i].text,
-                        "finish_reason": finished[i].reason, "logprobs": None}
-                       for i in range(len(heads))]
+            choices = []
+            for i, head in enumerate(shape.heads):
+                done = finished[i]
+                logprobs = None
+                if shape.logprobs:
+                    shift = shape.shift(i)
+                    logprobs = _legacy(prompts.get(i // shape.n, []))
+                    generated = _legacy(done.tokens or [], shift)
+                    for key, values in generated.items():
+                        logprobs[key] += values
+                choices.append({"index": i, "text": head + done.text,
+                                "finish_reason": done.reason, "logprobs": logprobs})
             return JSONResponse({**meta, "choices": choices, "usage": _usage(event)})
 
 

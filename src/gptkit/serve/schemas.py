@@ -3,8 +3,8 @@
 Requests are validated strictly (`extra="forbid"`, no string-to-number coercion, finite
 numbers only), so that a misspelt or unsupported field is a 422 naming it rather than a
 silently ignored wish. Every field of OpenAI's completions request is known, and its neutral
-value (what clients send when the user chose nothing) always accepted; the few values gptkit
-cannot honour (`suffix`, `logprobs`, `best_of` above `n`) are a 422 saying so. Omitted
+value (what clients send when the user chose nothing) always accepted; what gptkit cannot
+honour (`suffix`; `logprobs` above the server's `max_logprobs`) is a 422 saying so. Omitted
 sampling settings take the run's `sample` section, as `gptkit sample` does; an omitted seed
 draws fresh randomness.
 """
@@ -64,9 +64,18 @@ class CompletionRequest(Strict):
         None, description="token id (as a string, JSON's keys) -> number from -100 to 100 "
         "added to its score at every step")
     logprobs: int | None = Field(
-        None, description="not supported yet: only none (no log-probabilities)")
+        None, ge=0, description="report each token's log-probability and those of this many "
+        "most likely tokens at its position (OpenAI's legacy format: tokens, token_logprobs, "
+        "top_logprobs, text_offset; top_logprobs also holds the chosen token). Generated "
+        "tokens: the log-softmax (fp32) of the scores they were drawn from, after the logits "
+        "processors: penalties, logit_bias, then temperature, top_k, top_p (-inf tokens are "
+        "left out of top_logprobs); at temperature 0 (greedy) the processed scores without "
+        "temperature; the raw model's when temperature is 1 and nothing else is set. Echoed "
+        "prompt tokens (echo: true): the raw model's, no processors (the first one null). "
+        "At most the server's max_logprobs (GET /health)")
     best_of: int | None = Field(
-        None, ge=1, le=MAX_N, description="only none or equal to n is supported")
+        None, ge=1, le=MAX_N, description="generate this many candidates per prompt and "
+        "return the n with the highest mean token log-probability (>= n; not with stream)")
     stop: str | list[str] | None = Field(
         None, description=f"up to {MAX_STOP} strings; the text ends before the first one")
     n: int = Field(1, ge=1, le=MAX_N, description="completions per prompt")
@@ -96,13 +105,6 @@ class CompletionRequest(Strict):
         if value:
             raise ValueError("suffix is not supported: gptkit's models continue text and "
                              "cannot insert it before a suffix; leave suffix out")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("logprobs is not supported yet; leave it out or null")
         return value
 
     @field_validator("logit_bias")
@@ -146,14 +148,15 @@ class CompletionRequest(Strict):
     def generation_config(self, run: GenerationConfig, max_tokens: int) -> GenerationConfig:
         """The settings this request generates with: its own, or for temperature, top_k and
         top_p the run's `sample` section (as `gptkit sample` without those flags);
-        `max_tokens` is already resolved against the server's limit. Settings the API does
+        `max_tokens` is already resolved against the server's limit; best_of candidates are
+        generated per prompt when more than n. Settings the API does
         not offer stay at their neutral defaults; top_k 0 means all tokens."""
         top_k = run.top_k if self.top_k is None else self.top_k
         return GenerationConfig(
             max_new_tokens=max_tokens,
             temperature=run.temperature if self.temperature is None else self.temperature,
             top_k=top_k or None, top_p=run.top_p if self.top_p is None else self.top_p,
-            stop=self.stops(), num_samples=self.n, seed=self.seed,
+            stop=self.stops(), num_samples=max(self.n, self.best_of or 0), seed=self.seed,
             frequency_penalty=self.frequency_penalty or 0.0,
             presence_penalty=self.presence_penalty or 0.0, logit_bias=self.bias(),
         )
@@ -193,11 +196,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy per-token log-probabilities of a choice (its text's tokens, in order;
+    with echo, the prompt's first)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]  # an echoed prompt's first token: null
+    top_logprobs: list[dict[str, float] | None]  # most likely tokens and the chosen one
+    text_offset: list[int]  # where each token starts in the choice's text (characters)
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
