@@ -2,7 +2,7 @@
 
 Everything here is synchronous and runs in the server's single worker thread, one call at a
 time (the batcher decides which requests share a call), so the model is never used by two
-threads at once. Generation is `gptkit.generation.sampling.generate_tokens` on the requests'
+threads at once. Generation is `gptkit.generation.sampling.generate_steps` on the requests'
 prompts, one `GenerationConfig` per request (`Job.settings`),
 left-padded with an attention mask and decoded with the KV cache; each request samples from
 a generator of its own (`seed_groups`), so its text does not depend on what it was batched
