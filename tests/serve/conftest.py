@@ -140,7 +140,7 @@ def cli_server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "gptkit", "serve", str(tiny_run), "--port", "0",
-             "--log-level", "warning", "--max-tokens", "256"],
+             "--log-level", "warning", "--max-tokens", "256", "--max-logprobs", "7"],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )

@@ -105,6 +105,31 @@ def test_the_answer_is_the_completion_of_the_rendered_prompt(chat, chat_run):
     assert answer["usage"] == completion["usage"]
 
 
+def test_logprobs_are_those_completions_report_for_the_reply(chat, chat_run):
+    same = {"max_tokens": 10, "temperature": 0.8, "seed": 2}
+    answer = post(chat, messages=TALK, logprobs=True, top_logprobs=3, **same)
+    legacy = chat.post("/v1/completions", json={"prompt": rendered(chat_run, TALK),
+                                                "logprobs": 3, **same}).json()
+    content = answer["choices"][0]["logprobs"]["content"]
+    expected = legacy["choices"][0]["logprobs"]
+    assert [t["token"] for t in content] == expected["tokens"]
+    assert "".join(t["token"] for t in content) == answer["choices"][0]["message"]["content"]
+    assert [t["logprob"] for t in content] == expected["token_logprobs"]
+    for token, top in zip(content, expected["top_logprobs"], strict=True):
+        assert len(token["top_logprobs"]) == 3
+        assert token["bytes"] == list(token["token"].encode())
+        ranked = [t["logprob"] for t in token["top_logprobs"]]
+        assert ranked == sorted(ranked, reverse=True)
+        assert {t["token"]: t["logprob"] for t in token["top_logprobs"]}.items() <= top.items()
+    events = streamed(chat, messages=TALK, logprobs=True, top_logprobs=3, **same)
+    pieces = [t for e in events[:-1] for c in e["choices"] if c["logprobs"]
+              for t in c["logprobs"]["content"]]
+    assert pieces == content  # streamed chunks carry the tokens of their text
+    no_top = post(chat, messages=TALK, logprobs=True, **same)["choices"][0]["logprobs"]
+    assert [t["logprob"] for t in no_top["content"]] == expected["token_logprobs"]
+    assert all(t["top_logprobs"] == [] for t in no_top["content"])
+
+
 def test_a_stop_of_the_request_cuts_the_reply(chat):
     sampled = {"messages": HI, "max_tokens": 40, "temperature": 1.0, "seed": 3}
     whole = post(chat, **sampled)["choices"][0]["message"]["content"]
@@ -168,7 +193,7 @@ def test_neutral_values_of_openais_other_fields_are_accepted(chat):
     ({"max_tokens": None, "max_completion_tokens": 65}, 422,
      "max_completion_tokens: 65 is more than"),
     ({"max_tokens": 65}, 422, "max_tokens: 65 is more than"),
-    ({"logprobs": True}, 422, "not supported yet"),
+    ({"logprobs": True, "top_logprobs": 21}, 422, "less than or equal to 20"),
     ({"logprobs": True, "top_logprobs": 21}, 422, "top_logprobs"),
     ({"top_logprobs": 2}, 422, "top_logprobs needs logprobs"),
     ({"messages": []}, 422, "messages"),

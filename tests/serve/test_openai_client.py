@@ -1,7 +1,8 @@
 """The official `openai` Python package against a live `gptkit serve` on 127.0.0.1:
 completions (plain, streamed, n, seed, stop, token-id prompts, the neutral fields as the SDK
-sends them, penalties), chat completions (plain, streamed, multi-turn, n, stop, usage, a run
-without a chat template), models.list and models.retrieve, and a wrong API key."""
+sends them, penalties, logprobs, echo with logprobs, streamed logprobs, best_of), chat
+completions (plain, streamed, multi-turn, n, stop, usage, a run without a chat template),
+models.list and models.retrieve, and a wrong API key."""
 
 from __future__ import annotations
 
@@ -93,6 +94,53 @@ def test_penalties_change_the_text(sdk):
     penalised = texts(sdk.completions.create(**greedy, frequency_penalty=2.0,
                                              presence_penalty=2.0))
     assert penalised != plain
+
+
+def test_logprobs(sdk):
+    result = sdk.completions.create(model="tiny", prompt="ROMEO:", max_tokens=8,
+                                    temperature=0, logprobs=2)
+    lp = result.choices[0].logprobs
+    assert "".join(lp.tokens) == result.choices[0].text and len(lp.tokens) == 8
+    assert all(len(top) == 2 and logprob == max(top.values())
+               for logprob, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True))
+    assert lp.text_offset == list(range(8))  # one character per token
+
+
+def test_echo_with_logprobs_of_a_token_id_prompt(sdk, run):
+    """lm-evaluation-harness' loglikelihood request, through the SDK."""
+    ids = run.tokenizer.encode("ROMEO: to")
+    result = sdk.completions.create(model="tiny", prompt=ids, echo=True, max_tokens=1,
+                                    logprobs=1, temperature=0)
+    lp = result.choices[0].logprobs
+    assert result.choices[0].text.startswith("ROMEO: to")
+    assert lp.tokens[: len(ids)] == list("ROMEO: to") and len(lp.tokens) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v < 0 for v in lp.token_logprobs[1:])
+    assert all(len(top) in (1, 2) for top in lp.top_logprobs[1:])
+
+
+def test_streamed_logprobs_match_the_plain_ones(sdk):
+    body = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0.9,
+            "seed": 8, "logprobs": 1}
+    plain = sdk.completions.create(**body).choices[0].logprobs
+    tokens: list[str] = []
+    logprobs: list[float] = []
+    for chunk in sdk.completions.create(**body, stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs is not None:
+                assert "".join(choice.logprobs.tokens) == choice.text
+                tokens += choice.logprobs.tokens
+                logprobs += choice.logprobs.token_logprobs
+    assert tokens == plain.tokens and logprobs == plain.token_logprobs
+
+
+def test_best_of(sdk):
+    result = sdk.completions.create(model="tiny", prompt="ROMEO:", max_tokens=6, n=2,
+                                    best_of=4, seed=1, temperature=1.0)
+    assert len(result.choices) == 2 and result.usage.completion_tokens > 0
+    with pytest.raises(openai.UnprocessableEntityError, match="cannot stream"):
+        sdk.completions.create(model="tiny", prompt="A", max_tokens=2, best_of=2,
+                               stream=True)
 
 
 def test_what_cannot_be_honoured_raises_the_sdks_error(sdk):

@@ -70,8 +70,8 @@ def test_token_id_prompts_are_the_texts_they_encode(client, run):
     ({"frequency_penalty": 2.5}, "frequency_penalty", "less than or equal to 2"),
     ({"presence_penalty": -3}, "presence_penalty", "greater than or equal to -2"),
     ({"suffix": "the end"}, "suffix", "suffix is not supported"),
-    ({"logprobs": 2}, "logprobs", "logprobs is not supported yet"),
-    ({"best_of": 3, "n": 2}, "best_of", "best_of (3) must equal n (2)"),
+    ({"logprobs": 21}, "logprobs", "more than the server's limit of 20"),
+    ({"best_of": 1, "n": 2}, "best_of", "best_of (1) must be at least n (2)"),
 ])
 def test_what_cannot_be_honoured_is_a_clear_422(client, body, param, says):
     found = error(client.post("/v1/completions", json={"max_tokens": 2, **body}), 422)

@@ -21,7 +21,7 @@ def test_help_explains_every_option():
                           capture_output=True, text=True, check=True).stdout
     for flag in ("--host", "--port", "--api-key", "--max-batch-size", "--max-prompt-tokens",
                  "--max-tokens", "--max-concurrent", "--max-body-bytes", "--quantize",
-                 "--device", "--checkpoint", "127.0.0.1"):
+                 "--max-logprobs", "--device", "--checkpoint", "127.0.0.1"):
         assert flag in text
 
 
@@ -29,6 +29,7 @@ def test_the_command_serves_until_interrupted(cli_server):
     assert cli_server.startswith("http://127.0.0.1:")
     health = httpx.get(cli_server + "/health", timeout=10).json()
     assert health["status"] == "ok" and health["limits"]["max_tokens"] == 256
+    assert health["limits"]["max_logprobs"] == 7  # --max-logprobs
     response = httpx.post(cli_server + "/v1/completions", timeout=60,
                           json={"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0})
     assert response.status_code == 200 and len(response.json()["choices"][0]["text"]) == 8

@@ -39,6 +39,9 @@ def register(commands: Any) -> None:
                    help="longest prompt accepted, in tokens (default 2048; longer: 413)")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
                    help="largest max_tokens a request may ask for (default 1024; more: 422)")
+    p.add_argument("--max-logprobs", type=int, default=20, metavar="N",
+                   help="most alternatives per token a request's logprobs (completions) or "
+                   "top_logprobs (chat) may ask for (default 20; more: 422)")
     p.add_argument("--max-concurrent", type=int, default=32, metavar="N",
                    help="requests in progress at once, queued or generating (default 32; "
                    "more: 429)")
@@ -59,6 +62,7 @@ def serve(args: argparse.Namespace) -> None:
         max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
         max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
         max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
+        max_logprobs=args.max_logprobs,
     )
     settings.check()
     try:

@@ -9,6 +9,7 @@ caller decides when to stop.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -27,7 +28,17 @@ from gptkit.generation.decoding import (
 from gptkit.model import GPT
 
 
-@torch.no_grad()
+@dataclass
+class Step:
+    """One decoding step of every row: the tokens chosen and, when asked for, the fp32
+    log-probabilities (rows, vocab) of the distribution each was drawn from: the model's
+    scores after the logits processors (greedy: without the warpers, which it ignores;
+    the raw model's when no processor applies, as at temperature 1 with nothing else set)."""
+
+    token: Tensor
+    logprobs: Tensor | None = None
+
+
 def generate_tokens(
     model: GPT,
     prompt: Prompts,
@@ -37,7 +48,31 @@ def generate_tokens(
     use_cache: bool = True,
     seed_groups: Sequence[tuple[int, int | None]] | None = None,
 ) -> Generator[Tensor, None, None]:
-    """Yield the next token of every row, a (rows,) int64 tensor per step.
+    """Yield the next token of every row, a (rows,) int64 tensor per step (`generate_steps`
+    without log-probabilities)."""
+    steps = generate_steps(model, prompt, settings, eot_id=eot_id, use_cache=use_cache,
+                           seed_groups=seed_groups)
+    try:
+        for step in steps:
+            yield step.token
+    finally:
+        steps.close()
+
+
+@torch.no_grad()
+def generate_steps(
+    model: GPT,
+    prompt: Prompts,
+    settings: GenerationConfig,
+    *,
+    eot_id: int | None = None,
+    use_cache: bool = True,
+    seed_groups: Sequence[tuple[int, int | None]] | None = None,
+    logprobs: bool = False,
+) -> Generator[Step, None, None]:
+    """Yield the next token of every row, a (rows,) int64 tensor per step, in a `Step` that
+    also holds the log-probabilities it was drawn from when `logprobs` is true (computed
+    only then).
 
     `prompt` is one list of token ids or a batch of them; rows = prompts x
     `settings.num_samples`, each prompt's samples together. Temperature 0 is greedy. Stops
@@ -76,7 +111,7 @@ def generate_tokens(
             token = token.masked_fill(done, eot_id)
             done = done | (token == eot_id)
         seq = torch.cat([seq, token[:, None]], dim=1)
-        yield token
+        yield Step(token, scores.float().log_softmax(dim=-1) if logprobs else None)
         if step == settings.max_new_tokens - 1 or bool(done.all()):
             return
         logits = decoder.scores(seq)

@@ -148,6 +148,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                        "max_concurrent": settings.max_concurrent,
                        "max_batch_size": settings.max_batch_size,
                        "max_body_bytes": settings.max_body_bytes,
+                       "max_logprobs": settings.max_logprobs,
                        "max_attention_tokens": min(settings.max_attention_tokens,
                                                    engine.block_size)},
         }
@@ -172,17 +173,24 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
 
     # --- completions and chat: one path from checked request to answer --------------------
     def check_sampling(body: SamplingRequest, max_tokens: int | None, param: str,
-                       prompts: list[list[int]]) -> int:
-        """Check what completions and chat requests share; the resolved max_tokens."""
+                       prompts: list[list[int]], logprobs: tuple[str, int | None]) -> int:
+        """Check what completions and chat requests share (`logprobs`: the field naming how
+        many top log-probabilities are asked, and its value); the resolved max_tokens."""
         max_tokens = default_tokens if max_tokens is None else max_tokens
         if max_tokens > settings.max_tokens:
             raise APIError(422, f"{param}: {max_tokens} is more than the server's limit of "
                            f"{settings.max_tokens}", param=param)
+        field, top = logprobs
+        if top is not None and top > settings.max_logprobs:
+            raise APIError(422, f"{field}: {top} is more than the server's limit of "
+                           f"{settings.max_logprobs} (gptkit serve --max-logprobs)",
+                           param=field)
         most = max(settings.max_batch_size, MAX_N)
-        if len(prompts) * body.n > most:
-            raise APIError(422, f"n: {len(prompts)} prompts x n {body.n} = "
-                           f"{len(prompts) * body.n} completions, more than the server's limit "
-                           f"of {most} per request", param="n")
+        rows, what = body.candidates(), "n" if body.candidates() == body.n else "best_of"
+        if len(prompts) * rows > most:
+            raise APIError(422, f"{what}: {len(prompts)} prompts x {what} {rows} = "
+                           f"{len(prompts) * rows} completions, more than the server's "
+                           f"limit of {most} per request", param=what)
         try:
             engine.check_ids(body.bias() or {}, "logit_bias")
         except GptkitError as exc:
@@ -192,8 +200,10 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         return max_tokens
 
     async def generate(prompts: list[list[int]], config: GenerationConfig, shape: Shape,
-                       body: SamplingRequest, request: Request) -> Response:
-        """Queue the job for the batcher; answer with its events streamed or collected."""
+                       body: SamplingRequest, request: Request, logprobs: int | None = None,
+                       echo_logprobs: bool = False) -> Response:
+        """Queue the job for the batcher; answer with its events streamed or collected.
+        `logprobs`: how many top log-probabilities each token reports (None: none)."""
         gate.enter()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -202,7 +212,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        job = Job(prompts=prompts, settings=config, stream=body.stream, emit=emit)
+        job = Job(prompts=prompts, settings=config, stream=body.stream, emit=emit,
+                  logprobs=logprobs, echo_logprobs=echo_logprobs, keep=body.n)
         closed = False
 
         def close() -> None:
@@ -230,21 +241,35 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         """Continue the prompt(s); `stream: true` sends server-sent events, `data: [DONE]`
         last. Choices come prompt by prompt, each prompt's `n` together."""
         check_model(body.model, "generate")
-        if body.best_of is not None and body.best_of != body.n:
-            raise APIError(422, f"best_of ({body.best_of}) must equal n ({body.n}): ranking "
-                           "more candidates than are returned is not supported yet",
+        best_of = body.candidates()
+        if body.best_of is not None and body.best_of < body.n:
+            raise APIError(422, f"best_of ({body.best_of}) must be at least n ({body.n}): it "
+                           "is how many candidates the n returned are chosen from",
                            param="best_of")
+        if best_of > body.n and body.stream:
+            raise APIError(422, f"best_of ({best_of}) above n ({body.n}) cannot stream: the "
+                           "best candidates are known only once all have ended; set stream "
+                           "false or best_of to n", param="best_of")
         prompts = body.prompts()
         try:
             ids = [engine.encode_prompt(p) for p in prompts]
         except GptkitError as exc:
             raise APIError(422, str(exc), param="prompt") from exc
-        max_tokens = check_sampling(body, body.max_tokens, "max_tokens", ids)
+        max_tokens = check_sampling(body, body.max_tokens, "max_tokens", ids,
+                                    ("logprobs", body.logprobs))
+        echo_logprobs = body.echo and body.logprobs is not None
+        for p in ids:
+            if echo_logprobs and len(p) > engine.block_size:
+                raise APIError(422, f"the prompt is {len(p)} tokens long; echo with logprobs "
+                               "needs it inside the model's context window of "
+                               f"{engine.block_size} tokens (its first tokens would have no "
+                               "log-probabilities): shorten it", param="prompt")
         texts = [engine.tokenizer.decode(p) if isinstance(p, list) else (p or "")
                  for p in prompts]
         heads = [text if body.echo else "" for text in texts for _ in range(body.n)]
-        return await generate(ids, body.generation_config(sample, max_tokens), Shape(heads),
-                              body, request)
+        shape = Shape(heads, body.n, body.logprobs is not None, echo_logprobs)
+        return await generate(ids, body.generation_config(sample, max_tokens), shape, body,
+                              request, body.logprobs, echo_logprobs)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
@@ -253,19 +278,16 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         check_model(body.model, "generate")
         if template is None:
             raise APIError(400, no_template, code="no_chat_template", param="messages")
-        # LOGPROBS (chat): the one place to wire the engine's per-token log-probabilities
-        # in; until then logprobs: true is refused here
-        if body.logprobs:
-            raise APIError(422, "logprobs: true is not supported yet on /v1/chat/completions; "
-                           "leave logprobs out or false", param="logprobs")
         try:
             ids, turn_stops = chat_prompt(body, template, engine.tokenizer)
         except GptkitError as exc:
             raise APIError(422, str(exc), param="messages") from exc
         param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
-        max_tokens = check_sampling(body, body.new_tokens, param, [ids])
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        max_tokens = check_sampling(body, body.new_tokens, param, [ids], ("top_logprobs", top))
         config = body.generation_config(sample, max_tokens, more_stops=turn_stops)
-        return await generate([ids], config, ChatShape(body.n), body, request)
+        return await generate([ids], config, ChatShape(body.n, top is not None), body, request,
+                              top)
 
     # --- classification and attention ----------------------------------------------------
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)

@@ -67,10 +67,12 @@ class ChatRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(
         None, ge=0, description="the same as max_tokens (OpenAI's newer name); give either")
     logprobs: bool | None = Field(
-        None, description="log-probabilities of the reply's tokens (see top_logprobs)")
+        None, description="report the reply's tokens' log-probabilities (the distribution "
+        "each was drawn from, after the logits processors, as completions' logprobs)")
     top_logprobs: int | None = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: the most likely "
-        f"tokens at each position, 0 to {MAX_TOP_LOGPROBS}")
+        f"tokens at each position, 0 to {MAX_TOP_LOGPROBS} (at most the server's "
+        "max_logprobs, GET /health)")
     # OpenAI's fields gptkit has nothing for: their neutral values only
     tools: list[Any] | None = Field(None, description="only none or empty (no tool calls)")
     tool_choice: Any = Field(None, description="only none or 'none'")
@@ -126,11 +128,29 @@ class ReplyMessage(Strict):
     content: str
 
 
+class TopLogprob(Strict):
+    token: str
+    logprob: float
+    bytes: list[int]  # the token text's UTF-8 bytes
+
+
+class TokenLogprobs(TopLogprob):
+    top_logprobs: list[TopLogprob]  # the most likely tokens at this position, most first
+
+
+class ChatLogprobs(Strict):
+    """Each reply token's log-probability, as `logprobs` in completions reports generated
+    tokens (after the logits processors; the raw model's at temperature 1 with none)."""
+
+    content: list[TokenLogprobs]
+    refusal: None = None
+
+
 class ChatChoice(Strict):
     index: int
     message: ReplyMessage
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(Strict):

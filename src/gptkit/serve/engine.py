@@ -2,12 +2,18 @@
 
 Everything here is synchronous and runs in the server's single worker thread, one call at a
 time (the batcher decides which requests share a call), so the model is never used by two
-threads at once. Generation is `gptkit.generation.sampling.generate_tokens` on the requests'
+threads at once. Generation is `gptkit.generation.sampling.generate_steps` on the requests'
 prompts, one `GenerationConfig` per request (`Job.settings`),
 left-padded with an attention mask and decoded with the KV cache; each request samples from
 a generator of its own (`seed_groups`), so its text does not depend on what it was batched
 with. Text is cut at stop strings and streamed as `sample_text` does it (held back while it
 could be the start of a stop string or ends inside a UTF-8 character).
+
+Log-probabilities (`Job.logprobs`) come as `TokenLogprob` records on the events: a Delta
+carries those of the tokens whose text it carries, a Finish those of the whole choice (up to
+the text kept before a stop string), a Prompt those of an echoed prompt (the raw model's). The
+top-k is computed only for batches where a request asked for it. `Job.keep` < n ranks the
+candidates (OpenAI's `best_of`) by mean token log-probability and returns the best.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from typing import Literal
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
-from gptkit.generation.sampling import generate_tokens
+from gptkit.generation.logprobs import (
+    TokenLogprob,
+    Top,
+    prompt_logprobs,
+    records,
+    top_list,
+)
+from gptkit.generation.sampling import generate_steps
 from gptkit.generation.text import first_stop, showable
 from gptkit.model import GPT
 from gptkit.run import Run
@@ -34,9 +47,18 @@ log = logging.getLogger("gptkit.serve")
 
 # --- what a request hears back, in order: deltas, one finish per choice, then end -------------
 @dataclass
+class Prompt:
+    """An echoed prompt's tokens (first of all events; jobs with `echo_logprobs` only)."""
+
+    prompt: int  # which of the job's prompts
+    tokens: list[TokenLogprob]  # the first one's logprob and top are None
+
+
+@dataclass
 class Delta:
     index: int  # choice
     text: str  # new text of that choice (streaming requests only)
+    tokens: list[TokenLogprob] | None = None  # those whose text this delta carries
 
 
 @dataclass
@@ -44,6 +66,7 @@ class Finish:
     index: int
     text: str  # the choice's whole text
     reason: str  # "stop" (end-of-text or a stop string) or "length" (max_tokens reached)
+    tokens: list[TokenLogprob] | None = None  # every token of `text` (when logprobs asked)
 
 
 @dataclass
@@ -58,7 +81,7 @@ class Failure:
     status: int = 500  # 422: the request asked for something impossible
 
 
-Event = Delta | Finish | End | Failure
+Event = Prompt | Delta | Finish | End | Failure
 
 
 @dataclass(eq=False)
@@ -70,6 +93,9 @@ class Job:
     settings: GenerationConfig
     stream: bool
     emit: Callable[[Event], None]  # called from the worker thread; must be thread-safe
+    logprobs: int | None = None  # report each token's log-probability and this many others
+    echo_logprobs: bool = False  # also the prompts' (Prompt events; needs `logprobs`)
+    keep: int | None = None  # best_of: return the best `keep` of the n rows of each prompt
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
 
@@ -90,6 +116,16 @@ class Job:
         return len(self.prompts) * self.n
 
     @property
+    def ranks(self) -> bool:
+        """Whether this job returns only its best candidates (then it never streams)."""
+        return self.keep is not None and self.keep < self.n
+
+    @property
+    def scored(self) -> bool:
+        """Whether its tokens' log-probabilities are needed (reported or ranked)."""
+        return self.logprobs is not None or self.ranks
+
+    @property
     def key(self) -> tuple[object, ...]:
         """Jobs with equal keys share the logits processors, so they can share a batch."""
         return self.settings.processor_key()
@@ -103,6 +139,21 @@ class _Row:
     shown: str = ""  # text streamed so far
     text: str | None = None  # set once a stop string has cut it
     reason: str | None = None
+    logprobs: list[float] = field(default_factory=list)  # of ids, when the job is scored
+    tops: list[Top | None] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # text length after each id (logprobs)
+    end_logprob: float | None = None  # of the end-of-text token that ended it
+    sent: int = 0  # tokens whose records have been streamed
+    finish: Finish | None = None  # held back while candidates are ranked
+
+    def score(self) -> float:
+        """best_of's ranking: mean log-probability of the kept tokens (and of the
+        end-of-text token that ended the choice, if one did)."""
+        kept = len(self.finish.tokens or []) if self.finish else len(self.ids)
+        values = self.logprobs[:kept]
+        if self.end_logprob is not None:
+            values = [*values, self.end_logprob]
+        return sum(values) / len(values) if values else 0.0
 
 
 @dataclass
@@ -211,12 +262,26 @@ class Engine:
         shared = jobs[0].settings.replace(
             max_new_tokens=max(job.max_tokens for job in jobs), num_samples=num_samples,
             seed=None, stop=[])
-        tokens = generate_tokens(self.model, prompts, shared, eot_id=self.tokenizer.eot_id,
-                                 seed_groups=groups)
+        for job in jobs:
+            if job.echo_logprobs:
+                self._echo(job)
+        scored = any(job.scored for job in jobs)
+        k = max(job.logprobs or 0 for job in jobs)
+        tokens = generate_steps(self.model, prompts, shared, eot_id=self.tokenizer.eot_id,
+                                seed_groups=groups, logprobs=scored)
         live = {job: its_rows for job, _, its_rows in spans}
+        chosen: list[float] = []
+        top_values: list[list[float]] = []
+        top_ids: list[list[int]] = []
         try:
-            for step, token in enumerate(tokens, start=1):
+            for step, drawn in enumerate(tokens, start=1):
+                token = drawn.token
                 values = token.tolist()
+                if drawn.logprobs is not None:
+                    chosen = drawn.logprobs.gather(1, token[:, None]).squeeze(1).tolist()
+                    if k:
+                        top = drawn.logprobs.topk(min(k, drawn.logprobs.size(-1)), dim=-1)
+                        top_values, top_ids = top.values.tolist(), top.indices.tolist()
                 for job, offset, its_rows in spans:
                     if job not in live:
                         continue
@@ -225,9 +290,15 @@ class Engine:
                         ended.add(job)
                         self.stats.cancelled += 1
                         continue
-                    for row, value in zip(its_rows, values[offset : offset + job.rows],
-                                          strict=True):
-                        self._advance(row, value, step)
+                    for r, row in enumerate(its_rows, start=offset):
+                        if job.scored and row.reason is None:
+                            row.logprobs.append(chosen[r])
+                            want = job.logprobs
+                            row.tops.append(
+                                None if want is None else [] if want == 0 else
+                                top_list(top_values[r][:want], top_ids[r][:want],
+                                         self.tokenizer.decode))
+                        self._advance(row, values[r], step)
                     if all(row.reason for row in its_rows):
                         self._end(job, its_rows, ended)
                         del live[job]
@@ -247,11 +318,18 @@ class Engine:
         if row.reason is not None:
             return
         if token == self.tokenizer.eot_id:
+            if row.logprobs:
+                row.end_logprob = row.logprobs.pop()
+                row.tops.pop()
             self._finish(row, "stop")
             return
         row.ids.append(token)
-        if job.stream or job.stops:
+        text = ""
+        if job.stream or job.stops or job.scored:
             text = self.tokenizer.decode(row.ids)
+        if job.scored:
+            row.ends.append(len(text))
+        if job.stream or job.stops:
             at = first_stop(text, job.stops)
             if at is not None:
                 row.text = text[:at]
@@ -262,26 +340,73 @@ class Engine:
         if step >= job.max_tokens:
             self._finish(row, "length")
 
-    def _show(self, row: _Row, text: str) -> None:
-        if len(text) > len(row.shown) and text.startswith(row.shown):
-            row.job.emit(Delta(row.index, text[len(row.shown) :]))
-            row.shown = text
+    def _show(self, row: _Row, text: str, final: bool = False) -> None:
+        """Stream `text` (the choice's text so far) and the records of the tokens it now
+        holds whole (all that are kept, when `final`)."""
+        grew = len(text) > len(row.shown) and text.startswith(row.shown)
+        tokens: list[TokenLogprob] | None = None
+        if row.job.logprobs is not None:
+            shown = text if grew else row.shown
+            upto = len(self._records(row, shown)) if final else sum(
+                1 for end in row.ends if end <= len(shown))
+            tokens = self._records(row, shown, row.sent, upto)
+            row.sent = max(row.sent, upto)
+        if grew or tokens:
+            row.job.emit(Delta(row.index, text[len(row.shown) :] if grew else "", tokens))
+            if grew:
+                row.shown = text
+
+    def _records(self, row: _Row, text: str, start: int = 0,
+                 stop: int | None = None) -> list[TokenLogprob]:
+        """The records of the tokens of `row` (from `start` to `stop`) that `text` (its text,
+        perhaps cut at a stop string) holds at least in part."""
+        ids = row.ids
+        if row.ends and row.ends[-1] > len(text):  # cut: the tokens that start before the cut
+            ids = [t for t, at in zip(ids, [0, *row.ends], strict=False) if at < len(text)]
+        ids = ids[start:stop]
+        end = start + len(ids)
+        offsets = [0, *row.ends][start:end] if row.ends else None
+        return records(ids, row.logprobs[start:end], row.tops[start:end], self.tokenizer.decode,
+                       offsets)
 
     def _finish(self, row: _Row, reason: str) -> None:
         if row.text is None:
             text = self.tokenizer.decode(row.ids) if row.ids else ""
             at = first_stop(text, row.job.stops)
             row.text = text if at is None else text[:at]
-        if row.job.stream:
-            self._show(row, row.text)
+        job = row.job
+        if job.stream and not job.ranks:
+            self._show(row, row.text, final=True)
         row.reason = reason
-        row.job.emit(Finish(row.index, row.text, reason))
+        tokens = self._records(row, row.text) if job.scored else None
+        row.finish = Finish(row.index, row.text, reason, tokens)
+        if not job.ranks:
+            job.emit(row.finish)
 
     def _end(self, job: Job, rows: list[_Row], ended: set[Job]) -> None:
         ended.add(job)
+        if job.ranks:  # best_of: each prompt's best `keep` rows, best first
+            assert job.keep is not None
+            for p in range(len(job.prompts)):
+                mine = rows[p * job.n : (p + 1) * job.n]
+                best = sorted(mine, key=lambda row: -row.score())[: job.keep]
+                for i, row in enumerate(best):
+                    assert row.finish is not None
+                    row.finish.index = p * job.keep + i
+                    job.emit(row.finish)
         new = sum(len(row.ids) for row in rows)
         self.stats.tokens += new
         job.emit(End(prompt_tokens=sum(len(p) for p in job.prompts), completion_tokens=new))
+
+    def _echo(self, job: Job) -> None:
+        """The Prompt events of an echoing job: its prompts' tokens under the raw model."""
+        decode = self.tokenizer.decode
+        k = job.logprobs or 0
+        for p, ids in enumerate(job.prompts):
+            chosen, tops = prompt_logprobs(self.model, ids, k)
+            named: list[Top | None] = [None]
+            named += [[(i, decode([i]), v) for i, _, v in top] for top in tops]
+            job.emit(Prompt(p, records(ids, [None, *chosen], named, decode)))
 
     # --- attention maps and classification ----------------------------------------------------
     def attention(self, prompt: str, layer: int) -> dict[str, object]:

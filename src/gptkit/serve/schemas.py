@@ -3,8 +3,8 @@
 Requests are validated strictly (`extra="forbid"`, no string-to-number coercion, finite
 numbers only), so that a misspelt or unsupported field is a 422 naming it rather than a
 silently ignored wish. Every field of OpenAI's completions request is known, and its neutral
-value (what clients send when the user chose nothing) always accepted; the few values gptkit
-cannot honour (`suffix`, `logprobs`, `best_of` above `n`) are a 422 saying so. Omitted
+value (what clients send when the user chose nothing) always accepted; what gptkit cannot
+honour (`suffix`; `logprobs` above the server's `max_logprobs`) is a 422 saying so. Omitted
 sampling settings take the run's `sample` section, as `gptkit sample` does; an omitted seed
 draws fresh randomness.
 """
@@ -99,6 +99,10 @@ class SamplingRequest(Strict):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    def candidates(self) -> int:
+        """Texts generated per prompt (completions' best_of may ask more than n)."""
+        return self.n
+
     def generation_config(self, run: GenerationConfig, max_tokens: int,
                           more_stops: list[str] | None = None) -> GenerationConfig:
         """The settings this request generates with: its own, or for temperature, top_k and
@@ -111,7 +115,8 @@ class SamplingRequest(Strict):
             max_new_tokens=max_tokens,
             temperature=run.temperature if self.temperature is None else self.temperature,
             top_k=top_k or None, top_p=run.top_p if self.top_p is None else self.top_p,
-            stop=[*self.stops(), *(more_stops or [])], num_samples=self.n, seed=self.seed,
+            stop=[*self.stops(), *(more_stops or [])], num_samples=self.candidates(),
+            seed=self.seed,
             frequency_penalty=self.frequency_penalty or 0.0,
             presence_penalty=self.presence_penalty or 0.0, logit_bias=self.bias(),
         )
@@ -127,9 +132,18 @@ class CompletionRequest(SamplingRequest):
     suffix: str | None = Field(
         None, description="refused unless empty: no gptkit model can insert text")
     logprobs: int | None = Field(
-        None, description="not supported yet: only none (no log-probabilities)")
+        None, ge=0, description="report each token's log-probability and those of this many "
+        "most likely tokens at its position (OpenAI's legacy format: tokens, token_logprobs, "
+        "top_logprobs, text_offset; top_logprobs also holds the chosen token). Generated "
+        "tokens: the log-softmax (fp32) of the scores they were drawn from, after the logits "
+        "processors: penalties, logit_bias, then temperature, top_k, top_p (-inf tokens are "
+        "left out of top_logprobs); at temperature 0 (greedy) the processed scores without "
+        "temperature; the raw model's when temperature is 1 and nothing else is set. Echoed "
+        "prompt tokens (echo: true): the raw model's, no processors (the first one null). "
+        "At most the server's max_logprobs (GET /health)")
     best_of: int | None = Field(
-        None, ge=1, le=MAX_N, description="only none or equal to n is supported")
+        None, ge=1, le=MAX_N, description="generate this many candidates per prompt and "
+        "return the n with the highest mean token log-probability (>= n; not with stream)")
     echo: bool = Field(False, description="start each completion's text with its prompt")
 
     @field_validator("prompt")
@@ -153,12 +167,8 @@ class CompletionRequest(SamplingRequest):
                              "cannot insert it before a suffix; leave suffix out")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("logprobs is not supported yet; leave it out or null")
-        return value
+    def candidates(self) -> int:
+        return max(self.n, self.best_of or 0)
 
     def prompts(self) -> list[str | list[int] | None]:
         """The prompts as a list, text or token ids; None starts a fresh document."""
@@ -205,11 +215,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy per-token log-probabilities of a choice (its text's tokens, in order;
+    with echo, the prompt's first)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]  # an echoed prompt's first token: null
+    top_logprobs: list[dict[str, float] | None]  # most likely tokens and the chosen one
+    text_offset: list[int]  # where each token starts in the choice's text (characters)
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

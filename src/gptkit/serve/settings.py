@@ -28,6 +28,7 @@ class ServeSettings:
     max_concurrent: int = 32  # requests in progress at once; more are refused with 429
     max_body_bytes: int = 1_000_000  # larger request bodies: 413
     max_attention_tokens: int = 128  # longest prompt whose attention map is drawn
+    max_logprobs: int = 20  # the most alternatives per token a request may ask (as vLLM)
 
     def check(self) -> None:
         """One GptkitError naming the first bad setting and its allowed range."""
@@ -44,6 +45,8 @@ class ServeSettings:
              f"--max-concurrent must be >= 1, got {self.max_concurrent}"),
             (self.max_body_bytes >= 1024,
              f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}"),
+            (self.max_logprobs >= 0,
+             f"--max-logprobs must be >= 0, got {self.max_logprobs}"),
             (self.max_attention_tokens >= 1,
              f"max_attention_tokens must be >= 1, got {self.max_attention_tokens}"),
             (self.api_key is None or (self.api_key.strip() == self.api_key
