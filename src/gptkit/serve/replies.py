@@ -1,7 +1,7 @@
 """How a generation job's events become an HTTP answer, for completions and chat alike.
 
-The engine reports each job as events (`Prompt`, `Delta`, `Finish`, `End`, `Failure`); `stream` turns
-them into server-sent events and `collect` into one JSON body. What differs between
+The engine reports each job as events (`Prompt`, `Delta`, `Finish`, `End`, `Failure`);
+`stream` turns them into server-sent events and `collect` into one JSON body. What differs between
 `/v1/completions` and `/v1/chat/completions` is only the shape of a choice (`text`, or a
 `message` / `delta`), which a `Shape` says, so both endpoints share one submit, stream and
 collect path and cannot drift apart.
