@@ -281,3 +281,23 @@ def test_chat_with_an_imported_hugging_face_chat_model(tmp_path, prompts, capsys
     messages += [{"role": "assistant", "content": reply},
                  {"role": "user", "content": "Who are you?"}]
     assert prompts[1] == hf_ids(folder, messages, True)
+
+
+def test_each_reply_of_a_seeded_chat_draws_its_own_randomness(run, monkeypatch):
+    """--seed S: reply n samples with seed S + n, so a conversation repeats as a whole
+    without every reply drawing the same random numbers."""
+    seeds: list[int | None] = []
+    real = chat_module.generate_tokens
+
+    def spy(model: Any, prompt: Any, settings: Any, **kw: Any) -> Iterator[torch.Tensor]:
+        seeds.append(settings.seed)
+        return real(model, prompt, settings, **kw)
+
+    monkeypatch.setattr(chat_module, "generate_tokens", spy)
+    s = session(run, temperature=1.0, seed=7)
+    s.reply("one")
+    s.reset()
+    s.reply("two")
+    assert seeds == [7, 8]
+    session(run, temperature=1.0, seed=None).reply("three")
+    assert seeds[-1] is None  # unseeded: fresh randomness

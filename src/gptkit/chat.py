@@ -70,6 +70,7 @@ class ChatSession:
         self.settings = settings.replace(stop=stops)
         self.system = system or None
         self.history: list[Message] = []  # user, assistant, user, assistant, ...
+        self.replies = 0  # replies generated so far: reply n samples with seed + n
         banned = bad_words_ids(tokenizer, settings.bad_words) + list(settings.bad_words_ids or [])
         self._decoding = self.settings.model_copy(
             update={"bad_words": [], "bad_words_ids": banned or None})
@@ -122,11 +123,16 @@ class ChatSession:
         string is held back until it is known not to be one. Ctrl-C (KeyboardInterrupt)
         stops the reply, which keeps the text shown so far."""
         eot_id, stops = self.tokenizer.eot_id, self.settings.stop
+        seed = self.settings.seed
+        # one seed gives the same conversation, yet each reply draws its own randomness
+        decoding = self._decoding.model_copy(
+            update={"seed": None if seed is None else seed + self.replies})
+        self.replies += 1
         new: list[int] = []
         shown = ""
         interrupted = False
         try:
-            for token in generate_tokens(self.model, prompt.ids, self._decoding, eot_id=eot_id):
+            for token in generate_tokens(self.model, prompt.ids, decoding, eot_id=eot_id):
                 t = int(token[0])
                 if t == eot_id:
                     break

@@ -59,6 +59,9 @@ def register(commands: Any) -> None:
     options.add_run(p, help="run directory with a chat template")
     p.add_argument("--system", metavar="TEXT", help="system prompt (change it with /system)")
     add_generation_flags(p)
+    for action in p._actions:  # parsed, so that asking for beams or samples gets a reason
+        if action.dest in ("num_samples", "num_beams", "length_penalty", "early_stopping"):
+            action.help = argparse.SUPPRESS
     # refused with a reason rather than argparse's "unrecognized arguments"
     p.add_argument("--prompt", action="append", help=argparse.SUPPRESS)
     p.add_argument("--prompts-file", help=argparse.SUPPRESS)
