@@ -301,3 +301,12 @@ def test_each_reply_of_a_seeded_chat_draws_its_own_randomness(run, monkeypatch):
     assert seeds == [7, 8]
     session(run, temperature=1.0, seed=None).reply("three")
     assert seeds[-1] is None  # unseeded: fresh randomness
+
+
+def test_characters_the_tokenizer_lacks_are_warned_about(run, capsys, monkeypatch):
+    code, _, err = chat(capsys, monkeypatch, run, "café\n", "--max-new-tokens", "2",
+                        "--system", "naïve")
+    assert code == 0, err
+    assert "1 character in the system prompt is not in the tokenizer" in err
+    assert "1 character in the message is not in the tokenizer and becomes <unk>, e.g. 'é'" \
+        in err

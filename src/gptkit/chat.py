@@ -81,9 +81,12 @@ class ChatSession:
 
     def messages(self, message: str | None = None) -> list[Message]:
         """The conversation: system prompt, history and, if given, a new user message."""
+        return self._conversation(self.history, message)
+
+    def _conversation(self, history: list[Message], message: str | None) -> list[Message]:
         head: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
         tail: list[Message] = [] if message is None else [{"role": "user", "content": message}]
-        return [*head, *self.history, *tail]
+        return [*head, *history, *tail]
 
     def reset(self) -> None:
         """Forget the history; the system prompt stays."""
@@ -95,9 +98,8 @@ class ChatSession:
 
     def encode(self, message: str, history: list[Message]) -> list[int]:
         """The prompt ids of `history` plus `message`, ready for the reply."""
-        head: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
-        messages = [*head, *history, {"role": "user", "content": message}]
-        return encode_chat(messages, self.tokenizer, self.template, add_generation_prompt=True)
+        return encode_chat(self._conversation(history, message), self.tokenizer, self.template,
+                           add_generation_prompt=True)
 
     def prepare(self, message: str) -> Prompt:
         """The prompt for `message` that leaves `max_new_tokens` of the context free, keeping

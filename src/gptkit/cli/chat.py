@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from gptkit.cli import options
@@ -122,9 +123,11 @@ def command(session: ChatSession, line: str, out: TextIO, err: TextIO) -> bool:
     return True
 
 
-def converse(session: ChatSession, lines: Any, out: TextIO, err: TextIO,
+def converse(session: ChatSession, lines: Iterable[str], out: TextIO, err: TextIO,
              interactive: bool) -> None:
     """Answer each message of `lines` (an iterator of lines; a terminal's ends at EOF)."""
+    from gptkit.tokenizers import unknown_warning
+
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line.strip():
@@ -133,6 +136,10 @@ def converse(session: ChatSession, lines: Any, out: TextIO, err: TextIO,
             if not command(session, line.strip(), out, err):
                 return
             continue
+        warning = unknown_warning(session.tokenizer.unknown_characters([line]), "the message",
+                                  fix="the model has never seen them")
+        if warning:
+            print(f"gptkit: {warning}", file=err)
         try:
             prompt = session.prepare(line)
         except GptkitError as exc:
@@ -156,7 +163,7 @@ def converse(session: ChatSession, lines: Any, out: TextIO, err: TextIO,
         out.write("\n")
 
 
-def _typed() -> Any:
+def _typed() -> Iterator[str]:
     """Lines typed at a terminal (readline editing), until EOF."""
     while True:
         try:
