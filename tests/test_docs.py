@@ -10,6 +10,7 @@ A Python block may be preceded by an HTML comment the tests read:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -292,8 +293,10 @@ TINY_STEPS = {"train": [*TINY, *LOGS, "train.eval_tokens=256", "log.sample_token
               "distill": [*TINY, *LOGS, "train.eval_tokens=256", "log.sample_tokens=0"],
               "finetune": [*TINY, *LOGS, "log.sample_tokens=0"],
               "finetune-classify": TINY}
+# what an interactive command reads on stdin
+STDIN = {"chat": "Hello!\n/settings\n"}
 # appended where the command has the flag, to keep generation short
-SHORT = {"sample": ["--max-new-tokens", "8"],
+SHORT = {"sample": ["--max-new-tokens", "8"], "chat": ["--max-new-tokens", "8"],
          "eval-generate": ["--limit", "4", "--max-new-tokens", "8"]}
 
 
@@ -324,6 +327,7 @@ def _run(argv: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, where: str
     from gptkit.cli import main
 
     monkeypatch.chdir(cwd)
+    monkeypatch.setattr("sys.stdin", io.StringIO(STDIN.get(argv[0], "")))
     try:
         main(argv)
     except SystemExit as exc:

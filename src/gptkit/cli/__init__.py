@@ -5,6 +5,7 @@ into a one-line message and exit code 2.
     train.py       prepare, train, finetune, distill
     evaluation.py  eval, eval-generate
     sample.py      sample
+    chat.py        chat
     runs.py        info, compare, plot
     export.py      export, prune, import
     classify.py    finetune-classify, classify
@@ -20,13 +21,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gptkit.cli import classify, evaluation, examples, export, options, runs, sample, serve
+from gptkit.cli import (
+    chat,
+    classify,
+    evaluation,
+    examples,
+    export,
+    options,
+    runs,
+    sample,
+    serve,
+)
 from gptkit.cli import train as train_commands
 from gptkit.cli import viz as viz_commands
 from gptkit.errors import GptkitError
 
 # in the order `gptkit --help` lists them
-GROUPS = (train_commands, evaluation, sample, runs, export, examples, classify, viz_commands,
+GROUPS = (train_commands, evaluation, sample, chat, runs, export, examples, classify, viz_commands,
           serve)
 
 

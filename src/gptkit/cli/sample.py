@@ -11,6 +11,17 @@ from gptkit.cli import options
 from gptkit.errors import GptkitError
 from gptkit.generation.config import GenerationConfig
 
+# the help of --quantize and --precision, which `gptkit chat` shares
+QUANTIZE_HELP = (
+    f"{options.INT8_HELP}: weights about 3.5x smaller in memory. Faster only for wide models: "
+    "batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) on the default "
+    "recipe's 0.8M-parameter model, 3.1x on a 6-layer, 384-wide GPT-2 with its 50,257-token "
+    "vocabulary (docs/design.md, int8)")
+PRECISION_HELP = (
+    "weights' dtype for generation; auto (default): bf16 on GPUs and on CPUs with bf16 matrix "
+    "instructions for models of at least 2M parameters (about 2x faster per token there), "
+    "else fp32")
+
 
 def register(commands: Any) -> None:
     p = commands.add_parser(
@@ -25,6 +36,16 @@ def register(commands: Any) -> None:
     p.add_argument("--prompts-file", metavar="FILE",
                    help="a batch of prompts, one per line (blank lines skipped), added after "
                    "any --prompt")
+    add_generation_flags(p)
+    p.add_argument("--stream", action="store_true", help="print text as it is generated "
+                   "(beam search: when the search ends)")
+    options.add_inference(p, quantize=QUANTIZE_HELP, precision=PRECISION_HELP)
+    p.set_defaults(handler=sample)
+
+
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    """The generation settings as flags (each a `GenerationConfig` field, read by
+    `settings_from_flags`): `gptkit sample` and `gptkit chat` take the same ones."""
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate per sample")
     p.add_argument("--min-new-tokens", type=int,
                    help="forbid the end-of-text token until this many new tokens (0 = off)")
@@ -76,17 +97,6 @@ def register(commands: Any) -> None:
                    "transformers' pipeline and llama.cpp do: a sampler asked again is asked "
                    "for another text (the run's sample.seed seeds only the samples training "
                    "writes to samples.txt)")
-    p.add_argument("--stream", action="store_true", help="print text as it is generated "
-                   "(beam search: when the search ends)")
-    options.add_inference(
-        p, quantize=f"{options.INT8_HELP}: weights about 3.5x smaller in memory. Faster only for "
-        "wide models: batch-1 generation measured 0.90x to 1.08x the fp32 speed (median 0.97x) "
-        "on the default recipe's 0.8M-parameter model, 3.1x on a 6-layer, 384-wide GPT-2 with "
-        "its 50,257-token vocabulary (docs/design.md, int8)",
-        precision="weights' dtype for generation; auto (default): bf16 on GPUs and on CPUs "
-        "with bf16 matrix instructions for models of at least 2M parameters (about 2x faster "
-        "per token there), else fp32")
-    p.set_defaults(handler=sample)
 
 
 def settings_from_flags(args: argparse.Namespace, base: GenerationConfig,
