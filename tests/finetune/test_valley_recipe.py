@@ -97,7 +97,8 @@ def test_both_stages_run_and_the_result_answers_a_chat(capsys, tmp_path, monkeyp
     code, _, err = run_cli(capsys, "train", "--recipe", "valley", "--out", "runs/valley",
                            "--no-progress", *_sets([*TINY, "train.eval_tokens=256"]))
     assert code == 0, err
-    code, _, err = run_cli(capsys, "finetune", "runs/valley", "--recipe", "valley-chat",
+    code, _, err = run_cli(capsys, "finetune", "runs/valley", "--data",
+                           "examples/valley-chat.jsonl", "--recipe", "valley-chat",
                            "--out", "runs/valley-chat", "--no-progress",
                            *_sets([s for s in TINY if not s.startswith(("model.", "data."))]))
     assert code == 0, err
