@@ -207,7 +207,7 @@ def test_every_gptkit_command_is_documented():
 # runs/sc-heads25` reads what the first made.
 ALIASES = ("shakespeare-char", "base", "a", "b", "big")  # names the pages give any trained run
 CHEAP_RECIPES = {None, "shakespeare-char", "shakespeare-char-fast", "shakespeare-char-student",
-                 "sft", "sft-lora", "sentiment", "ner"}
+                 "sft", "sft-lora", "sentiment", "ner", "valley", "valley-chat"}
 NEVER_RUN = {"serve": "blocks, serving forever (tests/serve runs it)",
              "import": "reads the Hugging Face hub (tests/interop runs it on a folder)",
              "prepare": "tokenises a whole corpus (tests/data runs it)"}
