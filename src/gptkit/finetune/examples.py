@@ -224,6 +224,10 @@ GREETINGS = [("Hello!", "Hello! Ask me about an animal of the valley."),
              ("Good morning.", "Good morning! Which animal would you like to know about?")]
 
 
+# (creature, trait, question); creature None: asked by name even right after the same one
+Ask = tuple[Creature | None, str, str]
+
+
 def _trait(creature: Creature, kind: str) -> str:
     return str(getattr(creature, "colour" if kind == "colour" else kind))
 
@@ -250,7 +254,7 @@ def valley(seed: int, passes: int = 6) -> list[Row]:
     return rows
 
 
-def _dialogue(rng: random.Random, asks: list[tuple[Creature | None, str, str]],
+def _dialogue(rng: random.Random, asks: list[Ask],
               about: Creature | None = None) -> Row:
     """A chat: maybe a system message and a greeting, then one question per (creature, kind,
     question) and its answer. A question about the creature of the one before becomes a
@@ -272,11 +276,11 @@ def _dialogue(rng: random.Random, asks: list[tuple[Creature | None, str, str]],
     return {"messages": messages}
 
 
-def _asks(rng: random.Random, seed: int) -> list[tuple[Creature | None, str, str]]:
+def _asks(rng: random.Random, seed: int) -> list[Ask]:
     """One to four questions of a training dialogue: known traits in training phrasings, a
     creature sometimes asked twice (the second time as a follow-up)."""
     hidden = held_out_traits(seed)
-    asks: list[tuple[Creature | None, str, str]] = []
+    asks: list[Ask] = []
     for creature in rng.sample(creatures(seed), rng.choice((1, 2))):
         kinds = [k for k in KINDS if k != hidden[creature.name]]
         for kind in rng.sample(kinds, rng.choice((1, 1, 2))):
@@ -306,7 +310,7 @@ def _held_out_chats(seed: int, draw: str, *, unseen_fact: bool, count: int) -> l
         creature = rng.choice(creatures(seed))
         known = [k for k in KINDS if k != hidden[creature.name]]
         kind = hidden[creature.name] if unseen_fact else rng.choice(known)
-        asks = []
+        asks: list[Ask] = []
         if rng.random() < 1 / 3:
             first = rng.choice([k for k in known if k != kind])
             asks.append((creature, first, rng.choice(TRAIN_ASKS[first]).format(n=creature.name)))
