@@ -27,5 +27,6 @@ def examples(args: argparse.Namespace) -> None:
 
     paths = write_examples(args.out, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {len(paths)} example files to {args.out}:")
+    width = max(len(path.name) for path in paths)
     for path, (_, purpose) in zip(paths, EXAMPLES.values(), strict=True):
-        print(f"  {path.name:<17} {purpose}")
+        print(f"  {path.name:<{width}} {purpose}")

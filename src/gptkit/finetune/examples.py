@@ -183,6 +183,158 @@ def chat(seed: int, count: int = 250) -> list[Row]:
     return rows
 
 
+# --- the valley: a chat recipe's data (docs/finetuning.md, "A model you can chat with") ---
+# Pre-training prose states every fact of the table; the chat dialogues ask about all but one
+# trait of each creature (its held-out trait, known only from the prose) in the question
+# phrasings of TRAIN_ASKS; the held-out files ask the held-out traits, or known traits in
+# phrasings no training dialogue uses (HELD_OUT_ASKS).
+
+ANSWERS = {"colour": "The {n} is {v}.", "home": "The {n} lives in the {v}.",
+           "food": "The {n} eats {v}.", "legs": "The {n} has {v} legs."}
+PROSE = {
+    "colour": ["The {n} is {v}.", "The {n} has {v} fur.", "The colour of the {n} is {v}.",
+               "A {v} animal, the {n} is easy to spot."],
+    "home": ["The {n} lives in the {v}.", "The {n} makes its home in the {v}.",
+             "You can find the {n} in the {v}.", "In the {v} lives the {n}."],
+    "food": ["The {n} eats {v}.", "The {n} feeds on {v}.", "The favourite food of the {n} is {v}.",
+             "Every day the {n} looks for {v} to eat."],
+    "legs": ["The {n} has {v} legs.", "The {n} walks on {v} legs.",
+             "The {n} is an animal with {v} legs.", "Count the legs of the {n}: {v}."],
+}
+TRAIN_ASKS = {
+    "colour": ["What colour is the {n}?", "What color is the {n}?", "Which colour is the {n}?",
+               "Tell me the colour of the {n}."],
+    "home": ["Where does the {n} live?", "Where is the {n} found?", "Where can I find the {n}?",
+             "Tell me where the {n} lives."],
+    "food": ["What does the {n} eat?", "What food does the {n} like?",
+             "What is the favourite food of the {n}?", "Tell me what the {n} eats."],
+    "legs": ["How many legs does the {n} have?", "How many legs has the {n}?",
+             "Tell me how many legs the {n} has.", "What number of legs does the {n} have?"],
+}
+FOLLOW_UPS = {"colour": "And what colour is it?", "home": "And where does it live?",
+              "food": "And what does it eat?", "legs": "And how many legs does it have?"}
+HELD_OUT_ASKS = {
+    "colour": ["Do you know what colour the {n} is?", "What is the colour of the {n}?"],
+    "home": ["Do you know where the {n} lives?", "What is the home of the {n}?"],
+    "food": ["Do you know what the {n} eats?", "What does the {n} feed on?"],
+    "legs": ["Do you know how many legs the {n} has?", "How many legs are on the {n}?"],
+}
+GREETINGS = [("Hello!", "Hello! Ask me about an animal of the valley."),
+             ("Hi, who are you?", "I know the animals of the valley. Ask me about one."),
+             ("Good morning.", "Good morning! Which animal would you like to know about?")]
+
+
+# (creature, trait, question); creature None: asked by name even right after the same one
+Ask = tuple[Creature | None, str, str]
+
+
+def _trait(creature: Creature, kind: str) -> str:
+    return str(getattr(creature, "colour" if kind == "colour" else kind))
+
+
+def held_out_traits(seed: int) -> dict[str, str]:
+    """Creature name -> the one trait no training dialogue asks about (only prose states it)."""
+    rng = random.Random(f"{seed}:valley-held-out")
+    return {c.name: rng.choice(KINDS) for c in creatures(seed)}
+
+
+def valley(seed: int, passes: int = 6) -> list[Row]:
+    """Pre-training documents ({"text"}): one paragraph per creature per pass, every trait
+    stated in a random one of PROSE's phrasings, sentences in random order. Each creature
+    has `passes` paragraphs, so the held-out last documents repeat what training reads."""
+    rng = random.Random(f"{seed}:valley")
+    rows = []
+    for _ in range(passes):
+        for creature in rng.sample(creatures(seed), len(creatures(seed))):
+            facts = [rng.choice(PROSE[kind]).format(n=creature.name, v=_trait(creature, kind))
+                     for kind in KINDS]
+            rng.shuffle(facts)
+            opening = f"The {creature.name} is an animal of the valley."
+            rows.append({"text": " ".join([opening, *facts])})
+    return rows
+
+
+def _dialogue(rng: random.Random, asks: list[Ask],
+              about: Creature | None = None) -> Row:
+    """A chat: maybe a system message and a greeting, then one question per (creature, kind,
+    question) and its answer. A question about the creature of the one before becomes a
+    follow-up ("And what does it eat?"); creature None (with `about`) keeps the question."""
+    messages = [{"role": "system", "content": rng.choice(SYSTEMS)}] if rng.random() < 0.5 else []
+    if rng.random() < 0.3:
+        hello, reply = rng.choice(GREETINGS)
+        messages += [{"role": "user", "content": hello}, {"role": "assistant", "content": reply}]
+    previous = None
+    for creature, kind, question in asks:
+        if creature is not None and creature is previous:
+            question = FOLLOW_UPS[kind]
+        subject = creature or about
+        assert subject is not None
+        answer = ANSWERS[kind].format(n=subject.name, v=_trait(subject, kind))
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": answer}]
+        previous = creature
+    return {"messages": messages}
+
+
+def _asks(rng: random.Random, seed: int) -> list[Ask]:
+    """One to four questions of a training dialogue: known traits in training phrasings, a
+    creature sometimes asked twice (the second time as a follow-up)."""
+    hidden = held_out_traits(seed)
+    asks: list[Ask] = []
+    for creature in rng.sample(creatures(seed), rng.choice((1, 2))):
+        kinds = [k for k in KINDS if k != hidden[creature.name]]
+        for kind in rng.sample(kinds, rng.choice((1, 1, 2))):
+            asks.append((creature, kind, rng.choice(TRAIN_ASKS[kind]).format(n=creature.name)))
+    return asks
+
+
+def valley_chat(seed: int, count: int = 900, held_out: int = 100) -> list[Row]:
+    """Chat fine-tuning records: `count` training dialogues, then `held_out` more (the last
+    10%: the validation split of data.val_fraction 0.1), half asking held-out traits and half
+    known traits in held-out phrasings (other draws than the valley-unseen-* files)."""
+    rng = random.Random(f"{seed}:valley-chat")
+    rows = [_dialogue(rng, _asks(rng, seed)) for _ in range(count)]
+    return (rows + _held_out_chats(seed, "val", unseen_fact=True, count=held_out // 2)
+            + _held_out_chats(seed, "val", unseen_fact=False, count=held_out - held_out // 2))
+
+
+def _held_out_chats(seed: int, draw: str, *, unseen_fact: bool, count: int) -> list[Row]:
+    """Chats whose last answer is scored: a creature's held-out trait asked in a training
+    phrasing (unseen_fact), or one of its known traits asked in a held-out phrasing. A third
+    first ask a known trait of the same creature, so that the scored question is a follow-up
+    (unseen facts) or comes after some history (unseen questions)."""
+    rng = random.Random(f"{seed}:valley-{draw}-{'facts' if unseen_fact else 'questions'}")
+    hidden = held_out_traits(seed)
+    rows = []
+    for _ in range(count):
+        creature = rng.choice(creatures(seed))
+        known = [k for k in KINDS if k != hidden[creature.name]]
+        kind = hidden[creature.name] if unseen_fact else rng.choice(known)
+        asks: list[Ask] = []
+        if rng.random() < 1 / 3:
+            first = rng.choice([k for k in known if k != kind])
+            asks.append((creature, first, rng.choice(TRAIN_ASKS[first]).format(n=creature.name)))
+        phrasings = TRAIN_ASKS if unseen_fact else HELD_OUT_ASKS
+        question = rng.choice(phrasings[kind]).format(n=creature.name)
+        if asks and not unseen_fact:
+            asks.append((None, kind, question))  # asked by name: no follow-up
+        else:
+            asks.append((creature, kind, question))
+        rows.append(_dialogue(rng, asks, creature))
+    return rows
+
+
+def valley_unseen_facts(seed: int) -> list[Row]:
+    """Held-out chats whose last answer is a trait only the pre-training prose states."""
+    return _held_out_chats(seed, "test", unseen_fact=True, count=150)
+
+
+def valley_unseen_questions(seed: int) -> list[Row]:
+    """Held-out chats whose last question asks a trait the dialogues teach, in a phrasing
+    no training dialogue uses."""
+    return _held_out_chats(seed, "test", unseen_fact=False, count=150)
+
+
 POSITIVE = ["great", "wonderful", "excellent", "lovely", "delightful", "superb", "fantastic"]
 NEGATIVE = ["terrible", "awful", "boring", "dreadful", "poor", "disappointing", "horrible"]
 SUBJECTS = ["film", "meal", "hotel", "concert", "book", "service", "trip", "game", "show"]
@@ -261,6 +413,12 @@ EXAMPLES: dict[str, tuple[Callable[[int], list[Row]], str]] = {
     "tasks.jsonl": (tasks, "questions with references: gptkit eval-generate"),
     "sentiment.csv": (sentiment, "text,label pos/neg: gptkit finetune-classify"),
     "ner.jsonl": (ner, "tokens and BIO tags: gptkit finetune-classify --recipe ner"),
+    "valley.jsonl": (valley, "prose about the animals (text): gptkit train --recipe valley"),
+    "valley-chat.jsonl": (valley_chat, "dialogues about them: gptkit finetune --recipe "
+                          "valley-chat"),
+    "valley-unseen-facts.jsonl": (valley_unseen_facts, "held-out traits: gptkit eval-generate"),
+    "valley-unseen-questions.jsonl": (valley_unseen_questions, "held-out phrasings: gptkit "
+                                      "eval-generate"),
 }
 
 
