@@ -1,7 +1,8 @@
 """The HTTP API and the playground page: `create_app(run, settings)` builds the FastAPI app.
 
-Endpoints: POST /v1/completions (OpenAI's completions API, server-sent events when
-`stream` is true), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
+Endpoints: POST /v1/completions and POST /v1/chat/completions (OpenAI's completions and chat
+APIs, server-sent events when `stream` is true; both through one submit path and
+`replies`), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
 POST /v1/attention (the playground's attention map), GET /health, and the playground at /.
 Model work runs in one worker thread; completion requests go through the micro-batcher.
 """
@@ -10,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -21,17 +19,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
 
+from gptkit.chat_template import ChatTemplate, require_chat_template
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
+from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
 from gptkit.serve.batcher import Batcher
-from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job
-from gptkit.serve.errors import APIError, error_body, install_handlers
+from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
+from gptkit.serve.engine import Engine, Event, Job
+from gptkit.serve.errors import APIError, install_handlers
 from gptkit.serve.limits import Gate, Guard
+from gptkit.serve.replies import ChatShape, EventStream, Shape, collect, meta, stream
 from gptkit.serve.schemas import (
     MAX_N,
     AttentionRequest,
@@ -43,11 +44,11 @@ from gptkit.serve.schemas import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    SamplingRequest,
 )
 from gptkit.serve.settings import ServeSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
-DISCONNECT_POLL_S = 0.5  # how often a waiting (non-streamed) request checks its client
 T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -56,30 +57,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         404: "unknown model", 413: "body or prompt too large", 422: "invalid or unknown field",
         429: "too many requests in progress (--max-concurrent)"}.items()
 }
-
-
-class EventStream(StreamingResponse):
-    """Server-sent events that call `on_close` however the response ends: finished, client
-    gone (its generation is then cancelled), or never started."""
-
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._content = content
-        self.on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
-            with contextlib.suppress(Exception):
-                await self._content.aclose()  # type: ignore[attr-defined]
-
-
-def _sse(data: dict[str, Any] | str) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n"
 
 
 def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None = None,
@@ -128,6 +105,14 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             kind, use = (("a classifier", "POST /v1/classify") if engine.task == "classify"
                          else ("a language model", "POST /v1/completions"))
             raise APIError(400, f"{engine.name} is {kind} run; use {use}", code="wrong_task")
+
+    template: ChatTemplate | None = None
+    no_template = ""
+    if engine.task == "generate":
+        try:
+            template = require_chat_template(engine.run.path)
+        except GptkitError as exc:
+            no_template = " ".join(str(exc).split())
 
     def check_prompt(ids: list[int], limit: int, what: str = "prompt") -> None:
         if len(ids) > limit:
@@ -185,37 +170,30 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         return ModelCard(id=engine.name, created=engine.created, task=engine.task,
                          context_length=engine.block_size)
 
-    # --- completions ----------------------------------------------------------------------
-    @app.post("/v1/completions", response_model=Completion, responses=ERRORS)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        """Continue the prompt(s); `stream: true` sends server-sent events, `data: [DONE]`
-        last. Choices come prompt by prompt, each prompt's `n` together."""
-        check_model(body.model, "generate")
-        max_tokens = default_tokens if body.max_tokens is None else body.max_tokens
+    # --- completions and chat: one path from checked request to answer --------------------
+    def check_sampling(body: SamplingRequest, max_tokens: int | None, param: str,
+                       prompts: list[list[int]]) -> int:
+        """Check what completions and chat requests share; the resolved max_tokens."""
+        max_tokens = default_tokens if max_tokens is None else max_tokens
         if max_tokens > settings.max_tokens:
-            raise APIError(422, f"max_tokens: {max_tokens} is more than the server's limit of "
-                           f"{settings.max_tokens}", param="max_tokens")
-        if body.best_of is not None and body.best_of != body.n:
-            raise APIError(422, f"best_of ({body.best_of}) must equal n ({body.n}): ranking "
-                           "more candidates than are returned is not supported yet",
-                           param="best_of")
-        prompts = body.prompts()
+            raise APIError(422, f"{param}: {max_tokens} is more than the server's limit of "
+                           f"{settings.max_tokens}", param=param)
         most = max(settings.max_batch_size, MAX_N)
         if len(prompts) * body.n > most:
             raise APIError(422, f"n: {len(prompts)} prompts x n {body.n} = "
                            f"{len(prompts) * body.n} completions, more than the server's limit "
                            f"of {most} per request", param="n")
         try:
-            ids = [engine.encode_prompt(p) for p in prompts]
-        except GptkitError as exc:
-            raise APIError(422, str(exc), param="prompt") from exc
-        bias = body.bias()
-        try:
-            engine.check_ids(bias or {}, "logit_bias")
+            engine.check_ids(body.bias() or {}, "logit_bias")
         except GptkitError as exc:
             raise APIError(422, str(exc), param="logit_bias") from exc
-        for p in ids:
+        for p in prompts:
             check_prompt(p, settings.max_prompt_tokens)
+        return max_tokens
+
+    async def generate(prompts: list[list[int]], config: GenerationConfig, shape: Shape,
+                       body: SamplingRequest, request: Request) -> Response:
+        """Queue the job for the batcher; answer with its events streamed or collected."""
         gate.enter()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -224,8 +202,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        job = Job(prompts=ids, settings=body.generation_config(sample, max_tokens),
-                  stream=body.stream, emit=emit)
+        job = Job(prompts=prompts, settings=config, stream=body.stream, emit=emit)
         closed = False
 
         def close() -> None:
@@ -235,23 +212,60 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                 job.cancelled.set()  # generation stops at its next token if still running
                 gate.leave()
 
-        texts = [engine.tokenizer.decode(p) if isinstance(p, list) else (p or "")
-                 for p in prompts]
-        heads = [text if body.echo else "" for text in texts for _ in range(body.n)]
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                "created": int(time.time()), "model": engine.name}
+        head = meta(shape, engine.name)
         try:
             batcher.submit(job)
         except Exception:
             close()
             raise
         if body.stream:
-            usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventStream(_stream(queue, meta, heads, usage), close)
+            return EventStream(stream(queue, shape, head, body.include_usage), close)
         try:
-            return await _collect(queue, meta, heads, request, job)
+            return await collect(queue, shape, head, request, job)
         finally:
             close()
+
+    @app.post("/v1/completions", response_model=Completion, responses=ERRORS)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """Continue the prompt(s); `stream: true` sends server-sent events, `data: [DONE]`
+        last. Choices come prompt by prompt, each prompt's `n` together."""
+        check_model(body.model, "generate")
+        if body.best_of is not None and body.best_of != body.n:
+            raise APIError(422, f"best_of ({body.best_of}) must equal n ({body.n}): ranking "
+                           "more candidates than are returned is not supported yet",
+                           param="best_of")
+        prompts = body.prompts()
+        try:
+            ids = [engine.encode_prompt(p) for p in prompts]
+        except GptkitError as exc:
+            raise APIError(422, str(exc), param="prompt") from exc
+        max_tokens = check_sampling(body, body.max_tokens, "max_tokens", ids)
+        texts = [engine.tokenizer.decode(p) if isinstance(p, list) else (p or "")
+                 for p in prompts]
+        heads = [text if body.echo else "" for text in texts for _ in range(body.n)]
+        return await generate(ids, body.generation_config(sample, max_tokens), Shape(heads),
+                              body, request)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        """Answer the conversation as the assistant, through the run's chat template;
+        `stream: true` sends `chat.completion.chunk` events, `data: [DONE]` last."""
+        check_model(body.model, "generate")
+        if template is None:
+            raise APIError(400, no_template, code="no_chat_template", param="messages")
+        # LOGPROBS (chat): the one place to wire the engine's per-token log-probabilities
+        # in; until then logprobs: true is refused here
+        if body.logprobs:
+            raise APIError(422, "logprobs: true is not supported yet on /v1/chat/completions; "
+                           "leave logprobs out or false", param="logprobs")
+        try:
+            ids, turn_stops = chat_prompt(body, template, engine.tokenizer)
+        except GptkitError as exc:
+            raise APIError(422, str(exc), param="messages") from exc
+        param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
+        max_tokens = check_sampling(body, body.new_tokens, param, [ids])
+        config = body.generation_config(sample, max_tokens, more_stops=turn_stops)
+        return await generate([ids], config, ChatShape(body.n), body, request)
 
     # --- classification and attention ----------------------------------------------------
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)
@@ -284,59 +298,3 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         return AttentionResponse.model_validate({"model": engine.name, **maps})
 
     return app
-
-
-async def _stream(queue: asyncio.Queue[Event], meta: dict[str, Any], heads: list[str],
-                  include_usage: bool) -> AsyncIterator[str]:
-    """OpenAI's streamed completion: text chunks as they come, a chunk with each choice's
-    finish_reason, optionally the usage, then [DONE]."""
-
-    def chunk(index: int, text: str, reason: str | None = None) -> str:
-        return _sse({**meta, "choices": [{"index": index, "text": text,
-                                          "finish_reason": reason, "logprobs": None}]})
-
-    for index, head in enumerate(heads):
-        if head:
-            yield chunk(index, head)
-    while True:
-        event = await queue.get()
-        if isinstance(event, Delta):
-            yield chunk(event.index, event.text)
-        elif isinstance(event, Finish):
-            yield chunk(event.index, "", event.reason)
-        elif isinstance(event, Failure):
-            yield _sse(error_body(event.status, event.message))
-            return
-        elif isinstance(event, End):
-            if include_usage:
-                yield _sse({**meta, "choices": [], "usage": _usage(event)})
-            yield _sse("[DONE]")
-            return
-
-
-async def _collect(queue: asyncio.Queue[Event], meta: dict[str, Any], heads: list[str],
-                   request: Request, job: Job) -> JSONResponse:
-    """The whole completion; gives up (cancelling the work) if the client disconnects."""
-    finished: dict[int, Finish] = {}
-    while True:
-        try:
-            event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled.set()
-                return JSONResponse(error_body(499, "the client disconnected"), 499)
-            continue
-        if isinstance(event, Finish):
-            finished[event.index] = event
-        elif isinstance(event, Failure):
-            raise APIError(event.status, event.message)
-        elif isinstance(event, End):
-            choices = [{"index": i, "text": heads[i] + finished[i].text,
-                        "finish_reason": finished[i].reason, "logprobs": None}
-                       for i in range(len(heads))]
-            return JSONResponse({**meta, "choices": choices, "usage": _usage(event)})
-
-
-def _usage(end: End) -> dict[str, int]:
-    return {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens,
-            "total_tokens": end.prompt_tokens + end.completion_tokens}

@@ -35,16 +35,11 @@ class StreamOptions(Strict):
         False, description="send a last chunk with the token counts before [DONE]")
 
 
-class CompletionRequest(Strict):
-    """POST /v1/completions."""
+class SamplingRequest(Strict):
+    """What completions and chat completions requests share: the model, the sampling settings,
+    stop strings, n, seed and streaming."""
 
     model: str | None = Field(None, description="the served model's id (optional)")
-    prompt: str | list[str] | list[int] | list[list[int]] | None = Field(
-        None, description="text to continue, or a list of them, or token ids (one prompt) or "
-        "a list of token id lists; none or empty: start a fresh document (from the "
-        "end-of-text token)")
-    suffix: str | None = Field(
-        None, description="refused unless empty: no gptkit model can insert text")
     max_tokens: int | None = Field(
         None, ge=0, description="new tokens per completion (default: the run's "
         "sample.max_new_tokens, at most the server's limit)")
@@ -63,10 +58,6 @@ class CompletionRequest(Strict):
     logit_bias: dict[str, float] | None = Field(
         None, description="token id (as a string, JSON's keys) -> number from -100 to 100 "
         "added to its score at every step")
-    logprobs: int | None = Field(
-        None, description="not supported yet: only none (no log-probabilities)")
-    best_of: int | None = Field(
-        None, ge=1, le=MAX_N, description="only none or equal to n is supported")
     stop: str | list[str] | None = Field(
         None, description=f"up to {MAX_STOP} strings; the text ends before the first one")
     n: int = Field(1, ge=1, le=MAX_N, description="completions per prompt")
@@ -74,8 +65,72 @@ class CompletionRequest(Strict):
         None, ge=SEED_MIN, le=SEED_MAX, description="same seed, same text; none: random")
     stream: bool = Field(False, description="send server-sent events as text appears")
     stream_options: StreamOptions | None = None
-    echo: bool = Field(False, description="start each completion's text with its prompt")
     user: str | None = Field(None, max_length=256, description="ignored (OpenAI compatibility)")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids (got {key!r})")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias of token {key} must be in [-100, 100] "
+                                 f"(got {bias})")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
+        if not all(stops):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def bias(self) -> dict[int, float] | None:
+        """`logit_bias` with integer token ids; None when empty."""
+        return {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def generation_config(self, run: GenerationConfig, max_tokens: int,
+                          more_stops: list[str] | None = None) -> GenerationConfig:
+        """The settings this request generates with: its own, or for temperature, top_k and
+        top_p the run's `sample` section (as `gptkit sample` without those flags);
+        `max_tokens` is already resolved against the server's limit, `more_stops` are the
+        server's own (a chat template's end of turn). Settings the API does not offer stay at
+        their neutral defaults; top_k 0 means all tokens."""
+        top_k = run.top_k if self.top_k is None else self.top_k
+        return GenerationConfig(
+            max_new_tokens=max_tokens,
+            temperature=run.temperature if self.temperature is None else self.temperature,
+            top_k=top_k or None, top_p=run.top_p if self.top_p is None else self.top_p,
+            stop=[*self.stops(), *(more_stops or [])], num_samples=self.n, seed=self.seed,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0, logit_bias=self.bias(),
+        )
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] | None = Field(
+        None, description="text to continue, or a list of them, or token ids (one prompt) or "
+        "a list of token id lists; none or empty: start a fresh document (from the "
+        "end-of-text token)")
+    suffix: str | None = Field(
+        None, description="refused unless empty: no gptkit model can insert text")
+    logprobs: int | None = Field(
+        None, description="not supported yet: only none (no log-probabilities)")
+    best_of: int | None = Field(
+        None, ge=1, le=MAX_N, description="only none or equal to n is supported")
+    echo: bool = Field(False, description="start each completion's text with its prompt")
 
     @field_validator("prompt")
     @classmethod
@@ -105,27 +160,6 @@ class CompletionRequest(Strict):
             raise ValueError("logprobs is not supported yet; leave it out or null")
         return value
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (value or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys are token ids (got {key!r})")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"logit_bias of token {key} must be in [-100, 100] "
-                                 f"(got {bias})")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
-        if not all(stops):
-            raise ValueError("stop strings must not be empty")
-        return value
-
     def prompts(self) -> list[str | list[int] | None]:
         """The prompts as a list, text or token ids; None starts a fresh document."""
         value = self.prompt
@@ -135,28 +169,6 @@ class CompletionRequest(Strict):
         if items and isinstance(items[0], int):
             return [[int(i) for i in items]]
         return [p or None for p in items]
-
-    def bias(self) -> dict[int, float] | None:
-        """`logit_bias` with integer token ids; None when empty."""
-        return {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-    def generation_config(self, run: GenerationConfig, max_tokens: int) -> GenerationConfig:
-        """The settings this request generates with: its own, or for temperature, top_k and
-        top_p the run's `sample` section (as `gptkit sample` without those flags);
-        `max_tokens` is already resolved against the server's limit. Settings the API does
-        not offer stay at their neutral defaults; top_k 0 means all tokens."""
-        top_k = run.top_k if self.top_k is None else self.top_k
-        return GenerationConfig(
-            max_new_tokens=max_tokens,
-            temperature=run.temperature if self.temperature is None else self.temperature,
-            top_k=top_k or None, top_p=run.top_p if self.top_p is None else self.top_p,
-            stop=self.stops(), num_samples=self.n, seed=self.seed,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            presence_penalty=self.presence_penalty or 0.0, logit_bias=self.bias(),
-        )
 
 
 class ClassifyRequest(Strict):
