@@ -50,7 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
           progress=False)
     write_chat_template(run_dir, default_chat_template())
     export = root / "export"
-    assert main(["export", str(run_dir), "--format", "hf", "--out", str(export)]) == 0
+    main(["export", str(run_dir), "--format", "hf", "--out", str(export)])
     with pytest.MonkeyPatch.context() as env:
         # lm-eval reads its tasks' data through `datasets`: offline, with caches in tmp_path,
         # and the tasks' relative data_files found from their folder
@@ -88,16 +88,16 @@ def hf_results(served: dict[str, Any]) -> dict[str, Any]:
                            "device": "cpu"}, [MC, GEN])
 
 
-@pytest.fixture(scope="module")
-def api_results(served: dict[str, Any]) -> dict[str, Any]:
+def completions(served: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """`--model local-completions` on the server: token-id prompts, its export's tokenizer."""
     return evaluate("local-completions", {
         "model": served["model"], "base_url": served["url"] + "/v1/completions",
         "tokenizer_backend": "huggingface", "tokenizer": str(served["export"]),
-        "tokenized_requests": True, "max_length": BLOCK, "max_retries": 1}, [MC, GEN])
+        "tokenized_requests": True, "max_length": BLOCK, "max_retries": 1}, tasks)
 
 
-def test_local_completions_scores_multiple_choice_as_transformers_does(hf_results,
-                                                                       api_results):
+def test_local_completions_scores_multiple_choice_as_transformers_does(served, hf_results):
+    api_results = completions(served, [MC])
     hf, api = by_doc(hf_results, MC), by_doc(api_results, MC)
     assert sorted(hf) == sorted(api) == list(range(20))
     greedy = 0
@@ -115,7 +115,8 @@ def test_local_completions_scores_multiple_choice_as_transformers_does(hf_result
         assert api_results["results"][MC][metric] == hf_results["results"][MC][metric]
 
 
-def test_local_completions_generates_as_transformers_does(hf_results, api_results):
+def test_local_completions_generates_as_transformers_does(served, hf_results):
+    api_results = completions(served, [GEN])
     hf, api = by_doc(hf_results, GEN), by_doc(api_results, GEN)
     assert sorted(hf) == sorted(api) == list(range(5))
     answers = {doc_id: api[doc_id]["resps"][0][0] for doc_id in api}
@@ -135,7 +136,8 @@ def test_local_chat_completions_runs_a_generate_until_task(served):
     for sample in samples.values():
         # what lm-eval sent (the question as the user's message), asked again directly: the
         # answer it recorded is the server's
-        messages = json.loads(sample["arguments"][0][0])
+        prompt = sample["arguments"][0][0]  # lm-eval's JsonChatStr: the messages as JSON
+        messages = json.loads(getattr(prompt, "prompt", prompt))
         assert messages[-1] == {"role": "user", "content": sample["doc"]["question"]}
         reply = httpx.post(served["url"] + "/v1/chat/completions", timeout=60, json={
             "model": served["model"], "messages": messages, "max_tokens": 12,
