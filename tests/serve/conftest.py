@@ -128,26 +128,25 @@ def health(url: str) -> dict[str, Any]:
     return httpx.get(url + "/health", timeout=10).json()
 
 
-@pytest.fixture(scope="session")
-def cli_server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`gptkit serve` itself, in a subprocess on a free loopback port: its base URL."""
+@contextmanager
+def serve_cli(run_dir: Path, log: Path, *options: str) -> Iterator[str]:
+    """`gptkit serve RUN` itself, in a subprocess on a free loopback port: its base URL."""
     import os
     import signal
     import subprocess
     import sys
 
-    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gptkit", "serve", str(tiny_run), "--port", "0",
-             "--log-level", "warning", "--max-tokens", "256", "--max-logprobs", "7"],
+            [sys.executable, "-m", "gptkit", "serve", str(run_dir), "--port", "0",
+             "--log-level", "warning", *options],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
     try:
         assert process.stdout is not None
         first = process.stdout.readline()  # "serving tiny (generate) on http://127.0.0.1:N: ..."
-        assert first.startswith("serving tiny (generate) on http://127.0.0.1:"), (
+        assert first.startswith(f"serving {run_dir.name} (generate) on http://127.0.0.1:"), (
             first, log.read_text())
         url = first.split(" on ", 1)[1].split(": ", 1)[0]
         wait_until(lambda: _answers(url), "the server answers")
@@ -159,6 +158,14 @@ def cli_server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def cli_server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`gptkit serve` of the tiny run, in a subprocess on a free loopback port: its base URL."""
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with serve_cli(tiny_run, log, "--max-tokens", "256", "--max-logprobs", "7") as url:
+        yield url
 
 
 def _answers(url: str) -> bool:
