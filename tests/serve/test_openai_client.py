@@ -216,6 +216,20 @@ def test_chat_multi_turn_n_and_stop(chat_sdk, chat_run):
     assert cut == first[:first.index(stop)]
 
 
+def test_chat_logprobs(chat_sdk):
+    answer = chat_sdk.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=6, temperature=0, logprobs=True,
+        top_logprobs=2)
+    choice = answer.choices[0]
+    tokens = choice.logprobs.content  # parsed into the SDK's own ChatCompletionTokenLogprob
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for token in tokens:
+        assert len(token.top_logprobs) == 2
+        # greedy: the chosen token is the most likely one
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob)
+        assert token.bytes == list(token.token.encode())
+
+
 def test_chat_stream_with_usage(chat_sdk):
     chunks = list(chat_sdk.chat.completions.create(
         model="tiny", messages=CHAT, max_tokens=5, temperature=0, stream=True,
