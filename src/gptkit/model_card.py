@@ -78,9 +78,9 @@ def render(
                                      if d.tokenizer == "bpe" else "")
     rows = [("source", f"`{(data or {}).get('source', d.source)}`"), ("tokenizer", tokenizer)]
     for name, split in ((data or {}).get("splits") or {}).items():
-        counts = [f"{split['tokens']:,} tokens"] + [
-            f"{split[k]:,} {k}" for k in ("examples", "words", "bytes") if k in split
-        ]
+        # a classifier's splits count examples, not tokens
+        counts = [f"{split[k]:,} {k}" for k in ("tokens", "examples", "words", "bytes")
+                  if k in split]
         rows.append((f"split `{name}`", ", ".join(counts)))
     lines += [*_table(rows), ""]
     if not imported:
@@ -146,8 +146,9 @@ def run_card(run_dir: str | Path) -> str:
     return render(run.config(), run.best_info() or {}, run.data(), run.environment())
 
 
-def hub_card(run_dir: str | Path) -> str:
-    """The run's card under the metadata header the Hugging Face Hub reads."""
-    header = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+def hub_card(run_dir: str | Path, pipeline_tag: str = "text-generation") -> str:
+    """The run's card under the metadata header the Hugging Face Hub reads (`pipeline_tag`:
+    the Hub's task, e.g. text-classification for a classifier)."""
+    header = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}",
               "tags:", "- gpt2", "- gptkit", "---", ""]
     return "\n".join(header) + run_card(run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "export", help="write a run as a Hugging Face model folder, or as an int8 run",
         description="Write a run's model and tokenizer as a folder that transformers loads "
-        "(AutoModelForCausalLM / AutoTokenizer.from_pretrained(OUT)). With --quantize int8, "
+        "(AutoModelForCausalLM / AutoTokenizer.from_pretrained(OUT)); a finetune-classify run "
+        "as GPT2ForSequenceClassification or GPT2ForTokenClassification with its labels, for "
+        "pipeline(\"text-classification\" | \"token-classification\"). With --quantize int8, "
         "write a gptkit run folder instead (config.yaml, tokenizer.json, best/ with int8 "
         "weights and their scales in safetensors, marked \"quantization\": \"int8\" in "
         "best/config.json) that gptkit sample/eval/info OUT load as an int8 model on the CPU; "
@@ -85,11 +88,14 @@ def export(args: argparse.Namespace) -> None:
     if RunDir(args.run).quantization:
         raise GptkitError(f"{args.run} holds int8 weights, which Hugging Face GPT-2 cannot "
                           "hold; export the fp32 run it was quantized from")
+    from gptkit.interop import hf_classify
     from gptkit.interop.hf import export_hf
 
     out = export_hf(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
-    print(f"exported {args.run} to {out}; load it with "
-          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    task = hf_classify.task_of(json.loads((out / "config.json").read_text(encoding="utf-8")))
+    loader = (f"AutoModelForCausalLM.from_pretrained({str(out)!r})" if task is None else
+              f"pipeline({hf_classify.PIPELINE_TAG[task]!r}, model={str(out)!r})")
+    print(f"exported {args.run} to {out}; load it with transformers.{loader}")
 
 
 def prune(args: argparse.Namespace) -> None:
@@ -110,6 +116,11 @@ def import_hf(args: argparse.Namespace) -> None:
     from gptkit.interop.hf import import_hf
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.source).resolve().name
+    from gptkit.rundir import RunDir
+
     import_hf(args.source, out, overwrite=args.overwrite)
     print(f"imported {args.source} into {out}")
+    if RunDir(out).is_classifier:
+        print(f"next: gptkit classify {out} --text ...")
+        return
     print(f"next: gptkit sample {out}   |   gptkit train --init-from {out} ...")

@@ -8,7 +8,9 @@ always has biases, so a gptkit model without them exports zeros, which computes 
 
 `export_hf` writes a run as a folder `transformers` loads (`AutoModelForCausalLM`,
 `AutoTokenizer`); `import_hf` turns such a folder, or a hub id, into an ordinary run. Both
-build their output in a temporary sibling folder and rename it into place at the end.
+build their output in a temporary sibling folder and rename it into place at the end. A
+classifier run goes to and from `GPT2ForSequenceClassification` / `GPT2ForTokenClassification`
+the same way, its head and labels converted by `gptkit.interop.hf_classify`.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from gptkit.chat_template import read_chat_template, special_tokens, write_chat_template
-from gptkit.config import DataConfig, ModelConfig, RunConfig, save_config
+from gptkit.config import ClassifyConfig, DataConfig, ModelConfig, RunConfig, save_config
 from gptkit.errors import GptkitError
 from gptkit.files import check_target, new_folder
+from gptkit.finetune.heads import GPTClassifier
+from gptkit.interop import hf_classify
 from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE, hub_card
 from gptkit.model_card import render as render_card
@@ -39,7 +43,7 @@ from gptkit.train.checkpoint import save_best
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
 
-SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model", *hf_classify.ARCHITECTURES)
 # GPT-2's GELU is the tanh approximation; HF names it in several ways.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -137,8 +141,9 @@ def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
-    """The model's weights under HF names and layouts (tied head stored once, as HF does)."""
+def to_hf_state_dict(model: GPT | GPTClassifier) -> dict[str, Tensor]:
+    """The model's weights under HF names and layouts (tied head stored once, as HF does; a
+    classifier's head keeps gptkit's names, `score.*`, for `hf_classify.to_hf_head`)."""
     out: dict[str, Tensor] = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
@@ -266,27 +271,43 @@ def hf_generation_config(block_size: int, eot_id: int | None) -> dict[str, Any]:
 def export_hf(
     run_dir: str | Path, out: str | Path, *, which: str = "best", overwrite: bool = False
 ) -> Path:
-    """Write a run as a Hugging Face GPT-2 folder (`from_pretrained(out)` loads it)."""
+    """Write a run as a Hugging Face GPT-2 folder (`from_pretrained(out)` loads it).
+
+    A classifier run becomes a `GPT2For{Sequence,Token}Classification` (`hf_classify`), its
+    tokenizer padding on the right with `<|endoftext|>`, the model's `pad_token_id`, so
+    `pipeline("text-classification" | "token-classification")` scores batches as gptkit does.
+    """
     from gptkit.run import load_run
 
     run = load_run(run_dir, which=which)
-    check_gpt2_architecture(run.model.config)
+    classifier = run.classifier
+    model: GPT | GPTClassifier = run.model if classifier is None else classifier.model
+    check_gpt2_architecture(model.config)
     eot = run.tokenizer.eot_id
     template = read_chat_template(run.path)
-    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size,
+    tokenizer_config = hf_tokenizer_config(run.tokenizer, model.config.block_size,
                                            None if template is None else template.source)
     special = special_tokens(run.tokenizer)
+    config = hf_config(model.config, eot)
+    state = to_hf_state_dict(model)
+    pipeline_tag = "text-generation"
+    if classifier is not None:
+        hf_classify.check_exportable(classifier.task, classifier.model.pooling)
+        config = hf_classify.classifier_config(config, classifier.task, classifier.labels, eot)
+        state = hf_classify.to_hf_head(state, classifier.task)
+        tokenizer_config["padding_side"] = "right"
+        pipeline_tag = hf_classify.PIPELINE_TAG[classifier.task]
     with new_folder(Path(out), overwrite=overwrite, marker="config.json",
                      what="Hugging Face model folder") as tmp:
-        save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        _write_json(tmp / "config.json", hf_config(run.model.config, eot))
-        _write_json(tmp / "generation_config.json",
-                    hf_generation_config(run.model.config.block_size, eot))
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", config)
+        if classifier is None:
+            _write_json(tmp / "generation_config.json",
+                        hf_generation_config(model.config.block_size, eot))
         run.tokenizer.save(tmp / "tokenizer.json")
         _write_json(tmp / "tokenizer_config.json", tokenizer_config)
         _write_json(tmp / "special_tokens_map.json", special)
-        (tmp / CARD_FILE).write_text(hub_card(run_dir), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(hub_card(run_dir, pipeline_tag), encoding="utf-8")
     return Path(out)
 
 
@@ -362,7 +383,9 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
 
     The run looks like a trained one (config.yaml, tokenizer.json, best/) without
     checkpoints, so `load_run`, eval, sample, info and `train.init_from` accept it. A chat
-    model's template (tokenizer_config.json's `chat_template`) comes along.
+    model's template (tokenizer_config.json's `chat_template`) comes along. A
+    `GPT2For{Sequence,Token}Classification` becomes a classifier run (labels.json, the head
+    in best/) that `gptkit classify` uses.
     """
     out = Path(out)
     check_target(out.resolve(), overwrite=overwrite, marker=CONFIG_FILE,
@@ -372,8 +395,10 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
     if not config_file.is_file():
         raise GptkitError(f"{config_file} not found; a Hugging Face model folder has one")
     try:
-        config = model_config_from_hf(json.loads(config_file.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as exc:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+        config = model_config_from_hf(raw)
+        task = hf_classify.task_of(raw)
+    except (ValueError, TypeError, AttributeError) as exc:
         raise GptkitError(f"{config_file} is not a valid GPT-2 config ({exc})") from exc
     if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
         raise GptkitError(
@@ -387,20 +412,35 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
             f"embedding only {config.vocab_size} rows; use the model's own tokenizer files"
         )
     file, state = _read_hf_weights(folder)
+    head: dict[str, Tensor] = {}
     try:
+        if task is not None:
+            state, head = hf_classify.split_hf_head(state, task)
         weights = from_hf_state_dict(state, config)
     except GptkitError as exc:
         raise GptkitError(f"{file}: {exc}") from exc
-    model = GPT(config)
-    model.load_state_dict(weights)
+    model: GPT | GPTClassifier = GPT(config)
+    labels: list[str] = []
+    if task is not None:
+        labels = hf_classify.labels_from_hf(raw, head["score.weight"].size(0))
+        model = GPTClassifier(config, len(labels), task)
+        weights.pop("lm_head.weight")
+        weights.update(head)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise GptkitError(f"{file}: {str(exc).splitlines()[0]}") from exc
     template = read_chat_template(folder)
-    cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2"))
+    cfg = RunConfig(name=out.name, model=config, data=DataConfig(tokenizer="gpt2"),
+                    classify=ClassifyConfig(task=task or "sequence"))
     info = {"step": 0, "val_loss": None, "tokens_seen": 0, "model": config.model_dump(),
             "imported_from": source}
     with new_folder(out, overwrite=overwrite, marker=CONFIG_FILE,
                                what="gptkit run") as tmp:
         save_config(cfg, RunDir(tmp).config_file)
         tokenizer.save(RunDir(tmp).tokenizer_file)
+        if task is not None:
+            _write_json(RunDir(tmp).labels_file, {"task": task, "labels": labels})
         if template is not None:
             write_chat_template(tmp, template)
         card = render_card(cfg, info)
