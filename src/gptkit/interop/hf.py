@@ -270,24 +270,38 @@ def export_hf(
     from gptkit.run import load_run
 
     run = load_run(run_dir, which=which)
-    check_gpt2_architecture(run.model.config)
-    eot = run.tokenizer.eot_id
-    template = read_chat_template(run.path)
-    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size,
-                                           None if template is None else template.source)
-    special = special_tokens(run.tokenizer)
+    check_gpt2_architecture(run.model.config)  # before the folder is touched
     with new_folder(Path(out), overwrite=overwrite, marker="config.json",
                      what="Hugging Face model folder") as tmp:
-        save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        _write_json(tmp / "config.json", hf_config(run.model.config, eot))
-        _write_json(tmp / "generation_config.json",
-                    hf_generation_config(run.model.config.block_size, eot))
-        run.tokenizer.save(tmp / "tokenizer.json")
-        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
-        _write_json(tmp / "special_tokens_map.json", special)
-        (tmp / CARD_FILE).write_text(hub_card(run_dir), encoding="utf-8")
+        write_hf_folder(tmp, run.model, run.tokenizer, run.path, card=hub_card(run_dir))
     return Path(out)
+
+
+def write_hf_folder(folder: Path, model: GPT, tokenizer: Tokenizer, run_dir: Path, *,
+                    card: str) -> None:
+    """The files of a Hugging Face GPT-2 folder (weights, configs, tokenizer, card) into
+    `folder`; `run_dir` gives the chat template. Shared by the merged export and the base
+    model written beside a peft adapter (`gptkit.interop.peft_adapter`)."""
+    check_gpt2_architecture(model.config)
+    eot = tokenizer.eot_id
+    template = read_chat_template(run_dir)
+    save_file(to_hf_state_dict(model), str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    _write_json(folder / "config.json", hf_config(model.config, eot))
+    _write_json(folder / "generation_config.json",
+                hf_generation_config(model.config.block_size, eot))
+    write_hf_tokenizer(folder, tokenizer, model.config.block_size,
+                       None if template is None else template.source)
+    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+
+
+def write_hf_tokenizer(folder: Path, tokenizer: Tokenizer, max_length: int,
+                       chat_template: str | None) -> None:
+    """tokenizer.json and its configs, so that `AutoTokenizer.from_pretrained(folder)` works."""
+    tokenizer.save(folder / "tokenizer.json")
+    _write_json(folder / "tokenizer_config.json",
+                hf_tokenizer_config(tokenizer, max_length, chat_template))
+    _write_json(folder / "special_tokens_map.json", special_tokens(tokenizer))
 
 
 def _hub_offline() -> bool:
@@ -336,7 +350,7 @@ def hf_folder(source: str) -> Path:
     return folder
 
 
-def _read_hf_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
+def read_hf_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
     """The weights file of an HF folder and its tensors (pickles only as weights_only)."""
     file = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if file is None:
@@ -386,7 +400,7 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
             f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model's "
             f"embedding only {config.vocab_size} rows; use the model's own tokenizer files"
         )
-    file, state = _read_hf_weights(folder)
+    file, state = read_hf_weights(folder)
     try:
         weights = from_hf_state_dict(state, config)
     except GptkitError as exc:
