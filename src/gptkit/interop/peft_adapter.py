@@ -81,14 +81,15 @@ def adapted_model(run: Run) -> nn.Module:
                           f"{(lora_missing or result.unexpected_keys)[:2]}")
     with torch.no_grad():
         for module in wrapped.modules():
-            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
-                module.base_layer.weight -= module.get_delta_weight("default")
+            if isinstance(module, peft.tuners.lora.LoraLayer):
+                layer: Any = module  # peft's LoRA Linear: base_layer and get_delta_weight
+                layer.base_layer.weight -= layer.get_delta_weight("default")
     return wrapped.eval()
 
 
 def _check_base(source: str, base: dict[str, Tensor]) -> None:
     """`source` (a folder or hub id) must hold `base`, the run's weights without adapters."""
-    from gptkit.interop.hf import read_hf_weights, hf_folder
+    from gptkit.interop.hf import hf_folder, read_hf_weights
 
     folder = hf_folder(source)
     _, theirs = read_hf_weights(folder)
@@ -97,7 +98,7 @@ def _check_base(source: str, base: dict[str, Tensor]) -> None:
     for key, tensor in base.items():
         other = theirs.get(key)
         if other is None or other.shape != tensor.shape:
-            what = "has no" if other is None else f"has another shape of"
+            what = "has no" if other is None else "has another shape of"
             raise GptkitError(f"--base {source} {what} weight {key}, so it is not the model this "
                               "adapter was trained on; leave out --base to write that model "
                               "beside the adapter")
