@@ -30,6 +30,14 @@ def register(commands: Any) -> None:
                    "the default); gptkit: a run folder (the default with --quantize)")
     p.add_argument("--quantize", choices=names(Quantization),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="a LoRA run: write its adapter alone, in peft's layout "
+                   "(AutoPeftModelForCausalLM.from_pretrained(OUT)), with the base model it "
+                   "belongs to in OUT/base unless --base names it")
+    p.add_argument("--base", metavar="PATH_OR_HUB_ID",
+                   help="with --adapter-only: the Hugging Face GPT-2 the run was fine-tuned "
+                   "from (checked to hold the run's base weights), named in the adapter's "
+                   "config instead of a copy in OUT/base")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     options.add_checkpoint(p, "export")
     options.add_overwrite(p, "an existing export")
@@ -72,6 +80,19 @@ def register(commands: Any) -> None:
 def export(args: argparse.Namespace) -> None:
     from gptkit.rundir import RunDir
 
+    if args.base and not args.adapter_only:
+        raise GptkitError("--base names the base model of a LoRA adapter; add --adapter-only")
+    if args.adapter_only:
+        if args.quantize or args.format == "gptkit":
+            raise GptkitError("--adapter-only writes a peft adapter (fp32, Hugging Face "
+                              "layout); drop --quantize / --format gptkit")
+        from gptkit.interop.peft_adapter import export_adapter
+
+        out = export_adapter(args.run, args.out, which=args.checkpoint, base=args.base,
+                             overwrite=args.overwrite)
+        print(f"exported the LoRA adapter of {args.run} to {out}; load it with "
+              f"peft.AutoPeftModelForCausalLM.from_pretrained({str(out)!r})")
+        return
     if args.quantize or args.format == "gptkit":
         from gptkit.ops import export_int8
 

@@ -281,34 +281,59 @@ def export_hf(
 
     run = load_run(run_dir, which=which)
     classifier = run.classifier
-    model: GPT | GPTClassifier = run.model if classifier is None else classifier.model
+    if classifier is None:
+        check_gpt2_architecture(run.model.config)  # before the folder is touched
+        with new_folder(Path(out), overwrite=overwrite, marker="config.json",
+                        what="Hugging Face model folder") as tmp:
+            write_hf_folder(tmp, run.model, run.tokenizer, run.path, card=hub_card(run_dir))
+        return Path(out)
+    model = classifier.model
     check_gpt2_architecture(model.config)
+    hf_classify.check_exportable(classifier.task, model.pooling)
     eot = run.tokenizer.eot_id
+    config = hf_classify.classifier_config(hf_config(model.config, eot), classifier.task,
+                                           classifier.labels, eot)
+    state = hf_classify.to_hf_head(to_hf_state_dict(model), classifier.task)
     template = read_chat_template(run.path)
-    tokenizer_config = hf_tokenizer_config(run.tokenizer, model.config.block_size,
-                                           None if template is None else template.source)
-    special = special_tokens(run.tokenizer)
-    config = hf_config(model.config, eot)
-    state = to_hf_state_dict(model)
-    pipeline_tag = "text-generation"
-    if classifier is not None:
-        hf_classify.check_exportable(classifier.task, classifier.model.pooling)
-        config = hf_classify.classifier_config(config, classifier.task, classifier.labels, eot)
-        state = hf_classify.to_hf_head(state, classifier.task)
-        tokenizer_config["padding_side"] = "right"
-        pipeline_tag = hf_classify.PIPELINE_TAG[classifier.task]
     with new_folder(Path(out), overwrite=overwrite, marker="config.json",
-                     what="Hugging Face model folder") as tmp:
+                    what="Hugging Face model folder") as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", config)
-        if classifier is None:
-            _write_json(tmp / "generation_config.json",
-                        hf_generation_config(model.config.block_size, eot))
-        run.tokenizer.save(tmp / "tokenizer.json")
-        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
-        _write_json(tmp / "special_tokens_map.json", special)
-        (tmp / CARD_FILE).write_text(hub_card(run_dir, pipeline_tag), encoding="utf-8")
+        write_hf_tokenizer(tmp, run.tokenizer, model.config.block_size,
+                           None if template is None else template.source, padding_side="right")
+        (tmp / CARD_FILE).write_text(
+            hub_card(run_dir, hf_classify.PIPELINE_TAG[classifier.task]), encoding="utf-8")
     return Path(out)
+
+
+def write_hf_folder(folder: Path, model: GPT, tokenizer: Tokenizer, run_dir: Path, *,
+                    card: str) -> None:
+    """The files of a Hugging Face GPT-2 folder (weights, configs, tokenizer, card) into
+    `folder`; `run_dir` gives the chat template. Shared by the merged export and the base
+    model written beside a peft adapter (`gptkit.interop.peft_adapter`)."""
+    check_gpt2_architecture(model.config)
+    eot = tokenizer.eot_id
+    template = read_chat_template(run_dir)
+    save_file(to_hf_state_dict(model), str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    _write_json(folder / "config.json", hf_config(model.config, eot))
+    _write_json(folder / "generation_config.json",
+                hf_generation_config(model.config.block_size, eot))
+    write_hf_tokenizer(folder, tokenizer, model.config.block_size,
+                       None if template is None else template.source)
+    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+
+
+def write_hf_tokenizer(folder: Path, tokenizer: Tokenizer, max_length: int,
+                       chat_template: str | None, padding_side: str | None = None) -> None:
+    """tokenizer.json and its configs, so that `AutoTokenizer.from_pretrained(folder)` works;
+    `padding_side` where the reader must pad on a given side (classifiers: right)."""
+    tokenizer.save(folder / "tokenizer.json")
+    config = hf_tokenizer_config(tokenizer, max_length, chat_template)
+    if padding_side is not None:
+        config["padding_side"] = padding_side
+    _write_json(folder / "tokenizer_config.json", config)
+    _write_json(folder / "special_tokens_map.json", special_tokens(tokenizer))
 
 
 def _hub_offline() -> bool:
@@ -357,7 +382,7 @@ def hf_folder(source: str) -> Path:
     return folder
 
 
-def _read_hf_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
+def read_hf_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
     """The weights file of an HF folder and its tensors (pickles only as weights_only)."""
     file = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if file is None:
@@ -411,7 +436,7 @@ def import_hf(source: str, out: str | Path, *, overwrite: bool = False) -> Path:
             f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model's "
             f"embedding only {config.vocab_size} rows; use the model's own tokenizer files"
         )
-    file, state = _read_hf_weights(folder)
+    file, state = read_hf_weights(folder)
     head: dict[str, Tensor] = {}
     try:
         if task is not None:
