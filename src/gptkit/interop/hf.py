@@ -39,6 +39,8 @@ from gptkit.train.checkpoint import save_best
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
 
+    from gptkit.run import Run
+
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 # GPT-2's GELU is the tanh approximation; HF names it in several ways.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -271,23 +273,29 @@ def export_hf(
 
     run = load_run(run_dir, which=which)
     check_gpt2_architecture(run.model.config)
-    eot = run.tokenizer.eot_id
-    template = read_chat_template(run.path)
-    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size,
-                                           None if template is None else template.source)
-    special = special_tokens(run.tokenizer)
     with new_folder(Path(out), overwrite=overwrite, marker="config.json",
                      what="Hugging Face model folder") as tmp:
         save_file(to_hf_state_dict(run.model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        _write_json(tmp / "config.json", hf_config(run.model.config, eot))
-        _write_json(tmp / "generation_config.json",
-                    hf_generation_config(run.model.config.block_size, eot))
-        run.tokenizer.save(tmp / "tokenizer.json")
-        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
-        _write_json(tmp / "special_tokens_map.json", special)
-        (tmp / CARD_FILE).write_text(hub_card(run_dir), encoding="utf-8")
+        write_hf_files(run, tmp)
     return Path(out)
+
+
+def write_hf_files(run: Run, folder: Path) -> None:
+    """Everything of an HF GPT-2 folder but the weights: config.json, generation_config.json,
+    the tokenizer files and the model card (shared with the ONNX export, whose folder
+    transformers' and optimum's loaders read the same way)."""
+    eot = run.tokenizer.eot_id
+    template = read_chat_template(run.path)
+    tokenizer_config = hf_tokenizer_config(run.tokenizer, run.model.config.block_size,
+                                           None if template is None else template.source)
+    _write_json(folder / "config.json", hf_config(run.model.config, eot))
+    _write_json(folder / "generation_config.json",
+                hf_generation_config(run.model.config.block_size, eot))
+    run.tokenizer.save(folder / "tokenizer.json")
+    _write_json(folder / "tokenizer_config.json", tokenizer_config)
+    _write_json(folder / "special_tokens_map.json", special_tokens(run.tokenizer))
+    (folder / CARD_FILE).write_text(hub_card(run.path), encoding="utf-8")
 
 
 def _hub_offline() -> bool:
