@@ -164,3 +164,19 @@ def test_int8_run_is_refused(exported, tmp_path, capsys):
                    str(tmp_path / "q"))[0] == 0
     expect_error(capsys, "export", str(tmp_path / "q"), "--format", "onnx", "--out",
                  str(tmp_path / "o"), match="int8 weights, which the ONNX export cannot hold")
+
+
+def test_optimum_loads_the_export_and_decodes_greedily_as_gptkit(exported):
+    """Where optimum-onnx is installed (it pins transformers < 4.58, so CI has none)."""
+    pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx is not installed")
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    run_dir, out = exported
+    run = load_run(run_dir)
+    model, tok = ORTModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    got = model.generate(**tok([PROMPTS[0]], return_tensors="pt"), do_sample=False,
+                         max_new_tokens=10)
+    want = generate(run.model, [run.tokenizer.encode(PROMPTS[0])],
+                    opts(temperature=0.0, max_new_tokens=10), eot_id=run.tokenizer.eot_id)
+    assert got.tolist() == want.tolist()
