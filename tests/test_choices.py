@@ -17,6 +17,7 @@ from gptkit.config import (
 from gptkit.config.choices import (
     ClassifyTask,
     DataFormat,
+    ExportFormat,
     InferencePrecision,
     MlpKind,
     NormKind,
@@ -86,6 +87,7 @@ def _options(command: str) -> dict[str, argparse.Action]:
     ("prune", "--method", PruneMethod), ("sample", "--precision", Precision),
     ("sample", "--quantize", Quantization), ("eval", "--quantize", Quantization),
     ("export", "--quantize", Quantization), ("info", "--precision", WeightDtype),
+    ("export", "--format", ExportFormat),
 ])
 def test_command_line_choices_are_the_declared_ones(capsys, command, flag, choice):
     assert tuple(_options(command)[flag].choices) == names(choice)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
-from gptkit.config.choices import PruneMethod, Quantization, names
+from gptkit.config.choices import ExportFormat, PruneMethod, Quantization, names
 from gptkit.errors import GptkitError
 
 
@@ -25,9 +25,11 @@ def register(commands: Any) -> None:
         "Hugging Face GPT-2 has no int8 layers to hold it.",
     )
     options.add_run(p)
-    p.add_argument("--format", choices=("hf", "gptkit"),
+    p.add_argument("--format", choices=names(ExportFormat),
                    help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer; "
-                   "the default); gptkit: a run folder (the default with --quantize)")
+                   "the default); gptkit: a run folder (the default with --quantize); onnx: "
+                   "model.onnx, a decoder with past keys and values for ONNX Runtime, beside "
+                   "the Hugging Face config and tokenizer")
     p.add_argument("--quantize", choices=names(Quantization),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
     p.add_argument("--adapter-only", action="store_true",
@@ -83,15 +85,25 @@ def export(args: argparse.Namespace) -> None:
     if args.base and not args.adapter_only:
         raise GptkitError("--base names the base model of a LoRA adapter; add --adapter-only")
     if args.adapter_only:
-        if args.quantize or args.format == "gptkit":
+        if args.quantize or args.format != "hf":
             raise GptkitError("--adapter-only writes a peft adapter (fp32, Hugging Face "
-                              "layout); drop --quantize / --format gptkit")
+                              f"layout); drop --quantize / --format {args.format}")
         from gptkit.interop.peft_adapter import export_adapter
 
         out = export_adapter(args.run, args.out, which=args.checkpoint, base=args.base,
                              overwrite=args.overwrite)
         print(f"exported the LoRA adapter of {args.run} to {out}; load it with "
               f"peft.AutoPeftModelForCausalLM.from_pretrained({str(out)!r})")
+        return
+    if args.format == "onnx":
+        from gptkit.interop.onnx import export_onnx
+
+        if args.quantize:
+            raise GptkitError("--format onnx writes the fp32 model; drop --quantize (int8 is "
+                              "a gptkit run: --format gptkit --quantize int8)")
+        out = export_onnx(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
+        print(f"exported {args.run} to {out}; run it with "
+              f"onnxruntime.InferenceSession({str(out / 'model.onnx')!r})")
         return
     if args.quantize or args.format == "gptkit":
         from gptkit.ops import export_int8

@@ -38,6 +38,10 @@ Pooling = Literal["last", "mean"]  # sequence: the last token's hidden state, or
 PruneMethod = Literal["magnitude", "heads", "mlp"]
 Quantization = Literal["int8"]
 
+# --- export (gptkit.interop) ------------------------------------------------------------
+# Hugging Face GPT-2 folder | int8 gptkit run | ONNX decoder with past (gptkit.interop.onnx)
+ExportFormat = Literal["hf", "gptkit", "onnx"]
+
 
 def names(choice: Any) -> tuple[str, ...]:
     """The values of a `Literal` choice, in declared order: `choices=` for argparse."""

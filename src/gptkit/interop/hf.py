@@ -307,15 +307,18 @@ def export_hf(
 
 
 def write_hf_folder(folder: Path, model: GPT, tokenizer: Tokenizer, run_dir: Path, *,
-                    card: str) -> None:
+                    card: str, weights: bool = True) -> None:
     """The files of a Hugging Face GPT-2 folder (weights, configs, tokenizer, card) into
-    `folder`; `run_dir` gives the chat template. Shared by the merged export and the base
-    model written beside a peft adapter (`gptkit.interop.peft_adapter`)."""
+    `folder`; `run_dir` gives the chat template. Shared by the merged export, the base model
+    written beside a peft adapter (`gptkit.interop.peft_adapter`) and the ONNX export, which
+    writes its own graph instead of the weights (`weights=False`) and whose folder
+    transformers' and optimum's loaders read the same way."""
     check_gpt2_architecture(model.config)
     eot = tokenizer.eot_id
     template = read_chat_template(run_dir)
-    save_file(to_hf_state_dict(model), str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    if weights:
+        save_file(to_hf_state_dict(model), str(folder / "model.safetensors"),
+                  metadata={"format": "pt"})
     _write_json(folder / "config.json", hf_config(model.config, eot))
     _write_json(folder / "generation_config.json",
                 hf_generation_config(model.config.block_size, eot))
