@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        options.resolve_runs(args)
         args.handler(args)
     except GptkitError as exc:
         if args.debug:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptkit.config import RunConfig, build_config, inherit_init_model, load_recipe, recipe_names
@@ -75,8 +76,25 @@ def add_json(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
 
-def add_run(parser: argparse.ArgumentParser, help: str = "run directory") -> None:
+RUN_HELP = ("run directory, or a Hugging Face GPT-2 folder or cached hub id (imported into "
+            "$GPTKIT_CACHE/imports on first use)")
+
+
+def add_run(parser: argparse.ArgumentParser, help: str = RUN_HELP) -> None:
     parser.add_argument("run", metavar="RUN", help=help)
+
+
+def resolve_runs(args: argparse.Namespace) -> None:
+    """Every command's RUN and --init-from, as gptkit runs: a Hugging Face folder or hub id is
+    swapped for its cached import (`gptkit.interop.hf_runs.as_run`); a run stays as typed."""
+    from gptkit.interop.hf_runs import as_run
+
+    for key in ("run", "init_from"):
+        value = getattr(args, key, None)
+        if isinstance(value, str):
+            resolved = as_run(value)
+            if resolved != Path(value).expanduser():
+                setattr(args, key, str(resolved))
 
 
 def add_checkpoint(parser: argparse.ArgumentParser, verb: str = "load") -> None:

@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
         "(this machine only) unless --host says otherwise.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
-                   "finetune-classify run)")
+                   "finetune-classify run), or a Hugging Face GPT-2 folder or cached hub id")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; "
                    "0.0.0.0 = every network, better with --api-key)")
