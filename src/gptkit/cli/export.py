@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
-from gptkit.config.choices import PruneMethod, Quantization, names
+from gptkit.config.choices import GgufType, PruneMethod, Quantization, names
 from gptkit.errors import GptkitError
 
 
@@ -22,12 +22,16 @@ def register(commands: Any) -> None:
         "Hugging Face GPT-2 has no int8 layers to hold it.",
     )
     options.add_run(p)
-    p.add_argument("--format", choices=("hf", "gptkit"),
+    p.add_argument("--format", choices=("hf", "gptkit", "gguf"),
                    help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer; "
-                   "the default); gptkit: a run folder (the default with --quantize)")
+                   "the default); gptkit: a run folder (the default with --quantize); gguf: "
+                   "one GGUF file for llama.cpp, --out naming the file")
+    p.add_argument("--outtype", choices=names(GgufType),
+                   help="GGUF weight type (--format gguf; default f32): q8_0 is llama.cpp's "
+                   "8-bit blocks, norms and biases stay f32")
     p.add_argument("--quantize", choices=names(Quantization),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder (file for gguf) to write")
     options.add_checkpoint(p, "export")
     options.add_overwrite(p, "an existing export")
     p.set_defaults(handler=export)
@@ -69,6 +73,19 @@ def register(commands: Any) -> None:
 def export(args: argparse.Namespace) -> None:
     from gptkit.rundir import RunDir
 
+    if args.outtype and args.format != "gguf":
+        raise GptkitError("--outtype sets GGUF weight types; add --format gguf, or drop it")
+    if args.format == "gguf":
+        from gptkit.interop.gguf import export_gguf
+
+        if args.quantize:
+            raise GptkitError("--quantize int8 writes a gptkit run; for an 8-bit GGUF use "
+                              "--format gguf --outtype q8_0")
+        out = export_gguf(args.run, args.out, outtype=args.outtype or "f32",
+                          which=args.checkpoint, overwrite=args.overwrite)
+        print(f"exported {args.run} to {out}; run it with llama.cpp: llama-cli -m {out}   |   "
+              f"llama_cpp.Llama({str(out)!r})")
+        return
     if args.quantize or args.format == "gptkit":
         from gptkit.ops import export_int8
 

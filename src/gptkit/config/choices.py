@@ -38,6 +38,9 @@ Pooling = Literal["last", "mean"]  # sequence: the last token's hidden state, or
 PruneMethod = Literal["magnitude", "heads", "mlp"]
 Quantization = Literal["int8"]
 
+# --- other runtimes (gptkit.interop) ----------------------------------------------------
+GgufType = Literal["f32", "f16", "bf16", "q8_0"]  # GGUF weight types (llama.cpp's --outtype)
+
 
 def names(choice: Any) -> tuple[str, ...]:
     """The values of a `Literal` choice, in declared order: `choices=` for argparse."""
