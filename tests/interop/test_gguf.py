@@ -186,8 +186,9 @@ def test_bad_requests_are_one_line(runs: dict[str, Path], tokenizers_by_kind: di
 def llama(path: Path) -> Any:
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama.cpp is not installed (pip install llama-cpp-python)")
+    # logits_all: llama-cpp-python keeps logits (`scores`) only then
     return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, n_batch=64,
-                           verbose=False)
+                           logits_all=True, verbose=False)
 
 
 def llama_greedy(llm: Any, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
@@ -239,7 +240,7 @@ def test_llama_cpp_greedy_equals_gptkit_at_f32(runs: dict[str, Path], tmp_path: 
                                      prompt, 24)
     assert got == expected
     # not bit-equal: ggml's CPU GELU looks its input up in an fp16 table even at f32
-    assert np.abs(llama_logits - logits).max() < 2e-2
+    assert np.abs(llama_logits - logits).max() < 2e-3  # measured 2e-4 to 4e-4
 
 
 @pytest.mark.parametrize("kind", KINDS)
