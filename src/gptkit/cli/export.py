@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gptkit.cli import options
-from gptkit.config.choices import ExportFormat, PruneMethod, Quantization, names
+from gptkit.config.choices import ExportFormat, GgufType, PruneMethod, Quantization, names
 from gptkit.errors import GptkitError
 
 
@@ -29,7 +29,11 @@ def register(commands: Any) -> None:
                    help="hf: Hugging Face GPT-2 (config.json, model.safetensors, tokenizer; "
                    "the default); gptkit: a run folder (the default with --quantize); onnx: "
                    "model.onnx, a decoder with past keys and values for ONNX Runtime, beside "
-                   "the Hugging Face config and tokenizer")
+                   "the Hugging Face config and tokenizer; gguf: one GGUF file for llama.cpp, "
+                   "--out naming the file")
+    p.add_argument("--outtype", choices=names(GgufType),
+                   help="GGUF weight type (--format gguf; default f32): q8_0 is llama.cpp's "
+                   "8-bit blocks, norms and biases stay f32")
     p.add_argument("--quantize", choices=names(Quantization),
                    help="int8: dynamic int8 linear layers for CPU inference (--format gptkit)")
     p.add_argument("--adapter-only", action="store_true",
@@ -40,7 +44,7 @@ def register(commands: Any) -> None:
                    help="with --adapter-only: the Hugging Face GPT-2 the run was fine-tuned "
                    "from (checked to hold the run's base weights), named in the adapter's "
                    "config instead of a copy in OUT/base")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder (file for gguf) to write")
     options.add_checkpoint(p, "export")
     options.add_overwrite(p, "an existing export")
     p.set_defaults(handler=export)
@@ -104,6 +108,19 @@ def export(args: argparse.Namespace) -> None:
         out = export_onnx(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
         print(f"exported {args.run} to {out}; run it with "
               f"onnxruntime.InferenceSession({str(out / 'model.onnx')!r})")
+        return
+    if args.outtype and args.format != "gguf":
+        raise GptkitError("--outtype sets GGUF weight types; add --format gguf, or drop it")
+    if args.format == "gguf":
+        from gptkit.interop.gguf import export_gguf
+
+        if args.quantize:
+            raise GptkitError("--quantize int8 writes a gptkit run; for an 8-bit GGUF use "
+                              "--format gguf --outtype q8_0")
+        out = export_gguf(args.run, args.out, outtype=args.outtype or "f32",
+                          which=args.checkpoint, overwrite=args.overwrite)
+        print(f"exported {args.run} to {out}; run it with llama.cpp: llama-cli -m {out}   |   "
+              f"llama_cpp.Llama({str(out)!r})")
         return
     if args.quantize or args.format == "gptkit":
         from gptkit.ops import export_int8

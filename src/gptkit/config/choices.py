@@ -39,8 +39,9 @@ PruneMethod = Literal["magnitude", "heads", "mlp"]
 Quantization = Literal["int8"]
 
 # --- export (gptkit.interop) ------------------------------------------------------------
-# Hugging Face GPT-2 folder | int8 gptkit run | ONNX decoder with past (gptkit.interop.onnx)
-ExportFormat = Literal["hf", "gptkit", "onnx"]
+# Hugging Face GPT-2 folder | int8 gptkit run | ONNX decoder with past | GGUF file
+ExportFormat = Literal["hf", "gptkit", "onnx", "gguf"]
+GgufType = Literal["f32", "f16", "bf16", "q8_0"]  # GGUF weight types (llama.cpp's --outtype)
 
 
 def names(choice: Any) -> tuple[str, ...]:
