@@ -67,12 +67,8 @@ def load_run(
     for generation (`gptkit.device.inference_dtype`: "fp32" keeps them, "auto" follows the
     policy table); scoring keeps fp32 weights and autocasts instead (`gptkit eval`), as a
     classifier run does at `precision`.
-    `path` may also be a Hugging Face GPT-2 folder or cached hub id, imported on first use
-    (`gptkit.interop.hf_runs`).
     """
-    from gptkit.interop.hf_runs import as_run
-
-    rundir = RunDir(as_run(path)).check()
+    rundir = RunDir(path).check()
     compress.check_quantize(quantize)
     config = rundir.config()
     tokenizer = Tokenizer.load(rundir.tokenizer_file)

@@ -60,7 +60,8 @@ def test_sample_eval_and_viz_take_an_hf_folder_importing_it_once(tmp_path, capsy
     assert again == first and imports(cache) == [cached]
     assert (cached / "config.yaml").stat().st_mtime_ns == stamp
     # the cached run computes what transformers computes on the folder
-    assert_same_function(load_run(folder).model, hf, [tokenizer.encode("ROMEO: hear me")])
+    assert_same_function(load_run(as_run(folder)).model, hf,
+                         [tokenizer.encode("ROMEO: hear me")])
 
     code, out, err = run_cli(capsys, "eval", str(folder), "--json")
     assert code == 0 and "importing" not in err, err
@@ -74,12 +75,12 @@ def test_sample_eval_and_viz_take_an_hf_folder_importing_it_once(tmp_path, capsy
 def test_changed_weights_are_imported_again(tmp_path, capsys, cache, tokenizer):
     folder = tmp_path / "hf"
     hf_folder(folder, tokenizer)
-    before = load_run(folder).model.transformer.wte.weight.clone()
+    before = load_run(as_run(folder)).model.transformer.wte.weight.clone()
     weights = load_file(str(folder / "model.safetensors"))
     weights["transformer.wte.weight"] = weights["transformer.wte.weight"] + 1.0
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     capsys.readouterr()
-    after = load_run(folder).model.transformer.wte.weight
+    after = load_run(as_run(folder)).model.transformer.wte.weight
     assert "importing HF folder" in capsys.readouterr().err
     assert len(imports(cache)) == 2 and torch.allclose(after, before + 1.0)
     # a copy of the same files elsewhere is the same cached run
@@ -107,7 +108,7 @@ def test_serve_answers_from_an_hf_folder(tmp_path, tokenizer):
 
     folder = tmp_path / "hf"
     hf_folder(folder, tokenizer)
-    with TestClient(create_app(load_run(folder))) as client:
+    with TestClient(create_app(load_run(as_run(folder)))) as client:
         reply = client.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 4,
                                                      "temperature": 0})
     assert reply.status_code == 200, reply.text
@@ -185,7 +186,7 @@ def test_what_is_neither_a_run_nor_an_hf_folder_is_one_line(tmp_path, capsys, to
     expect_error(capsys, "eval", str(folder), match="cannot be used as a run: unsupported "
                  "architecture model_type 'bert'")
     with pytest.raises(GptkitError, match="does not exist"):
-        load_run(tmp_path / "missing")
+        load_run(as_run(tmp_path / "missing"))
 
 
 def test_an_import_that_loses_a_race_uses_the_winners_run(tmp_path, monkeypatch, cache,
@@ -206,4 +207,4 @@ def test_an_import_that_loses_a_race_uses_the_winners_run(tmp_path, monkeypatch,
     monkeypatch.setattr(hf_module, "import_hf", racing)
     assert as_run(folder) == target
     assert imports(cache) == [target]
-    assert load_run(folder).model.config.n_layer == 2
+    assert load_run(as_run(folder)).model.config.n_layer == 2

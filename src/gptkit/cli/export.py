@@ -89,7 +89,7 @@ def export(args: argparse.Namespace) -> None:
     if args.base and not args.adapter_only:
         raise GptkitError("--base names the base model of a LoRA adapter; add --adapter-only")
     if args.adapter_only:
-        if args.quantize or args.format != "hf":
+        if args.quantize or args.format not in (None, "hf"):
             raise GptkitError("--adapter-only writes a peft adapter (fp32, Hugging Face "
                               f"layout); drop --quantize / --format {args.format}")
         from gptkit.interop.peft_adapter import export_adapter
