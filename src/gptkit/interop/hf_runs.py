@@ -93,7 +93,11 @@ def _hub_folder(repo_id: str) -> Path:
         raise GptkitError(f"{missing} (reading it needs huggingface_hub: pip install "
                           "'gptkit[hf]'); check the path") from None
     try:
+        from huggingface_hub import constants
+
+        # the cache folder named at call time (older huggingface_hub copies it at import)
         folder = Path(snapshot_download(repo_id, local_files_only=True,
+                                        cache_dir=constants.HF_HUB_CACHE,
                                         allow_patterns=[*HUB_FILES, "pytorch_model.bin"]))
         if (folder / "config.json").is_file():
             return folder
