@@ -134,18 +134,21 @@ def doc_server(made: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def curl_commands() -> list[tuple[str, str]]:
-    """(where, command) of each `curl` line of the docs' ```bash blocks (continuations
-    joined)."""
+def bash_lines() -> list[tuple[str, str]]:
+    """(where, line) of each line of the docs' ```bash blocks, continuation lines joined."""
     found = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         for block in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S):
             line_no = text[: block.start()].count("\n") + 2
             for i, line in enumerate(block.group(1).replace("\\\n", " ").splitlines()):
-                if line.startswith("curl "):
-                    found.append((f"{doc.relative_to(REPO)}:{line_no + i}", line))
+                found.append((f"{doc.relative_to(REPO)}:{line_no + i}", line))
     return found
+
+
+def curl_commands() -> list[tuple[str, str]]:
+    """(where, command) of each `curl` line of the docs' ```bash blocks."""
+    return [(where, line) for where, line in bash_lines() if line.startswith("curl ")]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -225,23 +228,17 @@ def shell_commands() -> list[tuple[str, list[str], bool]]:
     an optional `[...]` part giving the command without it and with it, and lines holding a
     placeholder (`...`, `RUN`) left out."""
     found = []
-    for doc in DOCS:
-        text = doc.read_text(encoding="utf-8")
-        for block in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S):
-            line_no = text[: block.start()].count("\n") + 2
-            for i, line in enumerate(block.group(1).replace("\\\n", " ").splitlines()):
-                for part in line.split("&&"):
-                    code = part.split(" #")[0]
-                    variants = {OPTIONAL.sub("", code), OPTIONAL.sub(r" \1", code)}
-                    for variant in sorted(variants):
-                        argv = _argv(variant)
-                        torchrun = bool(argv) and argv[0] == "torchrun"
-                        if "-m" in argv and "gptkit" in argv[argv.index("-m"):]:
-                            argv = argv[argv.index("-m") + 1:]
-                        if not argv or argv[0] != "gptkit" or "..." in variant:
-                            continue
-                        found.append((f"{doc.relative_to(REPO)}:{line_no + i}", argv[1:],
-                                      torchrun))
+    for where, line in bash_lines():
+        for part in line.split("&&"):
+            code = part.split(" #")[0]
+            for variant in sorted({OPTIONAL.sub("", code), OPTIONAL.sub(r" \1", code)}):
+                argv = _argv(variant)
+                torchrun = bool(argv) and argv[0] == "torchrun"
+                if "-m" in argv and "gptkit" in argv[argv.index("-m"):]:
+                    argv = argv[argv.index("-m") + 1:]
+                if not argv or argv[0] != "gptkit" or "..." in variant:
+                    continue
+                found.append((where, argv[1:], torchrun))
     return found
 
 
