@@ -41,6 +41,8 @@ TITLES = {
     "augment_classify": "Augmentation for a small classifier",
     "compress": "int8 quantization and pruning",
     "data_shards": "Token shards: reading and preparing",
+    "decode_runtimes": "Decode speed against llama.cpp and ONNX Runtime",
+    "decode_runtimes_1thread": "Decode speed against llama.cpp and ONNX Runtime, one thread",
     "distill_shakespeare": "Distillation into a small student",
     "fast_vs_default": "The fast recipe against the default one",
     "generate_vs_transformers": "Generation speed against transformers",
@@ -145,6 +147,38 @@ def render_generation(r: dict[str, Any]) -> list[str]:
                          "yes" if entry["same_tokens_fp32_vs_transformers"] else "NO"])
     return out + table(["batch", "side", "tokens/s", "gptkit / side",
                         "fp32 ids equal transformers'"], rows)
+
+
+def render_decode_runtimes(r: dict[str, Any]) -> list[str]:
+    out = [f"The same random weights per shape, greedy from random {r['prompt_tokens']}-token "
+           f"prompts, {r['threads']} thread{'s' if r['threads'] != 1 else ''} for every runtime, "
+           f"the sides alternating over {r['rounds']} rounds; tokens/s median (min-max); the "
+           "ratio is each side over gptkit (its default precision); same ids: the share of "
+           "new tokens equal to gptkit fp32's.", ""]
+    rows, profiles = [], []
+    for shape, s in r["shapes"].items():
+        label = f"{shape} ({s['parameters'] / 1e6:.1f}M, {s['new_tokens']} new)"
+        for key, entry in s.items():
+            if not key.startswith("batch_"):
+                continue
+            for side, value in entry["tokens_per_s"].items():
+                low, high = entry["range_tokens_per_s"][side]
+                same = entry["same_tokens_as_gptkit_fp32"].get(side)
+                rows.append([label, key.split("_")[1], side,
+                             f"{num(value, 1)} ({num(low, 1)}-{num(high, 1)})",
+                             f"{entry['ratio_over_gptkit'][side]:.2f}x",
+                             "(itself)" if same is None else f"{100 * same:.0f}%"])
+            prof = entry.get("gptkit_profile")
+            if prof:
+                ops = ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%"
+                                for o in prof["top_ops"][:5])
+                profiles.append(f"- {shape}, batch {key.split('_')[1]}: one gptkit step "
+                                f"{prof['step_ms']:.2f} ms; {ops}")
+    out += table(["shape", "batch", "side", "tokens/s", "over gptkit", "same ids"], rows)
+    if profiles:
+        out += ["", "Where llama.cpp is faster, one gptkit decode step by self CPU time "
+                "(torch.profiler):", "", *profiles]
+    return out
 
 
 def render_prepare(r: dict[str, Any]) -> list[str]:
@@ -273,6 +307,8 @@ def render_train_speed(r: dict[str, Any]) -> list[str]:
 RENDERERS: dict[str, Renderer] = {
     "augment_classify": render_augment,
     "compress": render_compress,
+    "decode_runtimes": render_decode_runtimes,
+    "decode_runtimes_1thread": render_decode_runtimes,
     "distill_shakespeare": render_distill,
     "fast_vs_default": render_fast,
     "generate_vs_transformers": render_generation,

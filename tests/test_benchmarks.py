@@ -57,3 +57,46 @@ def test_a_measured_run_carries_the_command_that_trained_it(tmp_path):
         {"argv": ["/x/gptkit/__main__.py", "train", "--set", "train.max_steps=500"]}))
     assert made_by(tmp_path) == "gptkit train --set train.max_steps=500"
     assert made_by(tmp_path / "missing") is None
+
+
+def test_decode_runtimes_measures_every_runtime_on_the_same_weights(tmp_path):
+    """benchmarks.decode_runtimes at a tiny size: every side decodes, ONNX Runtime's greedy
+    ids equal gptkit fp32's (same weights, same argmax), and docs/results.md's renderer
+    prints a row per side and batch."""
+    pytest.importorskip("llama_cpp", reason="llama.cpp is not installed (pip install "
+                        "llama-cpp-python)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install "
+                        "'gptkit[onnx]'")
+    from benchmarks.decode_runtimes import bench_shape
+    from benchmarks.make_results import render_decode_runtimes
+
+    tiny = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size": None}
+    shape = bench_shape(tiny, batches=[1, 2], new_tokens=4, rounds=1, threads=1,
+                        folder=tmp_path)
+    sides = {"gptkit_fp32", "llama.cpp_f16", "llama.cpp_q8_0", "onnxruntime"}
+    for batch in (1, 2):
+        entry = shape[f"batch_{batch}"]
+        assert sides <= set(entry["tokens_per_s"])
+        assert all(v > 0 for v in entry["tokens_per_s"].values())
+        assert entry["same_tokens_as_gptkit_fp32"]["onnxruntime"] == 1.0
+        # llama.cpp returns one token per row and step, in the rows' order
+        assert 0.0 <= entry["same_tokens_as_gptkit_fp32"]["llama.cpp_f16"] <= 1.0
+    lines = render_decode_runtimes({"threads": 1, "rounds": 1, "prompt_tokens": 8,
+                                    "shapes": {"tiny": shape}})
+    assert sum("| tiny" in line for line in lines) == 2 * len(shape["batch_1"]["tokens_per_s"])
+
+
+def test_profile_of_one_decode_step_ranks_ops_by_self_time():
+    import numpy as np
+
+    from benchmarks.decode_runtimes import profile_step
+    from gptkit.config import ModelConfig
+    from gptkit.model import GPT
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=50,
+                            dropout=0.0)).eval()
+    profile = profile_step(model, np.zeros((2, 4), np.int64), top=5)
+    shares = [op["share"] for op in profile["top_ops"]]
+    assert len(shares) == 5 and shares == sorted(shares, reverse=True)
+    assert profile["step_ms"] > 0 and sum(shares) <= 1.0 + 1e-9
+    assert any(op["op"] == "aten::mm" or op["op"] == "aten::addmm" for op in profile["top_ops"])
