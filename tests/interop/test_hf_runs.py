@@ -143,6 +143,19 @@ def test_init_from_an_hf_folder(tmp_path, capsys, cache, data_dir, tokenizer):
         cached / "tokenizer.json").read_bytes()
 
 
+
+def test_init_from_an_hf_folder_named_in_the_config(tmp_path, capsys, cache, data_dir,
+                                                    tokenizer):
+    """`train.init_from` set in a recipe or by --set resolves as --init-from does."""
+    folder = tmp_path / "hf"
+    hf_folder(folder, tokenizer, n_positions=32)
+    sets = [a for s in [*FINETUNE, f"train.init_from={folder}"] for a in ("--set", s)]
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "ft"), "--no-progress",
+                           *sets)
+    assert code == 0, err
+    [cached] = imports(cache)
+    assert f"init_from: {cached}" in (tmp_path / "ft" / "config.yaml").read_text()
+
 def fake_hub_cache(hub: Path, repo_id: str, folder: Path) -> Path:
     """The layout huggingface_hub keeps a downloaded snapshot in."""
     repo = hub / f"models--{repo_id.replace('/', '--')}"
