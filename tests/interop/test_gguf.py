@@ -39,6 +39,7 @@ PIECES = ["hello", " world", "ROMEO:", " the", "'s", "123", "3.14", "!?", ",", "
           "  ", "    ", "\n", "\n\n", "\t", " \n ", "\r\n", "   \n  ", "中文", "汉字测试", "，",
           "😀", "🎉", "é", "ñ", "Ünïcödé", "\u00a0", "\u3000", "~", "ß", "<|end", "o'clock"]
 KINDS = ("gpt2", "bpe", "char")
+LLAMA = {"pos_embedding": "rope", "norm": "rmsnorm", "mlp": "swiglu"}  # llama.cpp's `llama`
 
 
 def varied_strings(tokenizer: Tokenizer, n: int = 120, seed: int = 0) -> list[str]:
@@ -136,6 +137,31 @@ def test_file_holds_the_model_and_tokenizer(runs: dict[str, Path], tmp_path: Pat
     assert np.abs(values - expected).max() <= tolerance
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_llama_options_go_to_llama_cpps_llama_architecture(
+        tokenizers_by_kind: dict[str, Tokenizer], tmp_path: Path, bias: bool) -> None:
+    run = make_run(tmp_path / "run", tokenizers_by_kind["bpe"], bias=bias, **LLAMA)
+    reader = gguf.GGUFReader(export_gguf(run, tmp_path / "m.gguf"))
+    field = {name: f.contents() for name, f in reader.fields.items()}
+    assert field["general.architecture"] == "llama"
+    assert (field["llama.feed_forward_length"], field["llama.attention.head_count_kv"],
+            field["llama.rope.dimension_count"], field["llama.rope.freq_base"]) == (
+        192, 2, 32, 10_000.0)
+    assert field["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+    names = {t.name for t in reader.tensors}
+    per_block = {f"blk.0.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v",
+                                                 "attn_output", "ffn_norm", "ffn_gate",
+                                                 "ffn_up", "ffn_down")}
+    assert per_block <= names and "position_embd.weight" not in names
+    assert ("blk.0.attn_q.bias" in names) == bias and ("blk.0.ffn_gate.bias" in names) == bias
+    tensors = {t.name: t for t in reader.tensors}
+    state = load_run(run).model.state_dict()
+    q = state["transformer.h.0.attn.c_attn.weight"][:64].numpy()
+    got = tensors["blk.0.attn_q.weight"].data.reshape(64, 64)
+    # head 0's rotary pair (0, 16) of gptkit is llama.cpp's adjacent pair (0, 1)
+    np.testing.assert_array_equal(got[[0, 1, 2, 32, 33]], q[[0, 16, 1, 32, 48]])
+
+
 def test_untied_head_and_missing_biases_are_written(tokenizers_by_kind: dict[str, Tokenizer],
                                                     tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", tokenizers_by_kind["bpe"], bias=False,
@@ -172,8 +198,11 @@ def test_bad_requests_are_one_line(runs: dict[str, Path], tokenizers_by_kind: di
                  str(tmp_path / "q.gguf"), match="--outtype q8_0")
     rope = make_run(tmp_path / "rope", tokenizers_by_kind["bpe"], pos_embedding="rope")
     expect_error(capsys, "export", str(rope), "--format", "gguf", "--out",
-                 str(tmp_path / "r.gguf"), match="model.pos_embedding=rope to GGUF")
+                 str(tmp_path / "r.gguf"), match="model.norm=layernorm to GGUF: no llama.cpp")
     assert not (tmp_path / "r.gguf").exists()
+    with pytest.raises(GptkitError, match="model.qk_norm=true"):
+        export_gguf(make_run(tmp_path / "qk", tokenizers_by_kind["bpe"], **LLAMA, qk_norm=True),
+                    tmp_path / "q.gguf")
     code, _, err = run_cli(capsys, "export", run, "--format", "gguf", "--outtype", "q4",
                            "--out", str(tmp_path / "x.gguf"))
     assert code == 2 and "invalid choice" in err
@@ -240,6 +269,22 @@ def test_llama_cpp_greedy_equals_gptkit_at_f32(runs: dict[str, Path], tmp_path: 
                                      prompt, 24)
     assert got == expected
     # not bit-equal: ggml's CPU GELU looks its input up in an fp16 table even at f32
+    assert np.abs(llama_logits - logits).max() < 2e-3  # measured 2e-4 to 4e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_llama_cpp_runs_rope_rmsnorm_swiglu_models_as_gptkit(
+        tokenizers_by_kind: dict[str, Tokenizer], tmp_path: Path, kind: str) -> None:
+    """The llama architecture, untied and without biases for one tokenizer, tied with biases
+    for the others: greedy tokens equal at f32, logits close."""
+    tokenizer = tokenizers_by_kind[kind]
+    plain = kind == "gpt2"
+    run = make_run(tmp_path / "run", tokenizer, bias=not plain, tie_embeddings=not plain,
+                   **LLAMA)
+    prompt = tokenizer.encode(PROMPT)
+    expected, logits = gptkit_greedy(run, prompt, 24)
+    got, llama_logits = llama_greedy(llama(export_gguf(run, tmp_path / "m.gguf")), prompt, 24)
+    assert got == expected
     assert np.abs(llama_logits - logits).max() < 2e-3  # measured 2e-4 to 4e-4
 
 

@@ -1,12 +1,19 @@
 """gptkit run -> one GGUF file that llama.cpp (and Ollama, LM Studio, llama-cpp-python) runs.
 
-Written with the `gguf` package llama.cpp publishes (extra `gguf`), under llama.cpp's `gpt2`
-architecture: the same network as gptkit's GPT-2 (learned positions, LayerNorm, tanh-GELU
-MLP, fused QKV), so the tensors go across by name only (`nn.Linear` already stores
-`(out, in)`, the row-major layout GGUF wants). Options beyond GPT-2 (RoPE, RMSNorm, QK-norm,
-SwiGLU, squared ReLU) have no place in that architecture and are refused; an untied output
-layer and a model without biases are not: llama.cpp reads `output` when present and the
-biases are written as zeros.
+Written with the `gguf` package llama.cpp publishes (extra `gguf`), under the llama.cpp
+architecture whose network is gptkit's:
+- GPT-2 (learned positions, LayerNorm, tanh-GELU MLP): llama.cpp's `gpt2`, with the fused
+  QKV, so the tensors go across by name only (`nn.Linear` already stores `(out, in)`, the
+  row-major layout GGUF wants); biases a model lacks are written as zeros.
+- RoPE + RMSNorm + SwiGLU (the LLaMA options, `model.pos_embedding: rope`, `norm: rmsnorm`,
+  `mlp: swiglu`, without QK-norm): llama.cpp's `llama`. Its rotary embedding turns adjacent
+  channel pairs (2i, 2i+1) where gptkit (and transformers' LLaMA) turn (i, i + head_dim/2),
+  so the query and key rows of each head are reordered, as llama.cpp's own converter does;
+  c_fc's two halves are SwiGLU's gate and up. Biases, when the model has them, go in
+  llama.cpp's optional bias tensors.
+Other combinations of options (a squared-ReLU MLP, QK-norm, RoPE with LayerNorm, ...) match
+no llama.cpp architecture exactly and are refused with the option named. An untied output
+layer is written as `output`; a tied one is left out (llama.cpp reuses `token_embd`).
 
 The tokenizer goes in as llama.cpp's own tokenizer models, chosen so that it splits text
 as gptkit does:
@@ -25,22 +32,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from gptkit.config.choices import GgufType
 from gptkit.errors import GptkitError
+from gptkit.model import GPT, ROPE_BASE, mlp_width
 from gptkit.tokenizers import UNK, Tokenizer
 
-if TYPE_CHECKING:
-    from gptkit.model import GPT
-
 SPM_SPACE = "\u2581"  # SentencePiece's visible space, llama.cpp's `llama` tokenizer's space
-LAYER_NORM_EPS = 1e-5
-# GPT-2 values of the architecture options (config.ModelConfig) llama.cpp's gpt2 cannot vary
-GGUF_GPT2 = {"pos_embedding": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu"}
+NORM_EPS = 1e-5  # gptkit's LayerNorm and RMSNorm
+# the architecture options (config.ModelConfig) of each llama.cpp architecture gptkit writes
+ARCHITECTURES = {
+    "gpt2": {"pos_embedding": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu"},
+    "llama": {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": False, "mlp": "swiglu"},
+}
 # gptkit name -> GGUF name, per block
 BLOCK_TENSORS = {
     "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
@@ -57,40 +65,80 @@ def _gguf() -> Any:
     return gguf
 
 
-def check_gguf_architecture(config: Any) -> None:
-    """llama.cpp's gpt2 architecture holds GPT-2; refuse a model using an option beyond it."""
-    for key, gpt2 in GGUF_GPT2.items():
-        value = getattr(config, key)
-        if value != gpt2:
-            shown = str(value).lower() if isinstance(value, bool) else value
+def gguf_architecture(config: Any) -> str:
+    """The llama.cpp architecture that computes `config`'s network; refuse a model that none
+    does, naming the first option that differs from the nearest one."""
+    for arch, options in ARCHITECTURES.items():
+        if all(getattr(config, key) == value for key, value in options.items()):
+            return arch
+    nearest = "llama" if config.pos_embedding == "rope" else "gpt2"
+    for key, value in ARCHITECTURES[nearest].items():
+        mine = getattr(config, key)
+        if mine != value:
+            shown, needed = (str(v).lower() if isinstance(v, bool) else v for v in (mine, value))
             raise GptkitError(
-                f"cannot export a model with model.{key}={shown} to GGUF: llama.cpp's gpt2 "
-                f"architecture has no such option (it needs model.{key}="
-                f"{str(gpt2).lower()}, and the other architecture options at their defaults)"
+                f"cannot export a model with model.{key}={shown} to GGUF: no llama.cpp "
+                f"architecture computes that combination (its {nearest} architecture needs "
+                f"model.{key}={needed}); GGUF holds GPT-2 models and RoPE + RMSNorm + SwiGLU "
+                "models without QK-norm"
             )
+    raise AssertionError("unreachable: the nearest architecture differs in some option")
 
 
-def _tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """GGUF name -> fp32 weight, biases the model lacks as zeros."""
+def _tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
+    """GGUF name -> fp32 tensor, in `arch`'s names and layout."""
     config = model.config
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    n = config.n_embd
-
-    def get(name: str, width: int) -> torch.Tensor:
-        return state.get(name, torch.zeros(width))
-
     out = {"token_embd.weight": state["transformer.wte.weight"],
-           "position_embd.weight": state["transformer.wpe.weight"],
-           "output_norm.weight": state["transformer.ln_f.weight"],
-           "output_norm.bias": get("transformer.ln_f.bias", n)}
+           "output_norm.weight": state["transformer.ln_f.weight"]}
     if not config.tie_embeddings:
         out["output.weight"] = state["lm_head.weight"]
-    widths = {"attn.c_attn": 3 * n, "mlp.c_fc": 4 * n}
+    blocks = _gpt2_blocks if arch == "gpt2" else _llama_blocks
     for layer in range(config.n_layer):
-        for ours, theirs in BLOCK_TENSORS.items():
-            prefix = f"transformer.h.{layer}.{ours}"
-            out[f"blk.{layer}.{theirs}.weight"] = state[f"{prefix}.weight"]
-            out[f"blk.{layer}.{theirs}.bias"] = get(f"{prefix}.bias", widths.get(ours, n))
+        out.update(blocks(state, config, layer))
+    if arch == "gpt2":
+        out["position_embd.weight"] = state["transformer.wpe.weight"]
+        out["output_norm.bias"] = state.get("transformer.ln_f.bias", torch.zeros(config.n_embd))
+    return out
+
+
+def _gpt2_blocks(state: dict[str, torch.Tensor], config: Any, layer: int
+                 ) -> dict[str, torch.Tensor]:
+    """One block under llama.cpp's gpt2 names, biases the model lacks as zeros."""
+    n = config.n_embd
+    widths = {"attn.c_attn": 3 * n, "mlp.c_fc": 4 * n}
+    out = {}
+    for ours, theirs in BLOCK_TENSORS.items():
+        prefix = f"transformer.h.{layer}.{ours}"
+        out[f"blk.{layer}.{theirs}.weight"] = state[f"{prefix}.weight"]
+        out[f"blk.{layer}.{theirs}.bias"] = state.get(f"{prefix}.bias",
+                                                      torch.zeros(widths.get(ours, n)))
+    return out
+
+
+def _rope_pairs_adjacent(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Query/key rows (or bias) of each head reordered from gptkit's rotary pairs (i, i + d/2)
+    to llama.cpp's (2i, 2i + 1): new row 2i + a is old row a * d/2 + i."""
+    return t.reshape(n_head, 2, -1, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+
+
+def _llama_blocks(state: dict[str, torch.Tensor], config: Any, layer: int
+                  ) -> dict[str, torch.Tensor]:
+    """One block under llama.cpp's llama names: separate Q, K, V and SwiGLU's gate and up."""
+    ours = f"transformer.h.{layer}."
+    blk = f"blk.{layer}."
+    out = {f"{blk}attn_norm.weight": state[f"{ours}ln_1.weight"],
+           f"{blk}ffn_norm.weight": state[f"{ours}ln_2.weight"]}
+    for kind in ("weight", "bias") if config.bias else ("weight",):
+        q, k, v = state[f"{ours}attn.c_attn.{kind}"].chunk(3)
+        gate, up = state[f"{ours}mlp.c_fc.{kind}"].chunk(2)
+        out.update({
+            f"{blk}attn_q.{kind}": _rope_pairs_adjacent(q, config.n_head),
+            f"{blk}attn_k.{kind}": _rope_pairs_adjacent(k, config.n_head),
+            f"{blk}attn_v.{kind}": v,
+            f"{blk}attn_output.{kind}": state[f"{ours}attn.c_proj.{kind}"],
+            f"{blk}ffn_gate.{kind}": gate, f"{blk}ffn_up.{kind}": up,
+            f"{blk}ffn_down.{kind}": state[f"{ours}mlp.c_proj.{kind}"]})
     return out
 
 
@@ -203,24 +251,30 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, outtype: GgufType
     """Write `model` and `tokenizer` as a GGUF file at `out` (through a temporary sibling)."""
     gguf = _gguf()
     config = model.config
-    check_gguf_architecture(config)
+    arch = gguf_architecture(config)
     n_vocab = model.transformer.wte.weight.shape[0]
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, "gpt2")
+    writer = gguf.GGUFWriter(tmp, arch)
     try:
         writer.add_name(name)
         writer.add_context_length(config.block_size)
         writer.add_embedding_length(config.n_embd)
         writer.add_block_count(config.n_layer)
-        writer.add_feed_forward_length(4 * config.n_embd)
+        writer.add_feed_forward_length(mlp_width(config))
         writer.add_head_count(config.n_head)
-        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        if arch == "gpt2":
+            writer.add_layer_norm_eps(NORM_EPS)
+        else:
+            writer.add_head_count_kv(config.n_head)
+            writer.add_layer_norm_rms_eps(NORM_EPS)
+            writer.add_rope_dimension_count(config.n_embd // config.n_head)
+            writer.add_rope_freq_base(ROPE_BASE)
         writer.add_file_type(int(file_type))
         _add_tokenizer(writer, tokenizer, n_vocab)
-        for key, tensor in _tensors(model).items():
+        for key, tensor in _tensors(model, arch).items():
             _add_tensor(writer, gguf, key, tensor, outtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -244,7 +298,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, outtype: GgufType = "f3
     if rundir.quantization:
         raise GptkitError(f"{run_dir} holds int8 weights; export the fp32 run it was quantized "
                           "from (--outtype q8_0 quantizes for llama.cpp)")
-    check_gguf_architecture(rundir.config().model)
+    gguf_architecture(rundir.config().model)
     if rundir.is_classifier:
         raise GptkitError(f"{run_dir} is a classifier run; GGUF holds language models "
                           "(export a classifier with --format hf)")
