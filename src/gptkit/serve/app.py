@@ -267,7 +267,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                 gate.leave()
 
         head = meta(shape, engine.name)
-        clock = metrics.clock(job, shape.choices)
+        clock = metrics.clock(job)
         try:
             batcher.submit(job)
         except Exception:

@@ -156,8 +156,10 @@ class Metrics:
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(self.model, endpoint, str(status)).inc()
 
-    def clock(self, job: Job, choices: int) -> ReplyClock:
-        return ReplyClock(self, job.arrived, choices)
+    def clock(self, job: Job) -> ReplyClock:
+        """The timer of one generation request (`job.rows`: prompts x n, best_of's
+        candidates included, which all count in its completion tokens)."""
+        return ReplyClock(self, job.arrived, job.rows)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (Prometheus' text format, or OpenMetrics if `accept` asks for it)
@@ -171,10 +173,10 @@ class ReplyClock:
     its first token (`FirstToken`, or a streamed job's first `Delta`, the first text its
     client sees), then its `End`."""
 
-    def __init__(self, metrics: Metrics, arrived: float, choices: int) -> None:
+    def __init__(self, metrics: Metrics, arrived: float, rows: int) -> None:
         self.metrics = metrics
         self.arrived = arrived  # time.monotonic() when the job was made
-        self.choices = choices
+        self.rows = rows
         self.first: float | None = None
 
     def saw(self, event: Event) -> None:
@@ -190,9 +192,9 @@ class ReplyClock:
         m.prompt_tokens.inc(end.prompt_tokens)
         m.completion_tokens.inc(end.completion_tokens)
         m.duration.observe(now - self.arrived)
-        # rows advance together, one token each per step: a choice's tokens after its first
-        # are (on average) completion_tokens / choices - 1 steps
-        steps = end.completion_tokens / max(self.choices, 1) - 1
+        # rows advance together, one token each per step: a row's tokens after its first
+        # are (on average) completion_tokens / rows - 1 steps
+        steps = end.completion_tokens / max(self.rows, 1) - 1
         if self.first is not None and steps > 0:
             m.per_token.observe((now - self.first) / steps)
 
