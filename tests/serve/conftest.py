@@ -18,6 +18,7 @@ from gptkit.serve import ServeSettings
 # what the serve extra and the dev extra bring; without them the serve tests skip
 NEEDED = {"fastapi": "the serve extra is not installed: pip install -e '.[serve]'",
           "uvicorn": "the serve extra is not installed: pip install -e '.[serve]'",
+          "prometheus_client": "the serve extra is not installed: pip install -e '.[serve]'",
           "httpx": "httpx is not installed: pip install -e '.[dev]'"}
 
 

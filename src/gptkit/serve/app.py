@@ -3,7 +3,8 @@
 Endpoints: POST /v1/completions and POST /v1/chat/completions (OpenAI's completions and chat
 APIs, server-sent events when `stream` is true; both through one submit path and
 `replies`), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
-POST /v1/attention (the playground's attention map), GET /health, and the playground at /.
+POST /v1/attention (the playground's attention map), GET /health (with /health/live and
+/health/ready for orchestrators), GET /metrics (Prometheus), and the playground at /.
 Model work runs in one worker thread; completion requests go through the micro-batcher.
 """
 
@@ -31,7 +32,9 @@ from gptkit.serve.batcher import Batcher
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
 from gptkit.serve.engine import Engine, Event, Job
 from gptkit.serve.errors import APIError, install_handlers
+from gptkit.serve.health import Readiness, warm_up
 from gptkit.serve.limits import Gate, Guard
+from gptkit.serve.metrics import EngineReadings, Metrics, RequestCounter, RunningBatch
 from gptkit.serve.replies import ChatShape, EventStream, Shape, collect, meta, stream
 from gptkit.serve.schemas import (
     MAX_N,
@@ -66,9 +69,17 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     settings = settings or ServeSettings()
     settings.check()
     engine = model if isinstance(model, Engine) else Engine(model, name=name)
-    batcher = Batcher(engine.run_batch, max_batch_size=settings.max_batch_size,
+    running = RunningBatch(engine.run_batch)
+    batcher = Batcher(running, max_batch_size=settings.max_batch_size,
                       window_s=settings.batch_window_ms / 1000)
     gate = Gate(settings.max_concurrent)
+    readiness = Readiness()
+    # what /metrics reads from the scheduler at each scrape (static batching: a batch's rows
+    # are the KV cache in use, max_batch_size rows its capacity)
+    metrics = Metrics(engine.name, EngineReadings(
+        waiting=lambda: len(batcher.pending), running_rows=lambda: running.rows,
+        kv_cache_usage=lambda: running.rows / settings.max_batch_size,
+        prompt_tokens_computed=lambda: running.prompt_tokens))
     sample = engine.run.config.sample
     default_tokens = min(sample.max_new_tokens, settings.max_tokens)
     defaults: dict[str, Any] = {
@@ -81,19 +92,24 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         # the model's one worker thread: batches, attention maps and classifications
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptkit-model")
         app.state.executor = executor
+        readiness.begin()
+        executor.submit(warm_up, engine).add_done_callback(readiness.warmed_by)
         batcher.start(executor)
         try:
             yield
         finally:
+            readiness.stop()
             await batcher.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptkit", summary=f"serving {engine.name}", lifespan=lifespan,
                   redoc_url=None)
     app.state.engine, app.state.batcher, app.state.gate = engine, batcher, gate
-    app.state.settings = settings
+    app.state.settings, app.state.metrics, app.state.readiness = settings, metrics, readiness
     app.add_middleware(Guard, api_key=settings.api_key,
                        max_body_bytes=settings.max_body_bytes)
+    # outermost: counts the answers Guard gives too (401, 413)
+    app.add_middleware(RequestCounter, metrics=metrics, routes=lambda: app.routes)
     install_handlers(app)
 
     def check_model(requested: str | None, task: str) -> None:
@@ -134,11 +150,18 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    def ready() -> tuple[bool, str]:
+        state = readiness.state(batcher.alive)
+        return state == "ready", state
+
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Liveness and load: 200 while the batcher runs, 503 if it has stopped."""
+        """Status and load: 200 while the batcher runs, 503 if it has stopped; `ready` says
+        whether requests are taken now (as GET /health/ready)."""
+        ok, state = ready()
         body = {
-            "status": "ok" if batcher.alive else "error", "model": engine.name,
+            "status": "ok" if batcher.alive else "error", "ready": ok, "state": state,
+            "model": engine.name,
             "task": engine.task, "auth": settings.api_key is not None,
             "context_length": engine.block_size, "in_progress": gate.active,
             "queued": len(batcher.pending), "stats": asdict(engine.stats),
@@ -153,6 +176,26 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                                                    engine.block_size)},
         }
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        """Liveness: 200 whenever the process answers at all."""
+        return {"status": "alive"}
+
+    @app.get("/health/ready", responses={503: {"description": "not ready: `state` says why"}})
+    async def is_ready() -> JSONResponse:
+        """Readiness: 200 once the model is warmed up and the scheduler runs; 503 while
+        starting, after the scheduler died, and while shutting down."""
+        ok, state = ready()
+        return JSONResponse({"ready": ok, "state": state}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}},
+                              "description": "Prometheus' text exposition format"}})
+    async def prometheus(request: Request) -> Response:
+        """The server's metrics, for Prometheus to scrape; needs no API key (as /health)."""
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models", response_model=ModelList, responses={401: ERRORS[401]})
     async def models() -> ModelList:
@@ -224,15 +267,16 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                 gate.leave()
 
         head = meta(shape, engine.name)
+        clock = metrics.clock(job)
         try:
             batcher.submit(job)
         except Exception:
             close()
             raise
         if body.stream:
-            return EventStream(stream(queue, shape, head, body.include_usage), close)
+            return EventStream(stream(queue, shape, head, body.include_usage, clock), close)
         try:
-            return await collect(queue, shape, head, request, job)
+            return await collect(queue, shape, head, request, job, clock)
         finally:
             close()
 

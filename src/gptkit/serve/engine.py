@@ -55,6 +55,12 @@ class Prompt:
 
 
 @dataclass
+class FirstToken:
+    """A non-streamed job's first token has been drawn (once per job; a streamed job's first
+    Delta says it): what the time to first token is measured to (`serve.metrics`)."""
+
+
+@dataclass
 class Delta:
     index: int  # choice
     text: str  # new text of that choice (streaming requests only)
@@ -81,7 +87,7 @@ class Failure:
     status: int = 500  # 422: the request asked for something impossible
 
 
-Event = Prompt | Delta | Finish | End | Failure
+Event = Prompt | FirstToken | Delta | Finish | End | Failure
 
 
 @dataclass(eq=False)
@@ -275,6 +281,10 @@ class Engine:
         top_ids: list[list[int]] = []
         try:
             for step, drawn in enumerate(tokens, start=1):
+                if step == 1:  # streamed jobs hear of their first token as a Delta
+                    for job in live:
+                        if not job.stream:
+                            job.emit(FirstToken())
                 token = drawn.token
                 values = token.tolist()
                 if drawn.logprobs is not None:

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from gptkit.generation.logprobs import TokenLogprob
 from gptkit.serve.engine import Delta, End, Event, Failure, Finish, Job, Prompt
 from gptkit.serve.errors import APIError, error_body
+from gptkit.serve.metrics import ReplyClock
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting (non-streamed) request checks its client
 
@@ -174,9 +175,10 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 async def stream(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any],
-                 include_usage: bool) -> AsyncIterator[str]:
+                 include_usage: bool, clock: ReplyClock) -> AsyncIterator[str]:
     """OpenAI's streamed answer: each choice's opening, text chunks as they come, a chunk with
-    each choice's finish_reason, optionally the usage (with no choices), then [DONE]."""
+    each choice's finish_reason, optionally the usage (with no choices), then [DONE]. `clock`
+    times the events for /metrics."""
     head = {**head, "object": shape.chunk_object}
 
     def chunk(choice: dict[str, Any]) -> str:
@@ -187,6 +189,7 @@ async def stream(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any]
             yield chunk(opening)
     while True:
         event = await queue.get()
+        clock.saw(event)
         if isinstance(event, Prompt):
             for index in range(event.prompt * shape.n, (event.prompt + 1) * shape.n):
                 yield chunk(shape.prompt_piece(index, event.tokens))
@@ -205,8 +208,9 @@ async def stream(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any]
 
 
 async def collect(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any],
-                  request: Request, job: Job) -> JSONResponse:
-    """The whole answer; gives up (cancelling the work) if the client disconnects."""
+                  request: Request, job: Job, clock: ReplyClock) -> JSONResponse:
+    """The whole answer; gives up (cancelling the work) if the client disconnects. `clock`
+    times the events for /metrics."""
     finished: dict[int, Finish] = {}
     prompts: dict[int, list[TokenLogprob]] = {}
     while True:
@@ -217,6 +221,7 @@ async def collect(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any
                 job.cancelled.set()
                 return JSONResponse(error_body(499, "the client disconnected"), 499)
             continue
+        clock.saw(event)
         if isinstance(event, Prompt):
             prompts[event.prompt] = event.tokens
         elif isinstance(event, Finish):

@@ -1,0 +1,234 @@
+"""GET /metrics: the server's counters, gauges and latency histograms in Prometheus' format.
+
+Each app owns its `CollectorRegistry` (`Metrics.registry`), never prometheus-client's global
+one, so two apps in one process (tests, notebooks) neither share nor collide. Three kinds of
+values end up there:
+
+- what the HTTP side sees, counted as it happens: requests by endpoint and status
+  (`RequestCounter`, ASGI middleware in front of everything, so the 401 and 413 answers of
+  `Guard`, the 422s of validation and the 429s of the concurrency limit are counted too);
+- what one generation request's events show (`ReplyClock`, fed by `replies.stream` and
+  `replies.collect`): time to first token, time per output token, end-to-end latency,
+  prompt and completion tokens;
+- what the scheduler knows (waiting requests, running rows, KV-cache use, prompt tokens
+  computed or reused, speculative tokens), read at scrape time through `EngineReadings`:
+  callables, so that whichever object holds a value (today the batcher and `RunningBatch`,
+  later the continuous-batching engine's `Stats`) is named in one place, `create_app`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+
+from gptkit.serve.engine import Delta, End, Event, FirstToken, Job
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# CPU serving: a small model's token takes about a millisecond, a long reply under load tens
+# of seconds; the buckets span both, roughly x2-x2.5 apart
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                20.0, 40.0, 80.0)
+TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                 10.0, 20.0)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
+                   80.0, 160.0, 320.0)
+OTHER = "other"  # the endpoint label of paths no route serves (404s), to bound its values
+
+
+def _zero() -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class EngineReadings:
+    """Where a scrape reads the scheduler's values: each a callable, called at scrape time
+    (from the event loop, while the worker thread may be writing; each reads one number).
+    Values that cannot exist yet default to 0 (prefix reuse, speculative decoding)."""
+
+    waiting: Callable[[], float]  # requests queued, not yet generating
+    running_rows: Callable[[], float]  # rows (prompts x n) in the batch being generated
+    kv_cache_usage: Callable[[], float]  # share of the KV-cache rows in use, 0 to 1
+    prompt_tokens_computed: Callable[[], float] = _zero  # prompt tokens run through the model
+    prompt_tokens_reused: Callable[[], float] = _zero  # prompt tokens taken from the cache
+    draft_tokens: Callable[[], float] = _zero  # tokens proposed by a draft model
+    accepted_tokens: Callable[[], float] = _zero  # of those, accepted by the model
+
+
+class EngineCollector(Collector):
+    """The scheduler's gauges and counters, read from `EngineReadings` at each scrape."""
+
+    def __init__(self, model: str, readings: EngineReadings) -> None:
+        self.model = model
+        self.readings = readings
+
+    def collect(self) -> Iterable[Metric]:
+        r = self.readings
+        gauges = (
+            ("gptkit_requests_waiting", "Requests queued, not yet generating.", r.waiting),
+            ("gptkit_rows_running", "Rows (prompts x n) being generated now.", r.running_rows),
+            ("gptkit_kv_cache_usage_ratio", "Share of the KV-cache rows in use (0 to 1).",
+             r.kv_cache_usage),
+        )
+        for name, doc, read in gauges:
+            gauge = GaugeMetricFamily(name, doc, labels=["model"])
+            gauge.add_metric([self.model], float(read()))
+            yield gauge
+        counters = (
+            ("gptkit_prompt_tokens_computed", "Prompt tokens run through the model.",
+             r.prompt_tokens_computed),
+            ("gptkit_prompt_tokens_reused",
+             "Prompt tokens whose KV cache was reused from an earlier request's prefix.",
+             r.prompt_tokens_reused),
+            ("gptkit_spec_draft_tokens", "Tokens proposed by the speculative draft model.",
+             r.draft_tokens),
+            ("gptkit_spec_accepted_tokens",
+             "Draft tokens the model accepted (speculative decoding).", r.accepted_tokens),
+        )
+        for name, doc, read in counters:
+            counter = CounterMetricFamily(name, doc, labels=["model"])
+            counter.add_metric([self.model], float(read()))
+            yield counter
+
+
+class RunningBatch:
+    """Wraps the engine's `run_batch` to tell how many rows are being generated and how many
+    prompt tokens were computed: today's stand-in for counts the continuous-batching
+    scheduler will keep itself. Written by the worker thread, read by scrapes (plain ints)."""
+
+    def __init__(self, run_batch: Callable[[list[Job]], None]) -> None:
+        self.run_batch = run_batch  # the engine's
+        self.rows = 0
+        self.prompt_tokens = 0
+
+    def __call__(self, jobs: list[Job]) -> None:
+        live = [job for job in jobs if not job.cancelled.is_set()]
+        self.rows = sum(job.rows for job in live)
+        # every row (each prompt, n times) runs its prompt through the model
+        self.prompt_tokens += sum(len(p) * job.n for job in live for p in job.prompts)
+        try:
+            self.run_batch(jobs)
+        finally:
+            self.rows = 0
+
+
+class Metrics:
+    """One app's metrics: its registry, the HTTP-side counters and the latency histograms."""
+
+    def __init__(self, model: str, readings: EngineReadings) -> None:
+        self.model = model
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gptkit_requests", "HTTP requests answered, by endpoint and status code.",
+            ["model", "endpoint", "status"], registry=self.registry)
+        self.prompt_tokens = Counter(
+            "gptkit_prompt_tokens", "Prompt tokens of finished generation requests.",
+            ["model"], registry=self.registry).labels(model)
+        self.completion_tokens = Counter(
+            "gptkit_completion_tokens", "Tokens generated for finished requests.",
+            ["model"], registry=self.registry).labels(model)
+        self.ttft = Histogram(
+            "gptkit_time_to_first_token_seconds",
+            "From a generation request's arrival to its first generated token.",
+            ["model"], buckets=TTFT_BUCKETS, registry=self.registry).labels(model)
+        self.per_token = Histogram(
+            "gptkit_time_per_output_token_seconds",
+            "A request's mean time per generated token after its first.",
+            ["model"], buckets=TOKEN_BUCKETS, registry=self.registry).labels(model)
+        self.duration = Histogram(
+            "gptkit_request_duration_seconds",
+            "From a generation request's arrival to its last token (finished requests).",
+            ["model"], buckets=REQUEST_BUCKETS, registry=self.registry).labels(model)
+        self.registry.register(EngineCollector(model, readings))
+
+    def count(self, endpoint: str, status: int) -> None:
+        self.requests.labels(self.model, endpoint, str(status)).inc()
+
+    def clock(self, job: Job) -> ReplyClock:
+        """The timer of one generation request (`job.rows`: prompts x n, best_of's
+        candidates included, which all count in its completion tokens)."""
+        return ReplyClock(self, job.arrived, job.rows)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition (Prometheus' text format, or OpenMetrics if `accept` asks for it)
+        and its content type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+class ReplyClock:
+    """Times one generation request from its events, as `replies` reads them off the queue:
+    its first token (`FirstToken`, or a streamed job's first `Delta`, the first text its
+    client sees), then its `End`."""
+
+    def __init__(self, metrics: Metrics, arrived: float, rows: int) -> None:
+        self.metrics = metrics
+        self.arrived = arrived  # time.monotonic() when the job was made
+        self.rows = rows
+        self.first: float | None = None
+
+    def saw(self, event: Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, End):
+            self._end(event, now)
+        elif isinstance(event, FirstToken | Delta) and self.first is None:
+            self.first = now
+            self.metrics.ttft.observe(now - self.arrived)
+
+    def _end(self, end: End, now: float) -> None:
+        m = self.metrics
+        m.prompt_tokens.inc(end.prompt_tokens)
+        m.completion_tokens.inc(end.completion_tokens)
+        m.duration.observe(now - self.arrived)
+        # rows advance together, one token each per step: a row's tokens after its first
+        # are (on average) completion_tokens / rows - 1 steps
+        steps = end.completion_tokens / max(self.rows, 1) - 1
+        if self.first is not None and steps > 0:
+            m.per_token.observe((now - self.first) / steps)
+
+
+class RequestCounter:
+    """ASGI middleware, outermost: counts every HTTP answer by endpoint (the route's path
+    template, so `/v1/models/{model_id}` is one value) and status code."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: Callable[[], list[Any]]
+                 ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes  # the app's routes (read when a request comes: all are added)
+
+    def endpoint(self, scope: Scope) -> str:
+        for route in self.routes():
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", OTHER))
+        return OTHER
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app fails before answering
+
+        async def counted_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted_send)
+        finally:
+            self.metrics.count(self.endpoint(scope), status)
