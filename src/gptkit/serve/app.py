@@ -4,7 +4,8 @@ Endpoints: POST /v1/completions and POST /v1/chat/completions (OpenAI's completi
 APIs, server-sent events when `stream` is true; both through one submit path and
 `replies`), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
 POST /v1/attention (the playground's attention map), GET /health, and the playground at /.
-Model work runs in one worker thread; completion requests go through the micro-batcher.
+Model work runs in one worker thread; completion requests decode together, joining and leaving
+at every step (`scheduler`, `stepper`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
-from gptkit.serve.batcher import Batcher
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
 from gptkit.serve.engine import Engine, Event, Job
 from gptkit.serve.errors import APIError, install_handlers
 from gptkit.serve.limits import Gate, Guard
 from gptkit.serve.replies import ChatShape, EventStream, Shape, collect, meta, stream
+from gptkit.serve.scheduler import Scheduler
 from gptkit.serve.schemas import (
-    MAX_N,
     AttentionRequest,
     AttentionResponse,
     ClassifyRequest,
@@ -65,9 +65,10 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     is its model id (default: the run folder's name)."""
     settings = settings or ServeSettings()
     settings.check()
-    engine = model if isinstance(model, Engine) else Engine(model, name=name)
-    batcher = Batcher(engine.run_batch, max_batch_size=settings.max_batch_size,
-                      window_s=settings.batch_window_ms / 1000)
+    engine = model if isinstance(model, Engine) else Engine(
+        model, name=name, max_batch_size=settings.max_batch_size,
+        prefill_chunk=settings.prefill_chunk, prefix_cache_mb=settings.prefix_cache_mb)
+    scheduler = Scheduler(engine)
     gate = Gate(settings.max_concurrent)
     sample = engine.run.config.sample
     default_tokens = min(sample.max_new_tokens, settings.max_tokens)
@@ -81,16 +82,16 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         # the model's one worker thread: batches, attention maps and classifications
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptkit-model")
         app.state.executor = executor
-        batcher.start(executor)
+        scheduler.start(executor)
         try:
             yield
         finally:
-            await batcher.stop()
+            await scheduler.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptkit", summary=f"serving {engine.name}", lifespan=lifespan,
                   redoc_url=None)
-    app.state.engine, app.state.batcher, app.state.gate = engine, batcher, gate
+    app.state.engine, app.state.scheduler, app.state.gate = engine, scheduler, gate
     app.state.settings = settings
     app.add_middleware(Guard, api_key=settings.api_key,
                        max_body_bytes=settings.max_body_bytes)
@@ -136,12 +137,13 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Liveness and load: 200 while the batcher runs, 503 if it has stopped."""
+        """Liveness and load: 200 while the scheduler runs, 503 if it has stopped."""
         body = {
-            "status": "ok" if batcher.alive else "error", "model": engine.name,
+            "status": "ok" if scheduler.alive else "error", "model": engine.name,
             "task": engine.task, "auth": settings.api_key is not None,
             "context_length": engine.block_size, "in_progress": gate.active,
-            "queued": len(batcher.pending), "stats": asdict(engine.stats),
+            "queued": scheduler.queued, "stats": asdict(engine.stats),
+            "kv_pool": engine.pool_info(),
             "defaults": defaults if engine.task == "generate" else None,
             "limits": {"max_tokens": settings.max_tokens,
                        "max_prompt_tokens": settings.max_prompt_tokens,
@@ -152,7 +154,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                        "max_attention_tokens": min(settings.max_attention_tokens,
                                                    engine.block_size)},
         }
-        return JSONResponse(body, status_code=200 if batcher.alive else 503)
+        return JSONResponse(body, status_code=200 if scheduler.alive else 503)
 
     @app.get("/v1/models", response_model=ModelList, responses={401: ERRORS[401]})
     async def models() -> ModelList:
@@ -185,12 +187,12 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             raise APIError(422, f"{field}: {top} is more than the server's limit of "
                            f"{settings.max_logprobs} (gptkit serve --max-logprobs)",
                            param=field)
-        most = max(settings.max_batch_size, MAX_N)
+        most = settings.max_batch_size  # the rows the KV pool holds
         rows, what = body.candidates(), "n" if body.candidates() == body.n else "best_of"
         if len(prompts) * rows > most:
             raise APIError(422, f"{what}: {len(prompts)} prompts x {what} {rows} = "
                            f"{len(prompts) * rows} completions, more than the server's "
-                           f"limit of {most} per request", param=what)
+                           f"limit of {most} per request (--max-batch-size)", param=what)
         try:
             engine.check_ids(body.bias() or {}, "logit_bias")
         except GptkitError as exc:
@@ -202,7 +204,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     async def generate(prompts: list[list[int]], config: GenerationConfig, shape: Shape,
                        body: SamplingRequest, request: Request, logprobs: int | None = None,
                        echo_logprobs: bool = False) -> Response:
-        """Queue the job for the batcher; answer with its events streamed or collected.
+        """Queue the job for the scheduler; answer with its events streamed or collected.
         `logprobs`: how many top log-probabilities each token reports (None: none)."""
         gate.enter()
         loop = asyncio.get_running_loop()
@@ -225,7 +227,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
 
         head = meta(shape, engine.name)
         try:
-            batcher.submit(job)
+            scheduler.submit(job)
         except Exception:
             close()
             raise
