@@ -14,9 +14,9 @@ import torch
 
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.text import sample_text
+from gptkit.memory import inference_memory
 from gptkit.run import Run
 from gptkit.serve.engine import Delta, End, Engine, Event, Finish, Job
-from gptkit.serve.kvpool import kv_bytes_per_row
 from gptkit.serve.prefix import PrefixStore
 
 LONG = "First Citizen:\nBefore we proceed any"  # 36 characters: more than the context (32)
@@ -205,7 +205,5 @@ def test_the_pool_is_allocated_at_start_and_sized_per_row(run):
     info = engine.pool_info()
     c = run.model.config
     assert info is not None and info["rows"] == 3 and info["positions_per_row"] == c.block_size
-    per_row = kv_bytes_per_row(c, run.model.transformer.wte.weight.dtype)
-    assert per_row == 2 * c.n_layer * c.block_size * c.n_embd * 4
-    assert info["bytes"] == 3 * per_row
-    assert engine.stepper.pool.k.numel() * 4 * 2 == info["bytes"]
+    per_row = inference_memory(run.config, c.vocab_size).kv_cache  # what gptkit info shows
+    assert info["bytes"] == 3 * per_row == 3 * 2 * c.n_layer * c.block_size * c.n_embd * 4

@@ -4,7 +4,8 @@ Each running row of the continuous batcher owns a slot; its keys and values sit 
 positions 0, 1, ... whatever the other rows hold, so rows of any length share one decoding
 forward. Running rows are kept in slots 0..R-1 (a leaving row's slot takes the last row's
 KV), so a step's batch is a view of the slab, never a gather. The slab's size is fixed when
-the server starts: `kv_bytes_per_row` x rows (what `gptkit info` and GET /health show).
+the server starts: rows x the KV bytes of one row of full context (`gptkit info` shows those,
+GET /health the pool's).
 """
 
 from __future__ import annotations
@@ -12,14 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gptkit.config import ModelConfig
 from gptkit.model import GPT, KVCache
-
-
-def kv_bytes_per_row(config: ModelConfig, dtype: torch.dtype) -> int:
-    """Bytes of keys and values one row of full context (block_size positions) needs."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.n_layer * config.block_size * config.n_embd * itemsize
 
 
 class KVPool:
@@ -34,7 +28,7 @@ class KVPool:
         self.v = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
         self.rows = rows
         self.positions = c.block_size
-        self.bytes = kv_bytes_per_row(c, weight.dtype) * rows
+        self.bytes = 2 * self.k.numel() * self.k.element_size()
 
     def view(self, first: int, positions: Tensor, tokens: int) -> SlotView:
         """The cache one forward call writes: slots first.. first + len(positions), each
