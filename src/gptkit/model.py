@@ -81,9 +81,10 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def context(self, tokens: int) -> tuple[Tensor | None, Tensor] | None:
+    def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None] | None:
         """The attention rule and position ids of `tokens` new positions, for a cache whose
-        rows sit at positions of their own (the server's slot pool); None: the caller's."""
+        rows sit at positions of their own (the server's slot pool; None position ids: from
+        `length` on); None: the caller's."""
         return None
 
     def reorder(self, rows: Tensor) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gptkit.model import GPT, KVCache
+from gptkit.model import GPT, KVCache, attention_rule
 
 
 class KVPool:
@@ -30,7 +30,7 @@ class KVPool:
         self.positions = c.block_size
         self.bytes = 2 * self.k.numel() * self.k.element_size()
 
-    def view(self, first: int, positions: Tensor, tokens: int) -> SlotView:
+    def view(self, first: int, positions: list[int], tokens: int) -> SlotView:
         """The cache one forward call writes: slots first.. first + len(positions), each
         row's `tokens` new positions starting at its own `positions[i]`."""
         return SlotView(self, first, positions, tokens)
@@ -58,27 +58,33 @@ class SlotView(KVCache):
     position in its row) and the position ids itself, and writes the new keys and values
     at each row's positions; keys are cut to the furthest row's."""
 
-    def __init__(self, pool: KVPool, first: int, positions: Tensor, tokens: int) -> None:
+    def __init__(self, pool: KVPool, first: int, positions: list[int], tokens: int) -> None:
         # no slab of its own: the pool's is shared (KVCache.__init__ would allocate one)
+        device = pool.k.device
         self.pool = pool
-        self.rows = slice(first, first + positions.size(0))
-        self.slots = torch.arange(first, first + positions.size(0), device=positions.device)
-        self.starts = positions
+        self.rows = slice(first, first + len(positions))
         self.tokens = tokens
-        self.batch_size = positions.size(0)
+        self.batch_size = len(positions)
         self.max_len = pool.positions
-        self.length = int(positions.max())  # the furthest row's start
+        self.length = max(positions)  # the furthest row's start
         self.keys = self.length + tokens
-        self.common = positions.size(0) == 1 or bool((positions == positions[0]).all())
+        self.device = device
+        self.slots: Tensor | None = None
+        self.starts: Tensor | None = None
+        if min(positions) != self.length:  # rows at different positions: one by one
+            self.slots = torch.arange(first, first + len(positions), device=device)
+            self.starts = torch.tensor(positions, device=device)
 
-    def context(self, tokens: int) -> tuple[Tensor | None, Tensor]:
+    def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None]:
+        if self.starts is None:  # one start for all rows: the plain causal rule from it
+            return attention_rule(tokens, self.length, None, self.device), None
         pos = self.starts[:, None] + torch.arange(tokens, device=self.starts.device)  # (B, T)
         keys = torch.arange(self.keys, device=self.starts.device)
         return (keys[None, None, :] <= pos[:, :, None])[:, None], pos
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.common:  # every row starts at the same position: one slice
-            start = int(self.starts[0])
+        if self.slots is None or self.starts is None:  # one start for all rows: one slice
+            start = self.length
             self.pool.k[layer, self.rows, :, start : start + self.tokens] = k
             self.pool.v[layer, self.rows, :, start : start + self.tokens] = v
         else:  # one new position per row (decoding), each at its own place

@@ -211,9 +211,8 @@ class Stepper:
     # --- computing scores ---------------------------------------------------------------------
     def _forward(self, first: int, positions: list[int], ids: list[list[int]]) -> Tensor:
         """fp32 scores (rows, vocab) after `ids` (rows, T) written from `positions` on."""
-        device = self.pool.k.device
-        idx = torch.tensor(ids, device=device)
-        view = self.pool.view(first, torch.tensor(positions, device=device), idx.size(1))
+        idx = torch.tensor(ids, device=self.pool.k.device)
+        view = self.pool.view(first, positions, idx.size(1))
         logits, _ = self.model(idx, kv_cache=view)
         return logits[:, -1].float()
 
@@ -280,8 +279,9 @@ class Stepper:
     def _take(self, running: _Running) -> None:
         """The job's next tokens, as `generate_steps` draws them for the job alone."""
         seats = running.seats
-        logits = torch.stack([seat.logits if seat.live and seat.logits is not None
-                              else self.blank for seat in seats])
+        rows = [seat.logits if seat.live and seat.logits is not None else self.blank
+                for seat in seats]
+        logits = rows[0][None] if len(rows) == 1 else torch.stack(rows)
         scores = running.processors(running.seq, logits)
         if running.job.settings.temperature == 0:
             token = scores.argmax(dim=-1)
@@ -290,7 +290,7 @@ class Stepper:
             token = torch.cat([torch.multinomial(part, 1, generator=generator).squeeze(1)
                                for part, (_, generator) in zip(probs, running.groups,
                                                                strict=True)])
-        if self.eot_id is not None:
+        if self.eot_id is not None and not all(seat.live for seat in seats):
             gone = torch.tensor([not seat.live for seat in seats], device=token.device)
             token = token.masked_fill(gone, self.eot_id)
         running.seq = torch.cat([running.seq, token[:, None]], dim=1)
