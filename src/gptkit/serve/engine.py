@@ -172,6 +172,9 @@ class Stats:
     queued_jobs: int = 0  # waiting for room in the KV pool
     running_jobs: int = 0
     running_rows: int = 0  # = KV pool slots in use
+    prefix_cache_bytes: int = 0  # KV kept for prefix reuse (within --prefix-cache-mb)
+    prefix_cache_entries: int = 0
+    prefix_cache_evictions: int = 0
 
 
 class Engine:

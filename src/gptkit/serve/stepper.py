@@ -121,6 +121,10 @@ class Stepper:
             self.stats.queued_jobs = len(self.pending)
             self.stats.running_jobs = len(self.running)
             self.stats.running_rows = len(self.slots)
+            if self.store is not None:
+                self.stats.prefix_cache_bytes = self.store.used
+                self.stats.prefix_cache_entries = len(self.store.entries)
+                self.stats.prefix_cache_evictions = self.store.evicted
 
     def _step(self) -> None:
         for running in [r for r in self.running if r.job.cancelled.is_set()]:
