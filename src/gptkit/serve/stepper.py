@@ -14,9 +14,9 @@ generator) and draws its rows' tokens from its own rows' scores only. A row that
 still feeds a (uniform) row into its job's draw: `torch.multinomial` consumes the generator
 per row whatever the values, so the other rows draw what they would have drawn. A prompt
 repeated n times is prefilled once and its KV copied to the n slots. A row longer than the
-context slides as `Decoder` does: its last block_size tokens are recomputed every step, in a
-forward of its own. With a `PrefixStore`, a joining prompt starts from the longest cached
-prefix of it and rows that end leave their KV there.
+context slides as `Decoder` does: its last block_size tokens are recomputed every step (all
+such rows in one forward, without the pool). With a `PrefixStore`, a joining prompt starts
+from the longest cached prefix of it and rows that end leave their KV there.
 """
 
 from __future__ import annotations
@@ -223,15 +223,13 @@ class Stepper:
     def _prefill(self) -> None:
         """A chunk of the waiting prompts (oldest first), and the rows past the context."""
         budget = self.prefill_chunk
+        sliding: list[_Seat] = []
         for running in self.running:
             for seat in running.seats:
                 if not seat.live or seat.logits is not None or seat.leader is not None:
                     continue
-                if len(seat.tokens) > self.block_size:  # slide: recompute the last window
-                    window = seat.tokens[-self.block_size :]
-                    logits = self._forward(seat.slot, [0], [window])
-                    seat.cached = self.block_size
-                    self._ready(seat, logits[0])
+                if len(seat.tokens) > self.block_size:
+                    sliding.append(seat)
                     continue
                 todo = len(seat.tokens) - seat.cached
                 if todo <= 1 or budget <= 0:
@@ -244,6 +242,13 @@ class Stepper:
                 self.stats.prompt_tokens_computed += take
                 if seat.cached == len(seat.tokens):
                     self._ready(seat, logits[0])
+        if sliding:  # their last block_size tokens, recomputed without a cache, together
+            windows = torch.tensor([seat.tokens[-self.block_size :] for seat in sliding],
+                                   device=self.pool.k.device)
+            logits = self.model(windows)[0][:, -1].float()
+            for i, seat in enumerate(sliding):
+                seat.cached = 0  # its slot is not read again
+                self._ready(seat, logits[i])
 
     def _decode(self) -> None:
         """One forward for every row whose one new token is due (slots 0..width - 1, a
