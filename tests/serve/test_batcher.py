@@ -88,3 +88,20 @@ def test_concurrent_requests_under_a_short_bounded_load(run):
         after = health(url)
         assert after["status"] == "ok" and after["in_progress"] == 0
         assert after["stats"]["largest_batch"] > 1  # they did share batches
+
+
+def test_a_short_request_finishes_while_a_long_one_streams(run):
+    """Requests join at every step: a later short request need not wait for a long one."""
+    long_body = {"prompt": "ROMEO:", "temperature": 0, "max_tokens": 1000, "stream": True}
+    short_body = {"prompt": "KING:", "temperature": 0, "max_tokens": 3}
+    with live_server(run, max_tokens=1000) as (url, _), httpx.Client(timeout=60) as client:
+        expected = texts(client.post(url + "/v1/completions", json=short_body))
+        with client.stream("POST", url + "/v1/completions", json=long_body) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            assert "text_completion" in first  # the long one is generating
+            assert texts(client.post(url + "/v1/completions", json=short_body)) == expected
+            now = health(url)
+            assert now["in_progress"] == 1 and now["stats"]["largest_batch"] == 2
+            rest = list(lines)
+        assert "data: [DONE]" in rest
