@@ -10,14 +10,20 @@ require_serve()
 
 from typing import Any
 
+import pytest
 import torch
 
+from gptkit.config import ModelConfig
 from gptkit.generation.config import GenerationConfig
+from gptkit.generation.sampling import generate_steps
 from gptkit.generation.text import sample_text
 from gptkit.memory import inference_memory
+from gptkit.model import GPT
 from gptkit.run import Run
-from gptkit.serve.engine import Delta, End, Engine, Event, Finish, Job
+from gptkit.serve.engine import Delta, End, Engine, Event, Finish, Job, Stats
+from gptkit.serve.kvpool import KVPool
 from gptkit.serve.prefix import PrefixStore
+from gptkit.serve.stepper import Listener, Stepper
 
 LONG = "First Citizen:\nBefore we proceed any"  # 36 characters: more than the context (32)
 
@@ -207,3 +213,62 @@ def test_the_pool_is_allocated_at_start_and_sized_per_row(run):
     assert info is not None and info["rows"] == 3 and info["positions_per_row"] == c.block_size
     per_row = inference_memory(run.config, c.vocab_size).kv_cache  # what gptkit info shows
     assert info["bytes"] == 3 * per_row == 3 * 2 * c.n_layer * c.block_size * c.n_embd * 4
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "rope"])
+def test_rows_at_their_own_positions_get_a_full_forwards_scores(pos_embedding):
+    """The pool's rows decode together, each at its own position (learned positions and
+    rotary angles alike), and score as the whole sequence does in one plain forward."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50,
+                            dropout=0.0, pos_embedding=pos_embedding)).eval()
+    rows = [torch.randint(0, 50, (n,)).tolist() for n in (5, 11, 8)]
+    pool = KVPool(model, 3)
+    with torch.no_grad():
+        for slot, ids in enumerate(rows):  # prefill all but the last token, in two chunks
+            half = len(ids) // 2
+            model(torch.tensor([ids[:half]]), kv_cache=pool.view(slot, [0], half))
+            rest = ids[half:-1]
+            model(torch.tensor([rest]), kv_cache=pool.view(slot, [half], len(rest)))
+        last = torch.tensor([[ids[-1]] for ids in rows])
+        together, _ = model(last, kv_cache=pool.view(0, [len(ids) - 1 for ids in rows], 1))
+        for slot, ids in enumerate(rows):
+            whole, _ = model(torch.tensor([ids]))
+            torch.testing.assert_close(together[slot, -1], whole[0, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "rope"])
+def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding):
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50,
+                            dropout=0.0, pos_embedding=pos_embedding)).eval()
+    with torch.no_grad():  # peaked scores: float rounding never decides a token
+        for p in model.parameters():
+            p.mul_(3.0)
+    specs = [([[3, 4, 5, 6, 7]], {"num_samples": 2, "temperature": 1.0, "seed": 1}),
+             ([[9] * 20, [1, 2]], {"temperature": 0.0, "max_new_tokens": 12}),  # slides
+             ([[8, 7]], {"temperature": 0.8, "seed": 2, "repetition_penalty": 1.3})]
+    drawn: dict[int, list[list[int]]] = {}
+
+    def took(made: Job, values: list[int], logprobs: Any, step: int) -> list[bool]:
+        drawn.setdefault(id(made), []).append(values)
+        return [step >= made.max_tokens] * made.rows
+
+    def failed(made: Job, exc: Exception) -> None:
+        raise exc
+
+    stepper = Stepper(model, 4, eot_id=None, prefill_chunk=3, stats=Stats(), listener=Listener(
+        lambda made: None, took, failed, lambda made: None, lambda made: None))
+    jobs = []
+    for prompts, settings in specs:
+        cfg = GenerationConfig(**{"max_new_tokens": 8, "top_k": None, **settings})
+        jobs.append(Job(prompts=prompts, settings=cfg, stream=False, emit=lambda e: None))
+        stepper.submit(jobs[-1])
+        stepper.step()  # each joins one step after the one before
+    while stepper.busy:
+        stepper.step()
+    for made in jobs:
+        seed_groups = [(len(made.prompts), made.settings.seed)]
+        alone = [step.token.tolist() for step in generate_steps(
+            model, made.prompts, made.settings, eot_id=None, seed_groups=seed_groups)]
+        assert drawn[id(made)] == alone
