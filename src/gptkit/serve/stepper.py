@@ -294,11 +294,9 @@ class Stepper:
         scores = running.processors(running.seq, logits)
         if running.job.settings.temperature == 0:
             token = scores.argmax(dim=-1)
-        else:
-            probs = scores.softmax(dim=-1).split([rows for rows, _ in running.groups])
-            token = torch.cat([torch.multinomial(part, 1, generator=generator).squeeze(1)
-                               for part, (_, generator) in zip(probs, running.groups,
-                                                               strict=True)])
+        else:  # one generator per job (sampling_groups gives one group)
+            ((_, generator),) = running.groups
+            token = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
         if self.eot_id is not None and not all(seat.live for seat in seats):
             gone = torch.tensor([not seat.live for seat in seats], device=token.device)
             token = token.masked_fill(gone, self.eot_id)
