@@ -20,7 +20,7 @@ from gptkit.generation.text import sample_text
 from gptkit.memory import inference_memory
 from gptkit.model import GPT
 from gptkit.run import Run
-from gptkit.serve.engine import Delta, End, Engine, Event, Finish, Job, Stats
+from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job, Stats
 from gptkit.serve.kvpool import KVPool
 from gptkit.serve.prefix import PrefixStore
 from gptkit.serve.stepper import Listener, Stepper
@@ -272,3 +272,25 @@ def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding):
         alone = [step.token.tolist() for step in generate_steps(
             model, made.prompts, made.settings, eot_id=None, seed_groups=seed_groups)]
         assert drawn[id(made)] == alone
+
+
+def test_a_failing_step_ends_every_request_and_the_engine_goes_on(run, monkeypatch):
+    engine = Engine(run, max_batch_size=1, prefix_cache_mb=0)
+    running_job, running_events = job(run, "A")
+    queued_job, queued_events = job(run, "B")
+    engine.submit(running_job)
+    engine.submit(queued_job)
+    engine.stepper.step()
+    assert running(engine) == [running_job] and engine.queued == 1
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(engine.stepper, "_admit", broken)
+    assert engine.work() is False and engine.stats.running_rows == 0
+    for events in (running_events, queued_events):
+        assert len(events) == 1 and isinstance(events[0], Failure) and events[0].status == 500
+    monkeypatch.undo()
+    again, again_events = job(run, "A")
+    engine.run_batch([again])
+    assert texts(again_events) == alone(run, "A")

@@ -279,10 +279,14 @@ class Engine:
         queued there run between calls."""
         stepper = self.stepper
         end = time.monotonic() + budget_s
-        while stepper.busy:
-            stepper.step()
-            if time.monotonic() >= end:
-                break
+        try:
+            while stepper.busy:
+                stepper.step()
+                if time.monotonic() >= end:
+                    break
+        except Exception as exc:  # a bug, not a request's fault: nobody may wait forever
+            log.exception("a decoding step failed")
+            stepper.abort(exc)
         return stepper.busy
 
     def run_batch(self, jobs: list[Job]) -> None:

@@ -62,5 +62,5 @@ class Scheduler:
             try:
                 while await loop.run_in_executor(self.executor, self.engine.work):
                     pass
-            except Exception:  # the engine reports its jobs' failures; this is a bug
-                log.exception("the scheduler's step failed")
+            except Exception:  # Engine.work ends its own failures; this is the rest
+                log.exception("the model's worker could not run")

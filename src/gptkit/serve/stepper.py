@@ -118,13 +118,28 @@ class Stepper:
         finally:
             if was_training:
                 self.model.train()
-            self.stats.queued_jobs = len(self.pending)
-            self.stats.running_jobs = len(self.running)
-            self.stats.running_rows = len(self.slots)
-            if self.store is not None:
-                self.stats.prefix_cache_bytes = self.store.used
-                self.stats.prefix_cache_entries = len(self.store.entries)
-                self.stats.prefix_cache_evictions = self.store.evicted
+            self._count()
+
+    def _count(self) -> None:
+        """The gauges of `Stats`: what is queued, running and cached now."""
+        self.stats.queued_jobs = len(self.pending)
+        self.stats.running_jobs = len(self.running)
+        self.stats.running_rows = len(self.slots)
+        if self.store is not None:
+            self.stats.prefix_cache_bytes = self.store.used
+            self.stats.prefix_cache_entries = len(self.store.entries)
+            self.stats.prefix_cache_evictions = self.store.evicted
+
+    def abort(self, exc: Exception) -> None:
+        """End every job, queued or running, with `exc` (after a failure of the stepper
+        itself, so that no request waits forever)."""
+        jobs = [running.job for running in self.running] + list(self.pending)
+        self.running.clear()
+        self.slots.clear()
+        self.pending.clear()
+        self._count()
+        for job in jobs:
+            self.listener.failed(job, exc)
 
     def _step(self) -> None:
         for running in [r for r in self.running if r.job.cancelled.is_set()]:
