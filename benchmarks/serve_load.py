@@ -233,8 +233,9 @@ def main() -> None:
         a, b = off[key], on[key]
         ratio = f"{b / a:.2f}x" if isinstance(a, float) and a else ""
         print(f"{label:<22}{fmt.format(a):>18}{fmt.format(b):>20}{ratio:>10}")
-    print(f"batches: off {batches['off']['batches']}, on {batches['on']['batches']} (largest "
-          f"{batches['on']['largest_batch']} requests); same text with and without batching: "
+    print(f"decoding steps: off {batches['off']['steps']}, on {batches['on']['steps']} (at most "
+          f"{batches['on']['largest_batch']} requests at once); same text with and without "
+          "batching: "
           f"{same} of {args.requests}")
     report = {"requests": args.requests, "concurrency": args.concurrency,
               "max_tokens": args.max_tokens, "batch_size": args.batch_size,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptkit.config import load_config
-from gptkit.memory import training_memory
+from gptkit.memory import human_bytes, training_memory
 from gptkit.model import GPT
 from gptkit.runinfo import describe, parameter_breakdown
 from tests.test_cli import run_cli
@@ -62,6 +62,10 @@ def test_info_of_a_run_shows_everything(tiny_run, capsys):
     info = json.loads(out)
     assert info["memory"]["training"]["total"] > info["memory"]["inference_fp32_batch_1"]["total"]
     assert info["best"]["metrics"]["val_perplexity"] > 1
+    # serving: the KV bytes of one row of full context, to size gptkit serve's pool
+    kv = info["memory"]["inference_fp32_batch_1"]["kv_cache"]
+    assert f"serving: {human_bytes(kv)} of KV cache per row" in run_cli(
+        capsys, "info", str(tiny_run))[1]
 
 
 def test_memory_plan_of_a_recipe_needs_no_data(capsys):

@@ -81,6 +81,12 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None] | None:
+        """The attention rule and position ids of `tokens` new positions, for a cache whose
+        rows sit at positions of their own (the server's slot pool; None position ids: from
+        `length` on); None: the caller's."""
+        return None
+
     def reorder(self, rows: Tensor) -> None:
         """Row i takes over what row `rows[i]` held: beam search follows surviving beams."""
         filled = slice(0, self.length)
@@ -310,6 +316,11 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """Hidden states (B, T, C) (arguments as in `GPT.forward`)."""
         start = 0 if kv_cache is None else kv_cache.length
+        own = None if kv_cache is None else kv_cache.context(idx.size(1))
+        if own is not None:
+            mask, position_ids = own
+        else:
+            mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
         if position_ids is None:
             position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
         x = self.wte(idx)
@@ -319,8 +330,7 @@ class Transformer(nn.Module):
         else:
             rope = rotary_angles(position_ids, self.head_dim)
         x = self.drop(x)
-        ctx = AttentionContext(
-            kv_cache, attention_rule(idx.size(1), start, attention_mask, idx.device), rope)
+        ctx = AttentionContext(kv_cache, mask, rope)
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         for block in self.h:
             # recomputed: the block's RNG state is replayed, so dropout masks are the same

@@ -157,6 +157,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"{human_bytes(train['gradients'])}, optimizer {human_bytes(train['optimizer'])}, "
         f"activations {human_bytes(train['activations'])}",
         f"               inference (fp32, batch 1, full KV cache): {human_bytes(infer['total'])}",
+        f"               serving: {human_bytes(infer['kv_cache'])} of KV cache per row of full "
+        "context (fp32; gptkit serve --max-batch-size N allocates N rows)",
     ]
     if "plan" in mem:
         lines += format_plan(mem["plan"], mem["precision"], mem["micro_batch_size"],

@@ -48,6 +48,9 @@ def test_health_and_models(client):
     assert health["defaults"] == {"max_tokens": 40, "temperature": 0.8, "top_k": 200,
                                   "top_p": 1.0}
     assert health["limits"]["max_tokens"] == 256
+    pool = health["kv_pool"]  # preallocated: --max-batch-size rows of the full context
+    assert (pool["rows"], pool["positions_per_row"]) == (health["limits"]["max_batch_size"], 32)
+    assert pool["bytes"] == pool["rows"] * 2 * 2 * 32 * 32 * 4  # k and v, 2 layers, 32 wide
     models = client.get("/v1/models").json()
     assert models["object"] == "list"
     (card,) = models["data"]

@@ -1,5 +1,5 @@
-"""Micro-batching: requests arriving together share a batch, and none of them gets a different
-text for it; a short bounded load of concurrent requests all succeeds."""
+"""Batching over HTTP: requests arriving together decode together, and none of them gets a
+different text for it; a short bounded load of concurrent requests all succeeds."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from typing import Any
 
 import httpx
 
-from gptkit.generation.config import GenerationConfig
-from gptkit.serve.batcher import Batcher
-from gptkit.serve.engine import Job
 from tests.serve.conftest import health, live_server, sse_events, stream_texts, wait_until
 from tests.serve.conftest import worker_blocked as blocked
 
@@ -56,28 +53,8 @@ def test_a_requests_text_does_not_depend_on_its_batch(run):
         for thread in threads:
             thread.join(timeout=60)
         assert [texts(r) for r in together] == alone
-        stats = health(url)["stats"]
-        # one batch of the greedy requests, one of the sampled ones (same settings)
-        assert stats["largest_batch"] == 4 and stats["batches"] == len(REQUESTS) + 2
-
-
-def test_batches_respect_the_row_limit_and_sampling_settings():
-    def job(rows: int, temperature: float = 0.0, top_k: int | None = None) -> Job:
-        settings = GenerationConfig(max_new_tokens=1, temperature=temperature, top_k=top_k,
-                                    seed=None)
-        return Job(prompts=[[1]] * rows, settings=settings, stream=False,
-                   emit=lambda event: None)
-
-    batcher = Batcher(lambda jobs: None, max_batch_size=4, window_s=0.0)
-    jobs = [job(2), job(1, 0.8), job(1), job(2), job(1), job(6), job(1, 0.8, 5), job(1, 0.8)]
-    jobs[4].cancelled.set()
-    batcher.pending.extend(jobs)
-    assert batcher._take() == [jobs[0], jobs[2]]  # greedy, 3 rows: the next greedy one won't fit
-    assert batcher._take() == [jobs[1], jobs[7]]  # same temperature and filters only
-    assert batcher._take() == [jobs[3]]  # the cancelled one is dropped
-    assert batcher._take() == [jobs[5]]  # larger than a batch: alone
-    assert batcher._take() == [jobs[6]]
-    assert batcher._take() == [] and not batcher.pending
+        # all of them joined the first step (greedy and sampled, any settings, 14 rows)
+        assert health(url)["stats"]["largest_batch"] == len(REQUESTS)
 
 
 async def _load(url: str, count: int, concurrency: int) -> list[tuple[dict[str, Any], Any]]:
@@ -102,7 +79,7 @@ async def _load(url: str, count: int, concurrency: int) -> list[tuple[dict[str, 
 
 
 def test_concurrent_requests_under_a_short_bounded_load(run):
-    with live_server(run, max_batch_size=8, max_tokens=256, batch_window_ms=20) as (url, app):
+    with live_server(run, max_batch_size=8, max_tokens=256) as (url, app):
         expected = [texts(httpx.post(url + "/v1/completions", json=r, timeout=60))
                     for r in REQUESTS]
         results = asyncio.run(_load(url, count=32, concurrency=8))
@@ -111,3 +88,20 @@ def test_concurrent_requests_under_a_short_bounded_load(run):
         after = health(url)
         assert after["status"] == "ok" and after["in_progress"] == 0
         assert after["stats"]["largest_batch"] > 1  # they did share batches
+
+
+def test_a_short_request_finishes_while_a_long_one_streams(run):
+    """Requests join at every step: a later short request need not wait for a long one."""
+    long_body = {"prompt": "ROMEO:", "temperature": 0, "max_tokens": 1000, "stream": True}
+    short_body = {"prompt": "KING:", "temperature": 0, "max_tokens": 3}
+    with live_server(run, max_tokens=1000) as (url, _), httpx.Client(timeout=60) as client:
+        expected = texts(client.post(url + "/v1/completions", json=short_body))
+        with client.stream("POST", url + "/v1/completions", json=long_body) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            assert "text_completion" in first  # the long one is generating
+            assert texts(client.post(url + "/v1/completions", json=short_body)) == expected
+            now = health(url)
+            assert now["in_progress"] == 1 and now["stats"]["largest_batch"] == 2
+            rest = list(lines)
+        assert "data: [DONE]" in rest

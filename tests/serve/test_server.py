@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
+from gptkit.cli import build_parser
 from gptkit.serve import background, create_app
 from tests.test_cli import expect_error
 
@@ -21,7 +23,8 @@ def test_help_explains_every_option():
                           capture_output=True, text=True, check=True).stdout
     for flag in ("--host", "--port", "--api-key", "--max-batch-size", "--max-prompt-tokens",
                  "--max-tokens", "--max-concurrent", "--max-body-bytes", "--quantize",
-                 "--max-logprobs", "--device", "--checkpoint", "127.0.0.1"):
+                 "--max-logprobs", "--device", "--checkpoint", "127.0.0.1", "--prefill-chunk",
+                 "--prefix-cache-mb"):
         assert flag in text
 
 
@@ -40,6 +43,11 @@ def test_bad_options_are_one_line_errors(tiny_run, tmp_path, capsys):
     expect_error(capsys, "serve", run, "--port", "70000", match="--port must be in 0..65535")
     expect_error(capsys, "serve", run, "--max-batch-size", "0", match="--max-batch-size")
     expect_error(capsys, "serve", run, "--max-tokens", "0", match="--max-tokens")
+    expect_error(capsys, "serve", run, "--prefill-chunk", "0", match="--prefill-chunk")
+    # requests join at every step: there is no batch window to wait for any more
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", run, "--batch-window-ms", "5"])
+    assert exit_.value.code == 2 and "--batch-window-ms" in capsys.readouterr().err
     expect_error(capsys, "serve", str(tmp_path / "nothing"), match="does not exist")
     # an address of no interface here (TEST-NET-1): nothing is sent anywhere
     expect_error(capsys, "serve", run, "--host", "192.0.2.1", match="cannot listen on 192.0.2.1")

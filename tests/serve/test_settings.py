@@ -17,7 +17,7 @@ from gptkit.serve import ServeSettings, create_app
     ({"api_key": " x"}, "--api-key"), ({"api_key": ""}, "--api-key"),
     ({"max_tokens": 0}, "--max-tokens"), ({"max_prompt_tokens": 0}, "--max-prompt-tokens"),
     ({"max_concurrent": 0}, "--max-concurrent"), ({"max_body_bytes": 10}, "--max-body-bytes"),
-    ({"batch_window_ms": -1}, "--batch-window-ms"),
+    ({"prefill_chunk": 0}, "--prefill-chunk"), ({"prefix_cache_mb": -1}, "--prefix-cache-mb"),
 ])
 def test_bad_settings_are_refused(run, bad, match):
     with pytest.raises(GptkitError, match=match):

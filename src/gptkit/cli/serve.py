@@ -18,7 +18,8 @@ def register(commands: Any) -> None:
         "without a seed draws fresh randomness, as gptkit sample without --seed), "
         "GET /v1/models, "
         "GET /health, POST /v1/classify for finetune-classify runs, and a playground page at "
-        "/. Requests that arrive together are generated as one batch. Listens on 127.0.0.1 "
+        "/. Requests decode together, joining and leaving at every step (continuous batching, "
+        "shared prompt prefixes computed once). Listens on 127.0.0.1 "
         "(this machine only) unless --host says otherwise.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
@@ -30,11 +31,18 @@ def register(commands: Any) -> None:
                    help="port (default: 8000; 0 = any free port, printed at start)")
     p.add_argument("--api-key", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* (the page asks for it)")
-    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
-                   help="completion rows (prompts x n) generated together (default 8; 1 = "
-                   "no batching)")
-    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
-                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-batch-size", type=int, default=16, metavar="N",
+                   help="completion rows (prompts x n) decoding together (default 16): the "
+                   "KV pool allocated at start holds N rows of the full context (gptkit info "
+                   "shows the bytes per row); more wait in the queue; also the most rows one "
+                   "request may ask for")
+    p.add_argument("--prefill-chunk", type=int, default=64, metavar="N",
+                   help="prompt tokens prefilled per decoding step, so that long prompts do "
+                   "not stall the running rows (default 64)")
+    p.add_argument("--prefix-cache-mb", type=float, default=256, metavar="MB",
+                   help="memory for the KV of recent prompts and texts, reused by requests "
+                   "that start the same way, least recently used evicted (default 256; 0 = "
+                   "off)")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, metavar="N",
                    help="longest prompt accepted, in tokens (default 2048; longer: 413)")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
@@ -59,7 +67,8 @@ def serve(args: argparse.Namespace) -> None:
 
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=args.api_key,
-        max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
+        max_batch_size=args.max_batch_size, prefill_chunk=args.prefill_chunk,
+        prefix_cache_mb=args.prefix_cache_mb,
         max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
         max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
         max_logprobs=args.max_logprobs,

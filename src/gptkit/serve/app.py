@@ -5,7 +5,8 @@ APIs, server-sent events when `stream` is true; both through one submit path and
 `replies`), GET /v1/models and /v1/models/{id}, POST /v1/classify (classifier runs),
 POST /v1/attention (the playground's attention map), GET /health (with /health/live and
 /health/ready for orchestrators), GET /metrics (Prometheus), and the playground at /.
-Model work runs in one worker thread; completion requests go through the micro-batcher.
+Model work runs in one worker thread; completion requests decode together, joining and leaving
+at every step (`scheduler`, `stepper`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
-from gptkit.serve.batcher import Batcher
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
 from gptkit.serve.engine import Engine, Event, Job
 from gptkit.serve.errors import APIError, install_handlers
 from gptkit.serve.health import Readiness, warm_up
 from gptkit.serve.limits import Gate, Guard
-from gptkit.serve.metrics import EngineReadings, Metrics, RequestCounter, RunningBatch
+from gptkit.serve.metrics import EngineReadings, Metrics, RequestCounter
 from gptkit.serve.replies import ChatShape, EventStream, Shape, collect, meta, stream
+from gptkit.serve.scheduler import Scheduler
 from gptkit.serve.schemas import (
-    MAX_N,
     AttentionRequest,
     AttentionResponse,
     ClassifyRequest,
@@ -68,18 +68,20 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     is its model id (default: the run folder's name)."""
     settings = settings or ServeSettings()
     settings.check()
-    engine = model if isinstance(model, Engine) else Engine(model, name=name)
-    running = RunningBatch(engine.run_batch)
-    batcher = Batcher(running, max_batch_size=settings.max_batch_size,
-                      window_s=settings.batch_window_ms / 1000)
+    engine = model if isinstance(model, Engine) else Engine(
+        model, name=name, max_batch_size=settings.max_batch_size,
+        prefill_chunk=settings.prefill_chunk, prefix_cache_mb=settings.prefix_cache_mb)
+    scheduler = Scheduler(engine)
     gate = Gate(settings.max_concurrent)
     readiness = Readiness()
-    # what /metrics reads from the scheduler at each scrape (static batching: a batch's rows
-    # are the KV cache in use, max_batch_size rows its capacity)
+    # what /metrics reads from the engine's counters at each scrape (running rows are the KV
+    # pool's slots in use)
+    stats = engine.stats
     metrics = Metrics(engine.name, EngineReadings(
-        waiting=lambda: len(batcher.pending), running_rows=lambda: running.rows,
-        kv_cache_usage=lambda: running.rows / settings.max_batch_size,
-        prompt_tokens_computed=lambda: running.prompt_tokens))
+        waiting=lambda: scheduler.queued, running_rows=lambda: stats.running_rows,
+        kv_cache_usage=lambda: stats.running_rows / settings.max_batch_size,
+        prompt_tokens_computed=lambda: stats.prompt_tokens_computed,
+        prompt_tokens_reused=lambda: stats.prompt_tokens_reused))
     sample = engine.run.config.sample
     default_tokens = min(sample.max_new_tokens, settings.max_tokens)
     defaults: dict[str, Any] = {
@@ -94,17 +96,17 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         app.state.executor = executor
         readiness.begin()
         executor.submit(warm_up, engine).add_done_callback(readiness.warmed_by)
-        batcher.start(executor)
+        scheduler.start(executor)
         try:
             yield
         finally:
             readiness.stop()
-            await batcher.stop()
+            await scheduler.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptkit", summary=f"serving {engine.name}", lifespan=lifespan,
                   redoc_url=None)
-    app.state.engine, app.state.batcher, app.state.gate = engine, batcher, gate
+    app.state.engine, app.state.scheduler, app.state.gate = engine, scheduler, gate
     app.state.settings, app.state.metrics, app.state.readiness = settings, metrics, readiness
     app.add_middleware(Guard, api_key=settings.api_key,
                        max_body_bytes=settings.max_body_bytes)
@@ -151,20 +153,21 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def ready() -> tuple[bool, str]:
-        state = readiness.state(batcher.alive)
+        state = readiness.state(scheduler.alive)
         return state == "ready", state
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Status and load: 200 while the batcher runs, 503 if it has stopped; `ready` says
+        """Status and load: 200 while the scheduler runs, 503 if it has stopped; `ready` says
         whether requests are taken now (as GET /health/ready)."""
         ok, state = ready()
         body = {
-            "status": "ok" if batcher.alive else "error", "ready": ok, "state": state,
+            "status": "ok" if scheduler.alive else "error", "ready": ok, "state": state,
             "model": engine.name,
             "task": engine.task, "auth": settings.api_key is not None,
             "context_length": engine.block_size, "in_progress": gate.active,
-            "queued": len(batcher.pending), "stats": asdict(engine.stats),
+            "queued": scheduler.queued, "stats": asdict(engine.stats),
+            "kv_pool": engine.pool_info(),
             "defaults": defaults if engine.task == "generate" else None,
             "limits": {"max_tokens": settings.max_tokens,
                        "max_prompt_tokens": settings.max_prompt_tokens,
@@ -175,7 +178,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                        "max_attention_tokens": min(settings.max_attention_tokens,
                                                    engine.block_size)},
         }
-        return JSONResponse(body, status_code=200 if batcher.alive else 503)
+        return JSONResponse(body, status_code=200 if scheduler.alive else 503)
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
@@ -228,12 +231,12 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             raise APIError(422, f"{field}: {top} is more than the server's limit of "
                            f"{settings.max_logprobs} (gptkit serve --max-logprobs)",
                            param=field)
-        most = max(settings.max_batch_size, MAX_N)
+        most = settings.max_batch_size  # the rows the KV pool holds
         rows, what = body.candidates(), "n" if body.candidates() == body.n else "best_of"
         if len(prompts) * rows > most:
             raise APIError(422, f"{what}: {len(prompts)} prompts x {what} {rows} = "
                            f"{len(prompts) * rows} completions, more than the server's "
-                           f"limit of {most} per request", param=what)
+                           f"limit of {most} per request (--max-batch-size)", param=what)
         try:
             engine.check_ids(body.bias() or {}, "logit_bias")
         except GptkitError as exc:
@@ -245,7 +248,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     async def generate(prompts: list[list[int]], config: GenerationConfig, shape: Shape,
                        body: SamplingRequest, request: Request, logprobs: int | None = None,
                        echo_logprobs: bool = False) -> Response:
-        """Queue the job for the batcher; answer with its events streamed or collected.
+        """Queue the job for the scheduler; answer with its events streamed or collected.
         `logprobs`: how many top log-probabilities each token reports (None: none)."""
         gate.enter()
         loop = asyncio.get_running_loop()
@@ -269,7 +272,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         head = meta(shape, engine.name)
         clock = metrics.clock(job)
         try:
-            batcher.submit(job)
+            scheduler.submit(job)
         except Exception:
             close()
             raise

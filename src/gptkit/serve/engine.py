@@ -1,19 +1,19 @@
-"""The model side of the server: batched generation, attention maps and classification.
+"""The model side of the server: generation, attention maps and classification.
 
-Everything here is synchronous and runs in the server's single worker thread, one call at a
-time (the batcher decides which requests share a call), so the model is never used by two
-threads at once. Generation is `gptkit.generation.sampling.generate_steps` on the requests'
-prompts, one `GenerationConfig` per request (`Job.settings`),
-left-padded with an attention mask and decoded with the KV cache; each request samples from
-a generator of its own (`seed_groups`), so its text does not depend on what it was batched
-with. Text is cut at stop strings and streamed as `sample_text` does it (held back while it
-could be the start of a stop string or ends inside a UTF-8 character).
+Everything here is synchronous and runs in the server's single worker thread, so the model is
+never used by two threads at once. Completion requests (`Job`, one `GenerationConfig` each)
+are queued with `submit` and decode together, joining and leaving at every step
+(`gptkit.serve.stepper`: continuous batching over a preallocated KV pool of
+`max_batch_size` rows, with prefix reuse); each request samples from a generator of its own
+and sees only its own rows, so its text does not depend on what it ran beside. Text is cut
+at stop strings and streamed as `sample_text` does it (held back while it could be the start
+of a stop string or ends inside a UTF-8 character).
 
 Log-probabilities (`Job.logprobs`) come as `TokenLogprob` records on the events: a Delta
 carries those of the tokens whose text it carries, a Finish those of the whole choice (up to
-the text kept before a stop string), a Prompt those of an echoed prompt (the raw model's). The
-top-k is computed only for batches where a request asked for it. `Job.keep` < n ranks the
-candidates (OpenAI's `best_of`) by mean token log-probability and returns the best.
+the text kept before a stop string), a Prompt those of an echoed prompt (the raw model's).
+`Job.keep` < n ranks the candidates (OpenAI's `best_of`) by mean token log-probability and
+returns the best.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+from torch import Tensor
+
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
@@ -36,10 +39,11 @@ from gptkit.generation.logprobs import (
     records,
     top_list,
 )
-from gptkit.generation.sampling import generate_steps
 from gptkit.generation.text import first_stop, showable
 from gptkit.model import GPT
 from gptkit.run import Run
+from gptkit.serve.prefix import PrefixStore
+from gptkit.serve.stepper import Listener, Stepper
 from gptkit.tokenizers import Tokenizer
 
 log = logging.getLogger("gptkit.serve")
@@ -131,10 +135,6 @@ class Job:
         """Whether its tokens' log-probabilities are needed (reported or ranked)."""
         return self.logprobs is not None or self.ranks
 
-    @property
-    def key(self) -> tuple[object, ...]:
-        """Jobs with equal keys share the logits processors, so they can share a batch."""
-        return self.settings.processor_key()
 
 
 @dataclass(eq=False)
@@ -164,20 +164,34 @@ class _Row:
 
 @dataclass
 class Stats:
-    """Counters shown by GET /health (written by the worker thread only)."""
+    """Counters shown by GET /health (written by the worker thread; `queued_jobs` also by
+    `submit`)."""
 
-    batches: int = 0
-    jobs: int = 0
-    rows: int = 0
-    largest_batch: int = 0  # most requests that shared one batch
+    steps: int = 0  # decoding steps run
+    jobs: int = 0  # requests that started generating
+    rows: int = 0  # their rows (prompts x n)
+    largest_batch: int = 0  # most requests running at one step
     cancelled: int = 0  # requests whose generation stopped because the client left
     tokens: int = 0  # completion tokens of finished requests
+    prompt_tokens_computed: int = 0  # prompt positions run through the model
+    prompt_tokens_reused: int = 0  # prompt positions whose KV was copied (prefix reuse, n > 1)
+    queued_jobs: int = 0  # waiting for room in the KV pool
+    running_jobs: int = 0
+    running_rows: int = 0  # = KV pool slots in use
+    prefix_cache_bytes: int = 0  # KV kept for prefix reuse (within --prefix-cache-mb)
+    prefix_cache_entries: int = 0
+    prefix_cache_evictions: int = 0
 
 
 class Engine:
     """One run's model behind the API: a language model (`run`) or a classifier."""
 
-    def __init__(self, run: Run | Classifier, name: str | None = None) -> None:
+    def __init__(self, run: Run | Classifier, name: str | None = None, *,
+                 max_batch_size: int = 16, prefill_chunk: int = 64,
+                 prefix_cache_mb: float = 256) -> None:
+        """`max_batch_size`: rows (prompts x n) decoding together, the KV pool's slots;
+        `prefill_chunk`: prompt tokens prefilled per step; `prefix_cache_mb`: the prefix
+        store's budget (0: no prefix reuse)."""
         self.run = run
         self.name = name or Path(run.path).resolve().name
         self.tokenizer: Tokenizer = run.tokenizer
@@ -185,6 +199,15 @@ class Engine:
         weights = Path(run.weights) if isinstance(run, Run) else Path(run.path)
         self.created = int(weights.stat().st_mtime) if weights.exists() else int(time.time())
         self.stats = Stats()
+        self._rows: dict[Job, list[_Row]] = {}
+        self._stepper: Stepper | None = None
+        if isinstance(run, Run):
+            store = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
+            listener = Listener(self._started, self._took, self._failed, self._cancelled,
+                                self._empty)
+            self._stepper = Stepper(run.model, max_batch_size, eot_id=self.tokenizer.eot_id,
+                                    prefill_chunk=prefill_chunk, stats=self.stats,
+                                    listener=listener, store=store)
 
     @property
     def task(self) -> Literal["generate", "classify"]:
@@ -227,100 +250,115 @@ class Engine:
         return ids
 
     # --- generation ---------------------------------------------------------------------------
-    def run_batch(self, jobs: list[Job]) -> None:
-        """Generate for `jobs` together; every job hears back, whatever goes wrong."""
-        live = [job for job in jobs if not job.cancelled.is_set()]
-        self.stats.cancelled += len(jobs) - len(live)
-        if not live:
-            return
-        self.stats.batches += 1
-        self.stats.jobs += len(live)
-        self.stats.rows += sum(job.rows for job in live)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
-        ended: set[Job] = set()
-        try:
-            self._generate(live, ended)
-        except Exception as exc:  # a failure ends these requests, never the server
-            user = isinstance(exc, GptkitError)
-            failure = Failure(str(exc), 422) if user else Failure(
-                f"generation failed ({type(exc).__name__}); the server log has the details")
-            if not user:
-                log.exception("generation failed")
-            for job in live:
-                if job not in ended:
-                    job.emit(failure)
+    @property
+    def stepper(self) -> Stepper:
+        if self._stepper is None:
+            raise GptkitError(f"{self.name} is a classifier run; it does not generate")
+        return self._stepper
 
-    def _generate(self, jobs: list[Job], ended: set[Job]) -> None:
-        spans: list[tuple[Job, int, list[_Row]]] = []  # each job's first row and its rows
-        at = 0
+    @property
+    def busy(self) -> bool:
+        """Whether jobs are queued or running."""
+        return self._stepper is not None and self._stepper.busy
+
+    @property
+    def queued(self) -> int:
+        return 0 if self._stepper is None else len(self._stepper.pending)
+
+    def pool_info(self) -> dict[str, int] | None:
+        """The KV pool's size (None for a classifier): rows, positions per row, bytes."""
+        if self._stepper is None:
+            return None
+        pool = self._stepper.pool
+        return {"rows": pool.rows, "positions_per_row": pool.positions, "bytes": pool.bytes,
+                "prefix_cache_bytes": 0 if self._stepper.store is None
+                else self._stepper.store.budget}
+
+    def submit(self, job: Job) -> None:
+        """Queue a job (from any thread); `work` runs it. Its events arrive through
+        `job.emit`."""
+        self.stepper.submit(job)
+
+    def work(self, budget_s: float = 0.05) -> bool:
+        """Decoding steps for up to `budget_s` seconds (at least one); whether work is left.
+        The server calls it in its worker thread, so attention maps and classifications
+        queued there run between calls."""
+        stepper = self.stepper
+        end = time.monotonic() + budget_s
+        try:
+            while stepper.busy:
+                stepper.step()
+                if time.monotonic() >= end:
+                    break
+        except Exception as exc:  # a bug, not a request's fault: nobody may wait forever
+            log.exception("a decoding step failed")
+            stepper.abort(exc)
+        return stepper.busy
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Generate for `jobs` (they join together) until all have ended; every job hears
+        back, whatever goes wrong."""
         for job in jobs:
-            spans.append((job, at, [_Row(job, i) for i in range(job.rows)]))
-            at += job.rows
-        if len({job.n for job in jobs}) == 1:  # as `gptkit sample`: prompts x num_samples
-            prompts = [p for job in jobs for p in job.prompts]
-            num_samples = jobs[0].n
-            groups = [(len(job.prompts), job.settings.seed) for job in jobs]
-        else:  # different n: each row its own prompt, in the same order
-            prompts = [p for job in jobs for p in job.prompts for _ in range(job.n)]
-            num_samples = 1
-            groups = [(job.rows, job.settings.seed) for job in jobs]
-        # the jobs share the processors (Job.key); lengths, counts and seeds are the batch's
-        shared = jobs[0].settings.replace(
-            max_new_tokens=max(job.max_tokens for job in jobs), num_samples=num_samples,
-            seed=None, stop=[])
-        for job in jobs:
-            if job.echo_logprobs:
-                self._echo(job)
-        scored = any(job.scored for job in jobs)
-        k = max(job.logprobs or 0 for job in jobs)
-        tokens = generate_steps(self.model, prompts, shared, eot_id=self.tokenizer.eot_id,
-                                seed_groups=groups, logprobs=scored)
-        live = {job: its_rows for job, _, its_rows in spans}
+            self.submit(job)
+        while self.stepper.busy:
+            self.stepper.step()
+
+    def _started(self, job: Job) -> None:
+        self.stats.jobs += 1
+        self.stats.rows += job.rows
+        self._rows[job] = [_Row(job, i) for i in range(job.rows)]
+        if job.echo_logprobs:
+            self._echo(job)
+
+    def _took(self, job: Job, values: list[int], logprobs: Tensor | None,
+              step: int) -> list[bool]:
+        """A step's tokens of `job`'s rows: stream them, end rows; which rows have ended."""
+        rows = self._rows[job]
+        if step == 1 and not job.stream:  # streamed jobs hear of it as their first Delta
+            job.emit(FirstToken())
         chosen: list[float] = []
         top_values: list[list[float]] = []
         top_ids: list[list[int]] = []
-        try:
-            for step, drawn in enumerate(tokens, start=1):
-                if step == 1:  # streamed jobs hear of their first token as a Delta
-                    for job in live:
-                        if not job.stream:
-                            job.emit(FirstToken())
-                token = drawn.token
-                values = token.tolist()
-                if drawn.logprobs is not None:
-                    chosen = drawn.logprobs.gather(1, token[:, None]).squeeze(1).tolist()
-                    if k:
-                        top = drawn.logprobs.topk(min(k, drawn.logprobs.size(-1)), dim=-1)
-                        top_values, top_ids = top.values.tolist(), top.indices.tolist()
-                for job, offset, its_rows in spans:
-                    if job not in live:
-                        continue
-                    if job.cancelled.is_set():
-                        del live[job]
-                        ended.add(job)
-                        self.stats.cancelled += 1
-                        continue
-                    for r, row in enumerate(its_rows, start=offset):
-                        if job.scored and row.reason is None:
-                            row.logprobs.append(chosen[r])
-                            want = job.logprobs
-                            row.tops.append(
-                                None if want is None else [] if want == 0 else
-                                top_list(top_values[r][:want], top_ids[r][:want],
-                                         self.tokenizer.decode))
-                        self._advance(row, values[r], step)
-                    if all(row.reason for row in its_rows):
-                        self._end(job, its_rows, ended)
-                        del live[job]
-                if not live:
-                    break
-        finally:
-            tokens.close()
-        for job, its_rows in live.items():  # max_tokens 0, or every row ended at once
-            for row in its_rows:
-                if row.reason is None:
-                    self._finish(row, "length")
-            self._end(job, its_rows, ended)
+        if logprobs is not None:
+            token = torch.tensor(values, device=logprobs.device)
+            chosen = logprobs.gather(1, token[:, None]).squeeze(1).tolist()
+            if job.logprobs:
+                top = logprobs.topk(min(job.logprobs, logprobs.size(-1)), dim=-1)
+                top_values, top_ids = top.values.tolist(), top.indices.tolist()
+        for r, row in enumerate(rows):
+            if row.reason is not None:
+                continue
+            if job.scored:
+                row.logprobs.append(chosen[r])
+                want = job.logprobs
+                row.tops.append(None if want is None else [] if want == 0 else
+                                top_list(top_values[r], top_ids[r], self.tokenizer.decode))
+            self._advance(row, values[r], step)
+        ended = [row.reason is not None for row in rows]
+        if all(ended):
+            self._end(job, rows)
+        return ended
+
+    def _empty(self, job: Job) -> None:
+        """max_tokens 0: every row ends at once."""
+        rows = self._rows[job]
+        for row in rows:
+            self._finish(row, "length")
+        self._end(job, rows)
+
+    def _failed(self, job: Job, exc: Exception) -> None:
+        """A failure ends its requests, never the server."""
+        self._rows.pop(job, None)
+        if isinstance(exc, GptkitError):
+            job.emit(Failure(str(exc), 422))
+            return
+        log.error("generation failed", exc_info=exc)
+        job.emit(Failure(f"generation failed ({type(exc).__name__}); the server log has the "
+                         "details"))
+
+    def _cancelled(self, job: Job) -> None:
+        self._rows.pop(job, None)
+        self.stats.cancelled += 1
 
     def _advance(self, row: _Row, token: int, step: int) -> None:
         """Take one new token of a row: end it, cut it at a stop string, or stream it."""
@@ -393,8 +431,8 @@ class Engine:
         if not job.ranks:
             job.emit(row.finish)
 
-    def _end(self, job: Job, rows: list[_Row], ended: set[Job]) -> None:
-        ended.add(job)
+    def _end(self, job: Job, rows: list[_Row]) -> None:
+        self._rows.pop(job, None)
         if job.ranks:  # best_of: each prompt's best `keep` rows, best first
             assert job.keep is not None
             for p in range(len(job.prompts)):

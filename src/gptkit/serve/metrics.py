@@ -12,8 +12,8 @@ values end up there:
   prompt and completion tokens;
 - what the scheduler knows (waiting requests, running rows, KV-cache use, prompt tokens
   computed or reused, speculative tokens), read at scrape time through `EngineReadings`:
-  callables, so that whichever object holds a value (today the batcher and `RunningBatch`,
-  later the continuous-batching engine's `Stats`) is named in one place, `create_app`.
+  callables, so that whichever object holds a value (the engine's `Stats`, the scheduler's
+  queue) is named in one place, `create_app`.
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ def _zero() -> float:
 class EngineReadings:
     """Where a scrape reads the scheduler's values: each a callable, called at scrape time
     (from the event loop, while the worker thread may be writing; each reads one number).
-    Values that cannot exist yet default to 0 (prefix reuse, speculative decoding)."""
+    Values an engine does not have default to 0 (e.g. speculative tokens without a draft)."""
 
     waiting: Callable[[], float]  # requests queued, not yet generating
-    running_rows: Callable[[], float]  # rows (prompts x n) in the batch being generated
+    running_rows: Callable[[], float]  # rows (prompts x n) decoding now: KV slots in use
     kv_cache_usage: Callable[[], float]  # share of the KV-cache rows in use, 0 to 1
     prompt_tokens_computed: Callable[[], float] = _zero  # prompt tokens run through the model
     prompt_tokens_reused: Callable[[], float] = _zero  # prompt tokens taken from the cache
@@ -101,27 +101,6 @@ class EngineCollector(Collector):
             counter = CounterMetricFamily(name, doc, labels=["model"])
             counter.add_metric([self.model], float(read()))
             yield counter
-
-
-class RunningBatch:
-    """Wraps the engine's `run_batch` to tell how many rows are being generated and how many
-    prompt tokens were computed: today's stand-in for counts the continuous-batching
-    scheduler will keep itself. Written by the worker thread, read by scrapes (plain ints)."""
-
-    def __init__(self, run_batch: Callable[[list[Job]], None]) -> None:
-        self.run_batch = run_batch  # the engine's
-        self.rows = 0
-        self.prompt_tokens = 0
-
-    def __call__(self, jobs: list[Job]) -> None:
-        live = [job for job in jobs if not job.cancelled.is_set()]
-        self.rows = sum(job.rows for job in live)
-        # every row (each prompt, n times) runs its prompt through the model
-        self.prompt_tokens += sum(len(p) * job.n for job in live for p in job.prompts)
-        try:
-            self.run_batch(jobs)
-        finally:
-            self.rows = 0
 
 
 class Metrics:

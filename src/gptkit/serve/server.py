@@ -17,6 +17,7 @@ from typing import Any
 
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
+from gptkit.memory import human_bytes
 from gptkit.run import Run
 from gptkit.serve.settings import ServeSettings
 
@@ -66,6 +67,11 @@ def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = 
     print(f"serving {engine.name} ({engine.task}) on {url}: playground {url}/, API "
           f"{url}/v1/{'classify' if engine.task == 'classify' else 'completions'}, "
           f"docs {url}/docs; Ctrl-C stops", flush=True)
+    pool = engine.pool_info()
+    if pool is not None:
+        print(f"KV pool: {pool['rows']} rows x {pool['positions_per_row']} positions "
+              f"({human_bytes(pool['bytes'])}, --max-batch-size), prefix cache up to "
+              f"{human_bytes(pool['prefix_cache_bytes'])} (--prefix-cache-mb)", flush=True)
     if not settings.is_loopback and settings.api_key is None:
         print(f"gptkit: warning: {settings.host} may be reachable from other machines and no "
               "--api-key is set: anyone who can connect can use the model", file=sys.stderr)

@@ -21,8 +21,11 @@ class ServeSettings:
     host: str = "127.0.0.1"  # loopback: nothing outside this machine can connect
     port: int = 8000  # 0: any free port (the one chosen is printed)
     api_key: str | None = None  # when set, /v1/* need "Authorization: Bearer <key>"
-    max_batch_size: int = 8  # completion rows (prompts x n) generated together; 1 = off
-    batch_window_ms: float = 5.0  # how long a lone request waits for others to join it
+    # completion rows (prompts x n) decoding together: the KV pool's slots of block_size
+    # positions each, allocated at start (also the most rows one request may ask for)
+    max_batch_size: int = 16
+    prefill_chunk: int = 64  # prompt tokens prefilled per step beside the decoding rows
+    prefix_cache_mb: float = 256  # KV of recent prompts and texts kept for reuse; 0 = off
     max_prompt_tokens: int = 2048  # longer prompts: 413 (the model sees its last block_size)
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     max_concurrent: int = 32  # requests in progress at once; more are refused with 429
@@ -35,9 +38,11 @@ class ServeSettings:
         checks = [
             (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
             (self.max_batch_size >= 1,
-             f"--max-batch-size must be >= 1 (1 = no batching), got {self.max_batch_size}"),
-            (0 <= self.batch_window_ms <= 1000,
-             f"--batch-window-ms must be in 0..1000, got {self.batch_window_ms:g}"),
+             f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
+            (self.prefill_chunk >= 1,
+             f"--prefill-chunk must be >= 1, got {self.prefill_chunk}"),
+            (self.prefix_cache_mb >= 0,
+             f"--prefix-cache-mb must be >= 0 (0 = off), got {self.prefix_cache_mb:g}"),
             (self.max_prompt_tokens >= 1,
              f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}"),
             (self.max_tokens >= 1, f"--max-tokens must be >= 1, got {self.max_tokens}"),

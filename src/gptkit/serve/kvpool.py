@@ -1,0 +1,95 @@
+"""The server's KV memory: one preallocated slab of `rows` slots x block_size positions.
+
+Each running row of the continuous batcher owns a slot; its keys and values sit at its own
+positions 0, 1, ... whatever the other rows hold, so rows of any length share one decoding
+forward. Running rows are kept in slots 0..R-1 (a leaving row's slot takes the last row's
+KV), so a step's batch is a view of the slab, never a gather. The slab's size is fixed when
+the server starts: rows x the KV bytes of one row of full context (`gptkit info` shows those,
+GET /health the pool's).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gptkit.model import GPT, KVCache, attention_rule
+
+
+class KVPool:
+    """Keys and values of `rows` slots of up to block_size positions each (the model's
+    dtype and device)."""
+
+    def __init__(self, model: GPT, rows: int) -> None:
+        c = model.config
+        weight = model.transformer.wte.weight
+        shape = (c.n_layer, rows, c.n_head, c.block_size, c.n_embd // c.n_head)
+        self.k = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        self.v = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        self.rows = rows
+        self.positions = c.block_size
+        self.bytes = 2 * self.k.numel() * self.k.element_size()
+
+    def view(self, first: int, positions: list[int], tokens: int) -> SlotView:
+        """The cache one forward call writes: slots first.. first + len(positions), each
+        row's `tokens` new positions starting at its own `positions[i]`."""
+        return SlotView(self, first, positions, tokens)
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Slot `target` takes the first `length` positions of slot `source`."""
+        if source != target and length > 0:
+            self.k[:, target, :, :length] = self.k[:, source, :, :length]
+            self.v[:, target, :, :length] = self.v[:, source, :, :length]
+
+    def read(self, slot: int, length: int) -> tuple[Tensor, Tensor]:
+        """A copy of the first `length` positions of `slot` (n_layer, n_head, length, hd)."""
+        return (self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone())
+
+    def write(self, slot: int, k: Tensor, v: Tensor) -> None:
+        """Put `k`, `v` (as `read` returns them) at the first positions of `slot`."""
+        length = k.size(2)
+        self.k[:, slot, :, :length] = k
+        self.v[:, slot, :, :length] = v
+
+
+class SlotView(KVCache):
+    """One forward call's window on the pool: rows of consecutive slots, each at its own
+    position. It supplies the attention mask (key j visible to a query iff j <= the query's
+    position in its row) and the position ids itself, and writes the new keys and values
+    at each row's positions; keys are cut to the furthest row's."""
+
+    def __init__(self, pool: KVPool, first: int, positions: list[int], tokens: int) -> None:
+        # no slab of its own: the pool's is shared (KVCache.__init__ would allocate one)
+        device = pool.k.device
+        self.pool = pool
+        self.rows = slice(first, first + len(positions))
+        self.tokens = tokens
+        self.batch_size = len(positions)
+        self.max_len = pool.positions
+        self.length = max(positions)  # the furthest row's start
+        self.keys = self.length + tokens
+        self.device = device
+        self.slots: Tensor | None = None
+        self.starts: Tensor | None = None
+        if min(positions) != self.length:  # rows at different positions: one by one
+            self.slots = torch.arange(first, first + len(positions), device=device)
+            self.starts = torch.tensor(positions, device=device)
+
+    def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None]:
+        if self.starts is None:  # one start for all rows: the plain causal rule from it
+            return attention_rule(tokens, self.length, None, self.device), None
+        pos = self.starts[:, None] + torch.arange(tokens, device=self.starts.device)  # (B, T)
+        keys = torch.arange(self.keys, device=self.starts.device)
+        return (keys[None, None, :] <= pos[:, :, None])[:, None], pos
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.slots is None or self.starts is None:  # one start for all rows: one slice
+            start = self.length
+            self.pool.k[layer, self.rows, :, start : start + self.tokens] = k
+            self.pool.v[layer, self.rows, :, start : start + self.tokens] = v
+        else:  # one new position per row (decoding), each at its own place
+            assert self.tokens == 1, "rows at different positions decode one token each"
+            self.pool.k[layer, self.slots, :, self.starts] = k[:, :, 0]
+            self.pool.v[layer, self.slots, :, self.starts] = v[:, :, 0]
+        return (self.pool.k[layer, self.rows, :, : self.keys],
+                self.pool.v[layer, self.rows, :, : self.keys])
