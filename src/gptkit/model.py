@@ -62,6 +62,9 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # each layer's slab as a view, taken once: indexing `self.k[layer, ...]` at every
+        # layer of every token costs more than the copy it does for a small model
+        self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
         self.batch_size = batch_size
         self.max_len = max_len
         self.length = 0
@@ -76,10 +79,11 @@ class KVCache:
         Returns the keys and values of all positions so far. A batch of 1 is broadcast to
         every row, so one prompt can be prefilled once for many samples.
         """
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        start, end = self.length, self.length + k.size(2)
+        cached_k, cached_v = self.layers[layer]
+        cached_k[:, :, start:end] = k
+        cached_v[:, :, start:end] = v
+        return cached_k[:, :, :end], cached_v[:, :, :end]
 
     def reorder(self, rows: Tensor) -> None:
         """Row i takes over what row `rows[i]` held: beam search follows surviving beams."""
@@ -163,9 +167,9 @@ class CausalSelfAttention(nn.Module):
         """`ctx.mask` replaces the plain causal rule when given; keys are cached rotated."""
         ctx = ctx or AttentionContext()
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> 3 x (B, n_head, T, head_dim): one view and one permute for all three
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(
+            2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if ctx.rope is not None:
@@ -310,13 +314,16 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """Hidden states (B, T, C) (arguments as in `GPT.forward`)."""
         start = 0 if kv_cache is None else kv_cache.length
-        if position_ids is None:
-            position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
         x = self.wte(idx)
         rope = None
-        if self.wpe is not None:
+        if self.wpe is not None and position_ids is None:
+            # positions start, start + 1, ...: rows of the table, without building ids
+            x = x + self.wpe.weight[start : start + idx.size(1)]
+        elif self.wpe is not None:
             x = x + self.wpe(position_ids)
         else:
+            if position_ids is None:
+                position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
             rope = rotary_angles(position_ids, self.head_dim)
         x = self.drop(x)
         ctx = AttentionContext(

@@ -213,7 +213,9 @@ class TemperatureLogitsWarper:
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scaled = scores / self.temperature
-        if self.temperature >= 1:  # dividing by it cannot overflow
+        # dividing by >= 1 cannot overflow; nor did it when every scaled score is finite
+        # (one check, instead of building the limit at every step)
+        if self.temperature >= 1 or bool(scaled.isfinite().all()):
             return scaled
         overflowed = (~scaled.isfinite() & scores.isfinite()).any(dim=-1, keepdim=True)
         limit = torch.full_like(scores, -math.inf).scatter(
