@@ -185,7 +185,8 @@ class CausalSelfAttention(nn.Module):
             is_causal=ctx.mask is None and start == 0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y  # eval: not even the call
 
 
 def mlp_width(config: ModelConfig) -> int:
@@ -222,7 +223,8 @@ class MLP(nn.Module):
             h = F.relu(h).square()
         else:
             h = self.act(h)
-        return self.dropout(self.c_proj(h))
+        h = self.c_proj(h)
+        return self.dropout(h) if self.training else h
 
 
 class Block(nn.Module):
@@ -325,7 +327,7 @@ class Transformer(nn.Module):
             if position_ids is None:
                 position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
             rope = rotary_angles(position_ids, self.head_dim)
-        x = self.drop(x)
+        x = self.drop(x) if self.training else x
         ctx = AttentionContext(
             kv_cache, attention_rule(idx.size(1), start, attention_mask, idx.device), rope)
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
