@@ -47,6 +47,8 @@ TITLES = {
     "distill_shakespeare": "Distillation into a small student",
     "fast_vs_default": "The fast recipe against the default one",
     "generate_vs_transformers": "Generation speed against transformers",
+    "generate_vs_transformers_char": "Generation speed against transformers, the default "
+                                     "recipe's model",
     "lora_vs_full": "LoRA against full fine-tuning",
     "prepare": "Tokenising speed of prepare",
     "serve_load": "Serving under load, batching off and on",
@@ -343,6 +345,7 @@ RENDERERS: dict[str, Renderer] = {
     "distill_shakespeare": render_distill,
     "fast_vs_default": render_fast,
     "generate_vs_transformers": render_generation,
+    "generate_vs_transformers_char": render_generation,
     "lora_vs_full": render_lora,
     "prepare": render_prepare,
     "serve_load": render_serve,
