@@ -236,6 +236,8 @@ class TopKLogitsWarper:
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         k = min(self.top_k, scores.size(-1))
+        if k == scores.size(-1):  # keeps every token (top_k 200 of a 65-character vocabulary)
+            return scores
         kth = torch.topk(scores, k, dim=-1).values[..., -1:]
         return scores.masked_fill(scores < kth, self.filter_value)
 
