@@ -43,9 +43,13 @@ TITLES = {
     "data_shards": "Token shards: reading and preparing",
     "decode_runtimes": "Decode speed against llama.cpp and ONNX Runtime",
     "decode_runtimes_1thread": "Decode speed against llama.cpp and ONNX Runtime, one thread",
+    "decode_step": "Decode speed before and after a change",
+    "decode_step_bf16": "Decode speed with bf16 weights against fp32",
     "distill_shakespeare": "Distillation into a small student",
     "fast_vs_default": "The fast recipe against the default one",
     "generate_vs_transformers": "Generation speed against transformers",
+    "generate_vs_transformers_char": "Generation speed against transformers, the default "
+                                     "recipe's model",
     "lora_vs_full": "LoRA against full fine-tuning",
     "prepare": "Tokenising speed of prepare",
     "serve_load": "Serving under load, batching off and on",
@@ -181,6 +185,35 @@ def render_decode_runtimes(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_decode_step(r: dict[str, Any]) -> list[str]:
+    sides = r["sides"]
+    first = sides[0]
+    base = r.get("baseline_label") or r.get("baseline_src")
+    against = f"the tree at `{base}`" if base else "itself"
+    out = [f"This tree's gptkit against {against} (sides: {', '.join(sides)}), each side a "
+           "process of its own, the same random weights per shape, greedy from random "
+           f"{r['prompt_tokens']}-token prompts, "
+           f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}, the sides alternating "
+           f"over {r['rounds']} rounds; tokens/s median (min-max); the ratio is each side over "
+           f"{first}; same ids: the share of new tokens equal to {first}'s.", ""]
+    rows = []
+    for shape, s in r["shapes"].items():
+        label = f"{shape} ({s['parameters'] / 1e6:.1f}M, {s['new_tokens']} new)"
+        for key, entry in s.items():
+            if not key.startswith("batch_"):
+                continue
+            for side, value in entry["tokens_per_s"].items():
+                low, high = entry["range_tokens_per_s"][side]
+                same = entry[f"same_ids_as_{first}"].get(side)
+                rows.append([label, key.split("_")[1], side,
+                             f"{num(value, 1)} ({num(low, 1)}-{num(high, 1)})",
+                             f"{entry[f'ratio_over_{first}'][side]:.2f}x",
+                             f"{entry[f'best_ratio_over_{first}'][side]:.2f}x",
+                             "(itself)" if same is None else f"{100 * same:.0f}%"])
+    return out + table(["shape", "batch", "side", "tokens/s", "over " + first,
+                        "fastest rounds over " + first, "same ids"], rows)
+
+
 def render_prepare(r: dict[str, Any]) -> list[str]:
     out = [f"`prepare` on {r['megabytes']:.1f} MB of WikiText-2 text; MB/s median (min-max); "
            "the baseline is the bare loop (char: a Python dict lookup; BPE: `encode_batch` of "
@@ -309,9 +342,12 @@ RENDERERS: dict[str, Renderer] = {
     "compress": render_compress,
     "decode_runtimes": render_decode_runtimes,
     "decode_runtimes_1thread": render_decode_runtimes,
+    "decode_step": render_decode_step,
+    "decode_step_bf16": render_decode_step,
     "distill_shakespeare": render_distill,
     "fast_vs_default": render_fast,
     "generate_vs_transformers": render_generation,
+    "generate_vs_transformers_char": render_generation,
     "lora_vs_full": render_lora,
     "prepare": render_prepare,
     "serve_load": render_serve,

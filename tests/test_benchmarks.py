@@ -100,3 +100,31 @@ def test_profile_of_one_decode_step_ranks_ops_by_self_time():
     assert len(shares) == 5 and shares == sorted(shares, reverse=True)
     assert profile["step_ms"] > 0 and sum(shares) <= 1.0 + 1e-9
     assert any(op["op"] == "aten::mm" or op["op"] == "aten::addmm" for op in profile["top_ops"])
+
+
+def test_decode_step_compares_two_trees_on_the_same_weights():
+    """benchmarks.decode_step at a tiny size: each side is a worker process of its own; two
+    workers of the same tree (one at bf16) decode the same weights, and docs/results.md's
+    renderer prints a row per side and batch."""
+    from benchmarks.common import REPO
+    from benchmarks.decode_step import Side, bench
+    from benchmarks.make_results import render_decode_step
+
+    tiny = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "vocab_size": 23}
+    sides = {"before": Side(REPO / "src", "fp32", 1), "after": Side(REPO / "src", "fp32", 1),
+             "after_bf16": Side(REPO / "src", "bf16", 1)}
+    try:
+        shape = bench(sides, tiny, batches=[1, 2], new_tokens=4, rounds=2)
+    finally:
+        for side in sides.values():
+            side.close()
+    for batch in (1, 2):
+        entry = shape[f"batch_{batch}"]
+        assert set(entry["tokens_per_s"]) == set(sides)
+        assert entry["same_ids_as_before"]["after"] == 1.0  # same tree, same weights
+        assert 0.0 <= entry["same_ids_as_before"]["after_bf16"] <= 1.0
+        assert entry["ratio_over_before"]["before"] == 1.0
+    lines = render_decode_step({"threads": 1, "rounds": 2, "prompt_tokens": 8,
+                                "sides": list(sides), "baseline_src": "", "shapes":
+                                {"tiny": shape}})
+    assert sum("| tiny" in line for line in lines) == 2 * len(sides)

@@ -15,6 +15,7 @@ from gptkit.config import ModelConfig, load_config
 from gptkit.errors import GptkitError
 from gptkit.generation.beam import beam_search
 from gptkit.generation.config import GenerationConfig
+from gptkit.generation.decoding import TokenBuffer
 from gptkit.generation.logits_process import (
     MinNewTokensLengthLogitsProcessor,
     NoBadWordsLogitsProcessor,
@@ -216,6 +217,24 @@ def test_generation_slides_past_block_size(model, use_cache):
     out = run(model, prompt, max_new_tokens=30, temperature=0, use_cache=use_cache)
     assert out == [reference_greedy(model, prompt, 30)]
     assert len(out[0]) == 40 > BLOCK
+
+
+def test_token_buffer_appends_in_place_and_grows():
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    buffer, expected = TokenBuffer(ids, room=2), ids
+    for step in range(7):  # past the room it was made with: it grows
+        token = torch.tensor([10 + step, 20 + step])
+        expected = torch.cat([expected, token[:, None]], dim=1)
+        assert torch.equal(buffer.append(token), expected)
+    assert torch.equal(buffer.ids, expected) and buffer.data.size(1) >= 10
+
+
+def test_processors_see_every_token_when_the_buffer_grows(model):
+    # room for block_size (16) new tokens, 40 generated: a repeated bigram anywhere would
+    # mean the n-gram blocker missed tokens
+    out = run(model, [1, 2], max_new_tokens=40, temperature=0, no_repeat_ngram_size=2)[0]
+    bigrams = list(zip(out, out[1:], strict=False))
+    assert len(out) == 42 and len(set(bigrams)) == len(bigrams)
 
 
 def test_sampling_past_block_size_is_the_same_with_and_without_cache(model):

@@ -60,6 +60,18 @@ def test_kv_cache_decoding_equals_full_forward(chunks):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full)
 
 
+def test_unembed_of_a_decoding_step_follows_the_weights():
+    model = tiny(torch.float32)
+    x = torch.randn(3, 1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.unembed(x), model.lm_head(x))
+        model.lm_head.weight.mul_(2)  # in place (as an optimizer step): the copy is stale
+        torch.testing.assert_close(model.unembed(x), model.lm_head(x))
+    x.requires_grad_(True)
+    model.unembed(x).sum().backward()  # with gradients: lm_head itself, exactly
+    assert x.grad is not None and model.lm_head.weight.grad is not None
+
+
 def test_kv_cache_prefill_of_one_row_fills_every_row():
     model = tiny()
     prompt = random_ids(1, 6)

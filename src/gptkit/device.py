@@ -37,6 +37,10 @@ from gptkit.errors import GptkitError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Below this size a model's weights sit in the CPU's caches and bf16 only adds casts:
 # measured at batch 1, 0.8M parameters decoded 0.73x as fast in bf16, 4.7M 1.15x, 30M 2.1x.
+# Without bf16 instructions bf16 weights are never faster, so "auto" stays fp32 there and
+# the default path is the fp32 one (benchmarks/results/decode_step_bf16.json, an AVX2
+# EPYC, 1 thread, bf16 over fp32 at batch 1 (fastest rounds) / batch 8: 0.8M 1.01x / 0.54x,
+# 10.7M 0.96x / 0.38x, 16M 0.21x / 0.14x, 30M 0.31x / 0.22x).
 CPU_BF16_INFERENCE_MIN_PARAMS = 2_000_000
 
 

@@ -62,6 +62,9 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # each layer's slab as a view, taken once: indexing `self.k[layer, ...]` at every
+        # layer of every token costs more than the copy it does for a small model
+        self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
         self.batch_size = batch_size
         self.max_len = max_len
         self.length = 0
@@ -76,10 +79,11 @@ class KVCache:
         Returns the keys and values of all positions so far. A batch of 1 is broadcast to
         every row, so one prompt can be prefilled once for many samples.
         """
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        start, end = self.length, self.length + k.size(2)
+        cached_k, cached_v = self.layers[layer]
+        cached_k[:, :, start:end] = k
+        cached_v[:, :, start:end] = v
+        return cached_k[:, :, :end], cached_v[:, :, :end]
 
     def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None] | None:
         """The attention rule and position ids of `tokens` new positions, for a cache whose
@@ -169,9 +173,9 @@ class CausalSelfAttention(nn.Module):
         """`ctx.mask` replaces the plain causal rule when given; keys are cached rotated."""
         ctx = ctx or AttentionContext()
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> 3 x (B, n_head, T, head_dim): one view and one permute for all three
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(
+            2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if ctx.rope is not None:
@@ -187,7 +191,8 @@ class CausalSelfAttention(nn.Module):
             is_causal=ctx.mask is None and start == 0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y  # eval: not even the call
 
 
 def mlp_width(config: ModelConfig) -> int:
@@ -224,7 +229,8 @@ class MLP(nn.Module):
             h = F.relu(h).square()
         else:
             h = self.act(h)
-        return self.dropout(self.c_proj(h))
+        h = self.c_proj(h)
+        return self.dropout(h) if self.training else h
 
 
 class Block(nn.Module):
@@ -321,15 +327,18 @@ class Transformer(nn.Module):
             mask, position_ids = own
         else:
             mask = attention_rule(idx.size(1), start, attention_mask, idx.device)
-        if position_ids is None:
-            position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
         x = self.wte(idx)
         rope = None
-        if self.wpe is not None:
+        if self.wpe is not None and position_ids is None:
+            # positions start, start + 1, ...: rows of the table, without building ids
+            x = x + self.wpe.weight[start : start + idx.size(1)]
+        elif self.wpe is not None:
             x = x + self.wpe(position_ids)
         else:
+            if position_ids is None:
+                position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
             rope = rotary_angles(position_ids, self.head_dim)
-        x = self.drop(x)
+        x = self.drop(x) if self.training else x
         ctx = AttentionContext(kv_cache, mask, rope)
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         for block in self.h:
@@ -355,6 +364,8 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             # Weight tying (Press & Wolf 2017, as in GPT-2): one matrix embeds and un-embeds.
             self.lm_head.weight = self.transformer.wte.weight
+        # (weight's identity, its transpose) for `unembed`: a cache, not state (no buffer)
+        self._lm_head_t: tuple[tuple[object, ...], Tensor] | None = None
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(number of residual additions), so
         # the residual stream's variance does not grow with depth.
@@ -414,7 +425,7 @@ class GPT(nn.Module):
                     f"{kv_cache.batch_size}"
                 )
         x = self.transformer(idx, kv_cache, attention_mask, position_ids)
-        logits = self.lm_head(x)
+        logits = self.unembed(x)
         if kv_cache is not None:
             kv_cache.length += tokens
         loss = None
@@ -424,6 +435,28 @@ class GPT(nn.Module):
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
             loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         return logits, loss
+
+    def unembed(self, x: Tensor) -> Tensor:
+        """`lm_head(x)`: hidden states (B, T, C) -> logits (B, T, vocab).
+
+        A decoding step on a CPU (one new position per row, no gradients) multiplies by a
+        transposed copy of the weight instead, kept until the weight changes (another
+        tensor, device or dtype, or an in-place update, which bumps its version): on one
+        row, MKL reads a (C, vocab) matrix about twice as fast as the (vocab, C) one that
+        `nn.Linear` holds, and for a 50k vocabulary that product is most of the step. The
+        logits equal `lm_head`'s up to float rounding (~1e-6 at batch 1). Costs one more
+        copy of the output matrix in memory while generating.
+        """
+        head = self.lm_head
+        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()  # exports see lm_head
+        if (type(head) is not nn.Linear or x.size(1) != 1 or x.device.type != "cpu"
+                or torch.is_grad_enabled() or traced):
+            return head(x)
+        w = head.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._lm_head_t is None or self._lm_head_t[0] != key:
+            self._lm_head_t = (key, w.t().contiguous())
+        return x @ self._lm_head_t[1]
 
     def _check_input(self, idx: Tensor, kv_cache: KVCache | None) -> None:
         """Ids must be (batch, tokens >= 1) and fit in the context after the cached ones."""

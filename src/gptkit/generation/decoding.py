@@ -86,6 +86,30 @@ def sampling_groups(
     return [(count * num_samples, generator_for(s, device)) for count, s in seed_groups]
 
 
+class TokenBuffer:
+    """The rows' tokens so far, `ids` (rows, length), with room to append in place: a step
+    writes one column instead of copying every row into a new tensor (`torch.cat`). The
+    room doubles when full, so a long generation still copies each token O(1) times."""
+
+    def __init__(self, ids: Tensor, room: int) -> None:
+        self.data = ids.new_empty(ids.size(0), ids.size(1) + max(room, 1))
+        self.data[:, : ids.size(1)] = ids
+        self.length = ids.size(1)
+
+    @property
+    def ids(self) -> Tensor:
+        """(rows, length): a view, valid until the next `append`."""
+        return self.data[:, : self.length]
+
+    def append(self, token: Tensor) -> Tensor:
+        """Add one token (rows,) to every row; returns the new `ids`."""
+        if self.length == self.data.size(1):
+            self.data = torch.cat([self.data, torch.empty_like(self.data)], dim=1)
+        self.data[:, self.length] = token
+        self.length += 1
+        return self.ids
+
+
 class Decoder:
     """Next-token scores of a batch of growing sequences.
 

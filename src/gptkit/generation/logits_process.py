@@ -213,7 +213,9 @@ class TemperatureLogitsWarper:
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scaled = scores / self.temperature
-        if self.temperature >= 1:  # dividing by it cannot overflow
+        # dividing by >= 1 cannot overflow; nor did it when every scaled score is finite
+        # (one check, instead of building the limit at every step)
+        if self.temperature >= 1 or bool(scaled.isfinite().all()):
             return scaled
         overflowed = (~scaled.isfinite() & scores.isfinite()).any(dim=-1, keepdim=True)
         limit = torch.full_like(scores, -math.inf).scatter(
@@ -234,6 +236,8 @@ class TopKLogitsWarper:
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         k = min(self.top_k, scores.size(-1))
+        if k == scores.size(-1):  # keeps every token (top_k 200 of a 65-character vocabulary)
+            return scores
         kth = torch.topk(scores, k, dim=-1).values[..., -1:]
         return scores.masked_fill(scores < kth, self.filter_value)
 

@@ -20,6 +20,7 @@ from gptkit.generation.config import GenerationConfig
 from gptkit.generation.decoding import (
     Decoder,
     Prompts,
+    TokenBuffer,
     processors_for,
     prompt_list,
     prompt_rows,
@@ -99,10 +100,13 @@ def generate_steps(
     decoder = Decoder(model, seq.size(0), mask, use_cache)
     done = torch.zeros(seq.size(0), dtype=torch.bool, device=seq.device)
     logits = decoder.scores(seq, shared=prompts == 1)  # one prompt: once for all its samples
+    tokens = TokenBuffer(seq, min(settings.max_new_tokens, model.config.block_size))
     for step in range(settings.max_new_tokens):
         scores = processors(seq, logits)
         if settings.temperature == 0:
             token = scores.argmax(dim=-1)
+        elif len(groups) == 1:
+            token = torch.multinomial(scores.softmax(dim=-1), 1, generator=groups[0][1])[:, 0]
         else:
             probs = scores.softmax(dim=-1).split([rows for rows, _ in groups])
             token = torch.cat([torch.multinomial(part, 1, generator=generator).squeeze(1)
@@ -110,9 +114,9 @@ def generate_steps(
         if eot_id is not None:
             token = token.masked_fill(done, eot_id)
             done = done | (token == eot_id)
-        seq = torch.cat([seq, token[:, None]], dim=1)
+        seq = tokens.append(token)
         yield Step(token, scores.float().log_softmax(dim=-1) if logprobs else None)
-        if step == settings.max_new_tokens - 1 or bool(done.all()):
+        if step == settings.max_new_tokens - 1 or (eot_id is not None and bool(done.all())):
             return
         logits = decoder.scores(seq)
 
