@@ -167,7 +167,7 @@ class SpeculativeDecoder:
 
     def prefill_shared(self, seq: Tensor) -> None:
         """One prompt for every row: its ids but the last computed once in both caches."""
-        if seq.size(1) > 1:
+        if seq.size(1) > 1 and self.room(seq.size(1)) >= 0:  # else decoded plainly
             for model, cache in ((self.main, self.main_cache), (self.draft, self.draft_cache)):
                 self._forward(model, cache, seq[:1, :-1])
             self.stats.passes += 1
