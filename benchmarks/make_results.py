@@ -49,6 +49,7 @@ TITLES = {
     "lora_vs_full": "LoRA against full fine-tuning",
     "prepare": "Tokenising speed of prepare",
     "serve_load": "Serving under load, batching off and on",
+    "speculative": "Speculative decoding with a distilled draft, batch 1",
     "suite": "The speed suite",
     "train_speed": "Training and evaluation speed against transformers",
     "train_vs_nanogpt": "Training against nanoGPT",
@@ -304,6 +305,23 @@ def render_train_speed(r: dict[str, Any]) -> list[str]:
     return out or render_generic(r)
 
 
+def render_speculative(r: dict[str, Any]) -> list[str]:
+    if "ratio_over_plain" not in r:
+        return render_generic(r)
+    out = [f"Greedy decoding of {r['new_tokens']} tokens at batch 1: the main model "
+           f"({r['main_parameters']:,} parameters, {r['main_dtype']}){made(r.get('main_made_by'))}"
+           f" alone and with a draft ({r['draft_parameters']:,} parameters)"
+           f"{made(r.get('draft_made_by'))} proposing K tokens per main-model pass; tokens/s "
+           "median over alternating repeats.", ""]
+    rows = [["plain", num(r["tokens_per_s"]["plain"]), "1", "", "", ""]]
+    for side, ratio in r["ratio_over_plain"].items():
+        rows.append([side, num(r["tokens_per_s"][side]), f"{ratio:.2f}x",
+                     f"{r['acceptance'][side]:.0%}", num(r["tokens_per_pass"][side]),
+                     str(r["same_tokens"][side])])
+    return out + table(["side", "tokens/s", "/ plain", "draft tokens accepted",
+                        "tokens per main pass", "same tokens"], rows)
+
+
 RENDERERS: dict[str, Renderer] = {
     "augment_classify": render_augment,
     "compress": render_compress,
@@ -315,6 +333,7 @@ RENDERERS: dict[str, Renderer] = {
     "lora_vs_full": render_lora,
     "prepare": render_prepare,
     "serve_load": render_serve,
+    "speculative": render_speculative,
     "train_speed": render_train_speed,
 }
 

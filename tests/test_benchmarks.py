@@ -124,5 +124,9 @@ def test_speculative_benchmark_checks_tokens_and_reports_acceptance(capsys):
     assert all(t >= 1 for t in results["tokens_per_pass"].values())
     report(results)
     assert "k=3:" in capsys.readouterr().out
+    from benchmarks.make_results import render_speculative
+
+    rows = [line for line in render_speculative(results) if line.startswith("| k=")]
+    assert len(rows) == 2 and all("True" in row for row in rows)
     same = bench_speculative(main, main, [1, 2, 3], new_tokens=10, draft_tokens=[4], repeats=1)
     assert same["acceptance"] == {"k=4": 1.0}
