@@ -53,6 +53,7 @@ TITLES = {
     "lora_vs_full": "LoRA against full fine-tuning",
     "prepare": "Tokenising speed of prepare",
     "serve_load": "Serving under load, batching off and on",
+    "speculative": "Speculative decoding with a distilled draft, batch 1",
     "suite": "The speed suite",
     "train_speed": "Training and evaluation speed against transformers",
     "train_vs_nanogpt": "Training against nanoGPT",
@@ -337,6 +338,28 @@ def render_train_speed(r: dict[str, Any]) -> list[str]:
     return out or render_generic(r)
 
 
+def render_speculative(r: dict[str, Any]) -> list[str]:
+    if "ratio_over_plain" not in r:
+        return render_generic(r)
+    out = [f"Greedy decoding of {r['new_tokens']} tokens at batch 1: the main model "
+           f"({r['main_parameters']:,} parameters, {r['main_dtype']}){made(r.get('main_made_by'))}"
+           f" alone and with a draft ({r['draft_parameters']:,} parameters)"
+           f"{made(r.get('draft_made_by'))} proposing K tokens per main-model pass; tokens/s "
+           "median over alternating repeats.", ""]
+    rows = []
+    for side in r["tokens_per_s"]:
+        if side.startswith("plain"):
+            rows.append([side, num(r["tokens_per_s"][side]), "1", "", "", ""])
+            continue
+        rows.append([side, num(r["tokens_per_s"][side]), f"{r['ratio_over_plain'][side]:.2f}x",
+                     f"{r['acceptance'][side]:.0%}", num(r["tokens_per_pass"][side]),
+                     str(r["same_tokens"].get(side, "sampled"))])
+    out[0] += (" Sides @T sample at temperature T (top-k 200), against plain sampling: the "
+               "same distribution, other tokens.")
+    return out + table(["side", "tokens/s", "/ plain", "draft tokens accepted",
+                        "tokens per main pass", "same tokens"], rows)
+
+
 RENDERERS: dict[str, Renderer] = {
     "augment_classify": render_augment,
     "compress": render_compress,
@@ -351,6 +374,7 @@ RENDERERS: dict[str, Renderer] = {
     "lora_vs_full": render_lora,
     "prepare": render_prepare,
     "serve_load": render_serve,
+    "speculative": render_speculative,
     "train_speed": render_train_speed,
 }
 

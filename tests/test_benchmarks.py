@@ -128,3 +128,34 @@ def test_decode_step_compares_two_trees_on_the_same_weights():
                                 "sides": list(sides), "baseline_src": "", "shapes":
                                 {"tiny": shape}})
     assert sum("| tiny" in line for line in lines) == 2 * len(sides)
+
+
+def test_speculative_benchmark_checks_tokens_and_reports_acceptance(capsys):
+    import torch
+
+    from benchmarks.speculative import bench_speculative, report
+    from gptkit.config import ModelConfig
+    from gptkit.model import GPT
+
+    models = []
+    for seed, layers in ((0, 2), (1, 1)):
+        torch.manual_seed(seed)
+        models.append(GPT(ModelConfig(n_layer=layers, n_head=2, n_embd=16, block_size=32,
+                                      vocab_size=20)).eval())
+    main, draft = models
+    results = bench_speculative(main, draft, [1, 2, 3], new_tokens=40, draft_tokens=[2, 3],
+                                repeats=2, temperature=0.8)
+    assert results["new_tokens"] == 29  # kept within the context: no side slides
+    assert results["same_tokens"] == {"k=2": True, "k=3": True}
+    assert set(results["tokens_per_s"]) == {"plain", "k=2", "k=3", "plain@0.8", "k=2@0.8",
+                                            "k=3@0.8"}
+    assert all(0 <= a <= 1 for a in results["acceptance"].values())
+    assert all(t >= 1 for t in results["tokens_per_pass"].values())
+    report(results)
+    assert "k=3:" in capsys.readouterr().out
+    from benchmarks.make_results import render_speculative
+
+    rows = [line for line in render_speculative(results) if line.startswith("| k=")]
+    assert len(rows) == 4 and sum("True" in row for row in rows) == 2
+    same = bench_speculative(main, main, [1, 2, 3], new_tokens=10, draft_tokens=[4], repeats=1)
+    assert same["acceptance"] == {"k=4": 1.0}

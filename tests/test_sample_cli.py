@@ -13,7 +13,8 @@ from tests.test_cli import expect_error, run_cli
 SEPARATOR = "\n" + "-" * 40 + "\n"
 FLAGS = ("--prompt", "--prompts-file", "--precision", "--min-new-tokens", "--typical-p",
          "--repetition-penalty", "--no-repeat-ngram-size", "--bad-words", "--stop",
-         "--num-beams", "--length-penalty", "--early-stopping", "--num-return-sequences")
+         "--num-beams", "--length-penalty", "--early-stopping", "--num-return-sequences",
+         "--draft", "--draft-tokens")
 
 
 def sample(capsys, run, *argv: str) -> list[str]:

@@ -18,6 +18,7 @@ from gptkit.chat_template import ChatTemplate, Message, encode_chat, stop_string
 from gptkit.errors import GptkitError
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.sampling import generate_tokens
+from gptkit.generation.speculative import Speculative, speculative_tokens
 from gptkit.generation.text import bad_words_ids, first_stop, showable
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
@@ -48,10 +49,12 @@ class ChatSession:
     `settings` are the generation settings of every reply; they must generate one text
     token by token (no beams, one sample), since replies stream. The template's end-of-turn
     text joins their stop strings (`settings` holds them all: what `/settings` shows).
+    `speculative`: a draft model proposes the reply's tokens (`gptkit.generation.speculative`).
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, template: ChatTemplate,
-                 settings: GenerationConfig, system: str | None = None) -> None:
+                 settings: GenerationConfig, system: str | None = None,
+                 speculative: Speculative | None = None) -> None:
         if settings.num_beams > 1 or settings.num_samples > 1:
             raise GptkitError(
                 f"a chat reply is one text streamed token by token: num_beams "
@@ -69,6 +72,7 @@ class ChatSession:
         self.template = template
         self.settings = settings.replace(stop=stops)
         self.system = system or None
+        self.speculative = speculative  # a draft model proposing tokens, or None
         self.history: list[Message] = []  # user, assistant, user, assistant, ...
         self.replies = 0  # replies generated so far: reply n samples with seed + n
         banned = bad_words_ids(tokenizer, settings.bad_words) + list(settings.bad_words_ids or [])
@@ -134,7 +138,13 @@ class ChatSession:
         shown = ""
         interrupted = False
         try:
-            for token in generate_tokens(self.model, prompt.ids, decoding, eot_id=eot_id):
+            spec = self.speculative
+            tokens = (generate_tokens(self.model, prompt.ids, decoding, eot_id=eot_id)
+                      if spec is None else
+                      speculative_tokens(self.model, spec.draft, prompt.ids, decoding,
+                                         eot_id=eot_id, draft_tokens=spec.tokens,
+                                         stats=spec.stats))
+            for token in tokens:
                 t = int(token[0])
                 if t == eot_id:
                     break

@@ -68,6 +68,7 @@ def register(commands: Any) -> None:
     p.add_argument("--prompts-file", help=argparse.SUPPRESS)
     p.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     options.add_inference(p, quantize=QUANTIZE_HELP, precision=PRECISION_HELP)
+    options.add_draft(p)
     p.set_defaults(handler=chat)
 
 
@@ -180,7 +181,9 @@ def chat(args: argparse.Namespace) -> None:
     template = require_chat_template(args.run)  # before loading the model: fail fast
     run = options.load_for_inference(args, precision="auto")
     settings = chat_settings(args, run.config.sample)
-    session = ChatSession(run.model, run.tokenizer, template, settings, system=args.system)
+    speculative = options.load_draft(args, run)
+    session = ChatSession(run.model, run.tokenizer, template, settings, system=args.system,
+                          speculative=speculative)
     if args.system:
         warning = unknown_warning(run.tokenizer.unknown_characters([args.system]),
                                   "the system prompt", fix="the model has never seen them")
@@ -192,3 +195,5 @@ def chat(args: argparse.Namespace) -> None:
               "commands, /exit or Ctrl-D to leave", file=sys.stderr)
     converse(session, _typed() if interactive else sys.stdin, sys.stdout, sys.stderr,
              interactive)
+    if speculative is not None:
+        print(speculative.stats.summary(), file=sys.stderr)

@@ -12,6 +12,7 @@ from gptkit.config import RunConfig, build_config, inherit_init_model, load_reci
 from gptkit.config.choices import Precision, Quantization, names
 
 if TYPE_CHECKING:
+    from gptkit.generation.speculative import Speculative
     from gptkit.run import Run
 
 DEFAULT_RECIPE = "shakespeare-char"
@@ -89,7 +90,7 @@ def resolve_runs(args: argparse.Namespace) -> None:
     swapped for its cached import (`gptkit.interop.hf_runs.as_run`); a run stays as typed."""
     from gptkit.interop.hf_runs import as_run
 
-    for key in ("run", "init_from"):
+    for key in ("run", "init_from", "draft"):
         value = getattr(args, key, None)
         if isinstance(value, str):
             resolved = as_run(value)
@@ -137,3 +138,34 @@ def load_for_inference(args: argparse.Namespace, precision: str = "fp32") -> Run
 
     return load_run(args.run, which=args.checkpoint, device=args.device,
                     precision=args.precision or precision, quantize=args.quantize)
+
+
+def add_draft(parser: argparse.ArgumentParser) -> None:
+    """--draft and --draft-tokens: speculative decoding with a small model of the same
+    tokenizer (`gptkit.generation.speculative`), for every command that generates."""
+    parser.add_argument(
+        "--draft", metavar="RUN",
+        help="speculative decoding: a smaller run with the same tokenizer (e.g. made with "
+        "gptkit distill --teacher RUN) proposes tokens that the model checks in one pass; "
+        "greedy text is unchanged, sampled text keeps its distribution")
+    parser.add_argument("--draft-tokens", type=int, metavar="K",
+                        help="tokens the draft proposes per pass of the model (default 4)")
+
+
+def load_draft(args: argparse.Namespace, run: Run) -> Speculative | None:
+    """The --draft run, loaded with the command's --checkpoint, --device, --precision and
+    --quantize and checked to share `run`'s tokenizer; None without --draft."""
+    from gptkit.errors import GptkitError
+    from gptkit.generation.speculative import DEFAULT_DRAFT_TOKENS, Speculative, check_draft
+    from gptkit.run import load_run
+
+    if args.draft is None:
+        if args.draft_tokens is not None:
+            raise GptkitError("--draft-tokens needs --draft RUN, the draft model to use")
+        return None
+    if args.draft_tokens is not None and args.draft_tokens < 1:
+        raise GptkitError(f"--draft-tokens must be >= 1 (got {args.draft_tokens})")
+    draft = load_run(args.draft, which=args.checkpoint, device=args.device,
+                     precision=args.precision or "auto", quantize=args.quantize)
+    check_draft(run.tokenizer, draft.tokenizer, args.draft)
+    return Speculative(draft.model, args.draft_tokens or DEFAULT_DRAFT_TOKENS)

@@ -40,6 +40,7 @@ def register(commands: Any) -> None:
     p.add_argument("--stream", action="store_true", help="print text as it is generated "
                    "(beam search: when the search ends)")
     options.add_inference(p, quantize=QUANTIZE_HELP, precision=PRECISION_HELP)
+    options.add_draft(p)
     p.set_defaults(handler=sample)
 
 
@@ -166,6 +167,10 @@ def sample(args: argparse.Namespace) -> None:
     if warning:
         print(f"gptkit: {warning}", file=sys.stderr)
     settings = settings_from_flags(args, run.config.sample, prompts)
+    speculative = options.load_draft(args, run)
+    if speculative is not None and settings.num_beams > 1:
+        raise GptkitError(f"--draft cannot be used with beam search (--num-beams "
+                          f"{settings.num_beams}); leave out one of them")
     prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
     separator = "\n" + "-" * 40 + "\n"
     if args.stream:
@@ -179,10 +184,13 @@ def sample(args: argparse.Namespace) -> None:
             else:
                 later.setdefault(index, []).append(piece)
 
-        sample_text(run.model, run.tokenizer, prompt, settings, stream=show)
+        sample_text(run.model, run.tokenizer, prompt, settings, stream=show,
+                    speculative=speculative)
         for index in sorted(later):
             sys.stdout.write(separator + "".join(later[index]))
         sys.stdout.write("\n")
-        return
-    texts = sample_text(run.model, run.tokenizer, prompt, settings)
-    print(separator.join(texts))
+    else:
+        texts = sample_text(run.model, run.tokenizer, prompt, settings, speculative=speculative)
+        print(separator.join(texts))
+    if speculative is not None:
+        print(speculative.stats.summary(), file=sys.stderr)

@@ -12,6 +12,7 @@ from gptkit.errors import GptkitError
 from gptkit.generation.beam import beam_search
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.sampling import generate_tokens
+from gptkit.generation.speculative import Speculative, check_settings, speculative_tokens
 from gptkit.model import GPT
 
 
@@ -66,6 +67,7 @@ def sample_text(
     prompt: str | None | Sequence[str],
     cfg: GenerationConfig,
     stream: Callable[[int, str], None] | None = None,
+    speculative: Speculative | None = None,
 ) -> list[str]:
     """Generate `cfg.num_samples` texts per prompt, each the prompt plus its continuation
     up to the end-of-text token or, cut before it, the first of the stop strings `cfg.stop`.
@@ -77,8 +79,12 @@ def sample_text(
     Text is held back while it may be the start of a stop string or ends in part of a UTF-8
     character. Beam search (`cfg.num_beams` > 1) knows its texts only at the end, and
     streams each continuation in one piece then. `cfg.bad_words` are encoded here, as
-    written and after a space, and banned with `cfg.bad_words_ids`.
+    written and after a space, and banned with `cfg.bad_words_ids`. `speculative` (a draft
+    model, `gptkit.generation.speculative`) decodes with a draft: the same texts when greedy,
+    the same distribution when sampled; its `stats` count the draft tokens accepted.
     """
+    if speculative is not None:
+        check_settings(cfg)
     eot_id = tokenizer.eot_id
     prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
     if not prompts:
@@ -132,7 +138,11 @@ def sample_text(
     new_ids: list[list[int]] = [[] for _ in rows]
     shown = list(rows)  # text each row has streamed so far
     finished = [False] * len(rows)
-    for token in generate_tokens(model, prompt_ids, settings, eot_id=eot_id):
+    tokens = (generate_tokens(model, prompt_ids, settings, eot_id=eot_id)
+              if speculative is None else
+              speculative_tokens(model, speculative.draft, prompt_ids, settings, eot_id=eot_id,
+                                 draft_tokens=speculative.tokens, stats=speculative.stats))
+    for token in tokens:
         for i, t in enumerate(token.tolist()):
             if finished[i]:
                 continue
