@@ -8,8 +8,16 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptkit.config import RunConfig, build_config, inherit_init_model, load_recipe, recipe_names
+from gptkit.config import (
+    RunConfig,
+    apply_overrides,
+    build_config,
+    inherit_init_model,
+    load_recipe,
+    recipe_names,
+)
 from gptkit.config.choices import Precision, Quantization, names
+from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
     from gptkit.generation.speculative import Speculative
@@ -122,12 +130,34 @@ def add_inference(parser: argparse.ArgumentParser, quantize: str = INT8_HELP,
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:
-    """The config of --recipe with --set (and --init-from) applied."""
+    """The config of --recipe with --set (and --init-from) applied; a `train.init_from`
+    that the recipe or --set names is resolved as --init-from is (`resolve_runs`)."""
     raw = load_recipe(args.recipe or DEFAULT_RECIPE)
     overrides = list(args.overrides)
     if getattr(args, "init_from", None):
         overrides.append(f"train.init_from={args.init_from}")
+    overrides += _imported_init_from(raw, overrides)
     return build_config(inherit_init_model(raw, overrides))
+
+
+def _imported_init_from(raw: dict[str, Any], overrides: list[str]) -> list[str]:
+    """The override pointing `train.init_from` at its import, when the recipe or --set names
+    a Hugging Face folder or cached hub id there; none otherwise (a run, or a path that does
+    not exist yet: the trainer reports it)."""
+    from gptkit.interop.hf_runs import as_run
+
+    train = apply_overrides(raw, overrides).get("train")
+    init_from = train.get("init_from") if isinstance(train, dict) else None
+    if not isinstance(init_from, str) or not init_from:
+        return []
+    path = Path(init_from).expanduser()
+    try:
+        resolved = as_run(init_from)
+    except GptkitError:
+        if path.exists():
+            raise
+        return []
+    return [] if resolved == path else [f"train.init_from={resolved}"]
 
 
 def load_for_inference(args: argparse.Namespace, precision: str = "fp32") -> Run:
@@ -155,7 +185,6 @@ def add_draft(parser: argparse.ArgumentParser) -> None:
 def load_draft(args: argparse.Namespace, run: Run) -> Speculative | None:
     """The --draft run, loaded with the command's --checkpoint, --device, --precision and
     --quantize and checked to share `run`'s tokenizer; None without --draft."""
-    from gptkit.errors import GptkitError
     from gptkit.generation.speculative import DEFAULT_DRAFT_TOKENS, Speculative, check_draft
     from gptkit.run import load_run
 

@@ -92,28 +92,13 @@ def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str
     A run started from another keeps its shape: only `model.dropout` may change. Model keys
     of a recipe that does not itself name `init_from` are about a fresh model and give way;
     shape keys set next to `init_from` (in that recipe, or by --set) must agree with the run.
-    A Hugging Face GPT-2 folder or cached hub id stands for its import (as `--init-from`
-    does on the command line). Without the run's config.yaml nothing changes here (the
-    trainer reports the missing run).
+    Without the run's config.yaml nothing changes here (the trainer reports the missing run).
     """
     raw = apply_overrides(recipe, overrides)
     train = raw.get("train")
     init_from = TrainConfig(init_from=train.get("init_from")).init_from if isinstance(
         train, dict) else None
-    if not init_from:
-        return raw
-    from gptkit.interop.hf_runs import as_run  # a Hugging Face folder or hub id: its import
-
-    try:
-        resolved = as_run(init_from)
-    except GptkitError:
-        if Path(init_from).expanduser().exists():
-            raise
-        resolved = Path(init_from).expanduser()  # not there yet: the trainer says so
-    if resolved != Path(init_from).expanduser():
-        init_from = str(resolved)
-        raw = {**raw, "train": {**raw["train"], "init_from": init_from}}
-    if not (Path(init_from) / CONFIG_FILE).is_file():
+    if not init_from or not (Path(init_from) / CONFIG_FILE).is_file():
         return raw
     base = read_config(Path(init_from) / CONFIG_FILE)
     explicit: dict[str, Any] = {}
