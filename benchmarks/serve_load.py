@@ -46,13 +46,15 @@ PROMPTS = ["ROMEO:", "JULIET:\n", "KING HENRY:", "HAMLET:\nO, that", "First Citi
            "MENENIUS:", "To be, or not", "O Romeo, Romeo"]
 
 
-def train_default(folder: Path, steps: int) -> Path:
+def train_default(folder: Path, steps: int, overrides: tuple[str, ...] = ()) -> Path:
+    """The default recipe trained for `steps` steps (with `overrides`, --set style)."""
     from gptkit.config import load_config
     from gptkit.train.trainer import train
 
     run_dir = folder / "shakespeare-char"
     cfg = load_config("shakespeare-char", [f"train.max_steps={steps}", "log.plots=false",
-                                           "log.sample_tokens=0", "log.tensorboard=false"])
+                                           "log.sample_tokens=0", "log.tensorboard=false",
+                                           *overrides])
     print(f"training the default recipe for {steps} steps into {run_dir} ...", flush=True)
     train(cfg, run_dir, progress=False)
     return run_dir
@@ -60,15 +62,20 @@ def train_default(folder: Path, steps: int) -> Path:
 
 @contextmanager
 def server(run: Path, batch_size: int, max_tokens: int, concurrency: int,
-           threads: int | None) -> Iterator[str]:
-    """`gptkit serve RUN` on a free loopback port: its base URL."""
+           threads: int | None, *, src: Path | None = None,
+           extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """`gptkit serve RUN` on a free loopback port: its base URL. `src`: the gptkit source
+    tree to serve with (another revision's `src/`, put first on PYTHONPATH); `extra`: more
+    `gptkit serve` options."""
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
     process = subprocess.Popen(
         [sys.executable, "-m", "gptkit", "serve", str(run), "--host", "127.0.0.1", "--port",
          "0", "--max-batch-size", str(batch_size), "--max-tokens", str(max_tokens),
-         "--max-concurrent", str(max(32, 2 * concurrency)), "--log-level", "warning"],
+         "--max-concurrent", str(max(32, 2 * concurrency)), "--log-level", "warning", *extra],
         stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None
