@@ -12,6 +12,7 @@ require_serve()
 import copy
 import dataclasses
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,12 +26,13 @@ from gptkit.generation.config import GenerationConfig
 from gptkit.generation.speculative import Speculative
 from gptkit.model import GPT
 from gptkit.run import Run
-from gptkit.serve import ServeSettings, create_app
-from gptkit.serve.engine import Engine, Event, Finish, Job
+from gptkit.serve import ServeSettings, create_app, speculate
+from gptkit.serve.engine import Engine, Event, Finish, Job, Stats
 from tests.serve.conftest import health, live_server, serve_cli, sse_events
 from tests.serve.test_metrics import scrape, value
 from tests.test_chat_cli import write_run
 from tests.test_cli import expect_error
+from tests.test_speculative import LIMIT, chi_square, exact_first_tokens
 
 LONG = "First Citizen:\nBefore we proceed any"  # 36 characters: more than the context (32)
 
@@ -45,15 +47,20 @@ def noisy(model: GPT, scale: float, seed: int) -> GPT:
     return copied
 
 
+def with_head(run: Run, scale: float) -> Run:
+    """The run with a random output layer of this scale."""
+    model = noisy(run.model, 0.0, 0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight) * scale)
+    return dataclasses.replace(run, lm=model)
+
+
 @pytest.fixture(scope="module")
 def sharp(run: Run) -> Run:
     """The tiny run with a peaked, varied output layer: its greedy text is not just spaces
     (which any draft would guess)."""
-    model = noisy(run.model, 0.0, 0)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight) * 3)
-    return dataclasses.replace(run, lm=model)
+    return with_head(run, 3.0)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +161,54 @@ def live_server_with_draft(run: Run, draft: Speculative) -> Iterator[tuple[str, 
         yield url, app
 
 
+SAMPLED = GenerationConfig(temperature=0.9, top_k=3, repetition_penalty=1.2,
+                           max_new_tokens=3)
+
+
+def sampled_counts(run: Run, draft: Speculative, jobs: int
+                   ) -> tuple[Counter[tuple[int, ...]], Stats]:
+    """The first three tokens of `jobs` seeded one-row requests decoding together, and the
+    engine's counters."""
+    engine = Engine(run, max_batch_size=64, draft=draft)
+    seen: list[list[int]] = []
+    prompt = run.tokenizer.encode("ROMEO:")
+    for seed in range(jobs):
+        out: list[int] = []
+        seen.append(out)
+
+        def emit(event: Event, out: list[int] = out) -> None:
+            if isinstance(event, Finish):
+                out.extend(run.tokenizer.encode(event.text))
+
+        engine.submit(Job(prompts=[prompt], settings=SAMPLED.replace(seed=seed),
+                          stream=False, emit=emit))
+    engine.run_batch([])
+    return Counter(tuple(tokens) for tokens in seen), engine.stats
+
+
+def test_sampled_requests_follow_the_models_distribution(run, monkeypatch):
+    """Tokens 2 and 3 of each request come from a speculative round (K = 3): the first three
+    tokens of 1,500 requests against the model's exact distribution (a flatter model, whose
+    three tokens take 27 values, the likeliest 40%; the draft keeps about 45%); keeping every
+    draft token (the draft's distribution) fails the same test."""
+    soft = with_head(run, 0.2)
+    draft = Speculative(noisy(soft.model, 0.05, 3), tokens=3)
+    prompt = soft.tokenizer.encode("ROMEO:")
+    expected = exact_first_tokens(soft.model, prompt, SAMPLED, 3)
+    assert len(expected) == 27 and max(expected.values()) < 0.5
+    counts, stats = sampled_counts(soft, draft, 1500)
+    assert chi_square(counts, expected, 1500) < LIMIT
+    assert 0.2 < stats.accepted_tokens / stats.draft_tokens < 0.8
+
+    def keep_all(p_scores, q_scores, drafted, greedy, groups):  # type: ignore[no-untyped-def]
+        kept, token = real(p_scores, q_scores, drafted, greedy, groups)
+        return torch.full_like(kept, drafted.size(1)), token
+
+    real = speculate.accept
+    monkeypatch.setattr(speculate, "accept", keep_all)
+    assert chi_square(sampled_counts(soft, draft, 1500)[0], expected, 1500) > 10 * LIMIT
+
+
 def completions(url: str, bodies: list[dict[str, Any]]) -> list[list[str]]:
     """POST them at once from threads (streamed ones read as events): each one's texts."""
     import httpx
@@ -189,6 +244,8 @@ BODIES: list[dict[str, Any]] = [
     {"prompt": LONG, "max_tokens": 15, "temperature": 0, "stop": ["a"]},
     {"prompt": ["To be", "KING:"], "max_tokens": 24, "temperature": 0, "logprobs": 2},
     {"prompt": "JULIET:", "max_tokens": 40, "temperature": 0, "stream": True},
+    {"prompt": "KING:", "max_tokens": 10, "temperature": 0, "best_of": 2},
+    {"prompt": "To", "max_tokens": 6, "temperature": 0, "echo": True, "logprobs": 1},
 ]
 
 
