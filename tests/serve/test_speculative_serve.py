@@ -303,3 +303,17 @@ def test_serve_takes_draft_flags_and_refuses_a_draft_of_another_tokenizer(
         assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 12
         stats = health(url)["stats"]
         assert stats["accepted_tokens"] == stats["draft_tokens"] > 0  # itself: all kept
+
+
+def test_the_warm_up_runs_the_draft_too(sharp):
+    from gptkit.serve.health import warm_up
+
+    draft = Speculative(noisy(sharp.model, 0.1, 4), tokens=2)
+    calls: list[int] = []
+    hook = draft.draft.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        engine = Engine(sharp, draft=draft)
+        warm_up(engine)
+    finally:
+        hook.remove()
+    assert calls and engine.stats.steps == 0 and engine.stats.draft_tokens == 0
