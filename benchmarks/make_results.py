@@ -53,6 +53,7 @@ TITLES = {
     "lora_vs_full": "LoRA against full fine-tuning",
     "prepare": "Tokenising speed of prepare",
     "serve_load": "Serving under load, batching off and on",
+    "serve_speculative": "Speculative decoding in the server's engine, batch 1 and 4",
     "speculative": "Speculative decoding with a distilled draft, batch 1",
     "suite": "The speed suite",
     "train_speed": "Training and evaluation speed against transformers",
@@ -360,6 +361,20 @@ def render_speculative(r: dict[str, Any]) -> list[str]:
                         "tokens per main pass", "same tokens"], rows)
 
 
+def render_serve_speculative(r: dict[str, Any]) -> list[str]:
+    batches = [key for key in r if key.startswith("batch=")]
+    out = [f"Greedy requests of {r['new_tokens']} tokens each, submitted at once to the "
+           f"server's engine (continuous batching), alone and with a draft proposing "
+           f"{r['draft_tokens']} tokens per step (`gptkit serve --draft`); main model"
+           f"{made(r.get('main_made_by'))}, draft{made(r.get('draft_made_by'))}; tokens/s "
+           "median over alternating repeats.", ""]
+    rows = [[batch, num(r[batch]["tokens_per_s"]["plain"]),
+             num(r[batch]["tokens_per_s"]["draft"]), f"{r[batch]['ratio']:.2f}x",
+             f"{r[batch]['acceptance']:.0%}", str(r[batch]["same_texts"])] for batch in batches]
+    return out + table(["requests", "plain tokens/s", "with draft tokens/s", "/ plain",
+                        "draft tokens accepted", "same texts"], rows)
+
+
 RENDERERS: dict[str, Renderer] = {
     "augment_classify": render_augment,
     "compress": render_compress,
@@ -374,6 +389,7 @@ RENDERERS: dict[str, Renderer] = {
     "lora_vs_full": render_lora,
     "prepare": render_prepare,
     "serve_load": render_serve,
+    "serve_speculative": render_serve_speculative,
     "speculative": render_speculative,
     "train_speed": render_train_speed,
 }

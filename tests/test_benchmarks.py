@@ -159,3 +159,20 @@ def test_speculative_benchmark_checks_tokens_and_reports_acceptance(capsys):
     assert len(rows) == 4 and sum("True" in row for row in rows) == 2
     same = bench_speculative(main, main, [1, 2, 3], new_tokens=10, draft_tokens=[4], repeats=1)
     assert same["acceptance"] == {"k=4": 1.0}
+
+
+def test_serve_speculative_benchmark_checks_texts_and_reports_acceptance(tiny_run):
+    from benchmarks.make_results import render_serve_speculative
+    from benchmarks.serve_speculative import bench
+    from gptkit.generation.speculative import Speculative
+    from gptkit.run import load_run
+
+    run = load_run(tiny_run)
+    results = bench(run, Speculative(run.model, 2), [1, 2], new_tokens=6, repeats=1)
+    assert set(results) == {"batch=1", "batch=2"}
+    for r in results.values():  # a draft equal to the model: every token kept
+        assert r["same_texts"] is True and r["acceptance"] == 1.0
+        assert set(r["tokens_per_s"]) == {"plain", "draft"} and r["ratio"] > 0
+    lines = render_serve_speculative({**results, "new_tokens": 6, "draft_tokens": 2})
+    rows = [line for line in lines if line.startswith("| batch=")]
+    assert len(rows) == 2 and all("True" in row and "100%" in row for row in rows)

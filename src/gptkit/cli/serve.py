@@ -19,7 +19,8 @@ def register(commands: Any) -> None:
         "GET /v1/models, "
         "GET /health, POST /v1/classify for finetune-classify runs, and a playground page at "
         "/. Requests decode together, joining and leaving at every step (continuous batching, "
-        "shared prompt prefixes computed once). Listens on 127.0.0.1 "
+        "shared prompt prefixes computed once; --draft RUN: speculative decoding with a small "
+        "model of the same tokenizer). Listens on 127.0.0.1 "
         "(this machine only) unless --host says otherwise.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
@@ -56,6 +57,7 @@ def register(commands: Any) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
                    help="largest request body (default 1000000; larger: 413)")
     options.add_inference(p, quantize=f"{options.INT8_HELP}, as for gptkit sample")
+    options.add_draft(p)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="info", help="server log detail; info shows each request "
                    "(default: info)")
@@ -83,4 +85,8 @@ def serve(args: argparse.Namespace) -> None:
     from gptkit.serve import server
 
     run = options.load_for_inference(args)
-    server.serve(run.classifier or run, settings, log_level=args.log_level)
+    if run.classifier is not None and args.draft is not None:
+        raise GptkitError(f"{args.run} is a classifier run; --draft speeds up generation "
+                          "only: leave it out")
+    draft = options.load_draft(args, run)
+    server.serve(run.classifier or run, settings, log_level=args.log_level, draft=draft)

@@ -139,6 +139,27 @@ def accept(
     return kept, token
 
 
+def on_vocab(logits: Tensor, vocab: int) -> Tensor:
+    """A draft's logits (rows, its vocab) on the main model's `vocab` ids (ids it lacks:
+    never drafted)."""
+    have = logits.size(-1)
+    if have >= vocab:
+        return logits[:, :vocab]
+    return torch.cat([logits, logits.new_full((logits.size(0), vocab - have), -torch.inf)],
+                     dim=1)
+
+
+def in_step(kept: Tensor, token: Tensor, drafted: Tensor, least: int) -> Tensor:
+    """The tokens (rows, least + 1) rows that advance together gain, as `accept` left them
+    (`kept`, `token`): the first `least` (<= every row's kept) draft tokens, then each row's
+    own next token. A row that kept more than `least` keeps its draft token there, which
+    follows p too: still exact, since whether a position is kept never depends on the token
+    drawn there."""
+    last = drafted[:, least] if least < drafted.size(1) else token
+    last = torch.where(kept > least, last, token)
+    return torch.cat([drafted[:, :least], last[:, None]], dim=1)
+
+
 class SpeculativeDecoder:
     """The two models' caches over one batch of growing sequences, advanced a round at a time.
 
@@ -201,21 +222,14 @@ class SpeculativeDecoder:
         return torch.cat([torch.multinomial(part, 1, generator=g).squeeze(1)
                           for part, (_, g) in zip(probs, self.groups, strict=True)])
 
-    def _draft_scores(self, logits: Tensor) -> Tensor:
-        """The draft's scores on the main model's vocabulary (ids it lacks: never drafted)."""
-        have = logits.size(-1)
-        if have >= self.vocab:
-            return logits[:, : self.vocab]
-        return torch.cat([logits, logits.new_full((logits.size(0), self.vocab - have),
-                                                  -torch.inf)], dim=1)
-
     def round(self, seq: Tensor, k: int) -> Tensor:
         """Draft `k` (>= 0) tokens after `seq` and keep what the main model accepts: the new
         tokens (rows, n), n >= 1."""
         length = seq.size(1)
         grown, q_scores = seq, []
         for _ in range(k):
-            logits = self._draft_scores(self._forward(self.draft, self.draft_cache, grown)[:, -1])
+            logits = on_vocab(self._forward(self.draft, self.draft_cache, grown)[:, -1],
+                              self.vocab)
             scores = self.processors(grown, logits)
             q_scores.append(scores)
             grown = torch.cat([grown, self._sample(scores)[:, None]], dim=1)
@@ -226,15 +240,12 @@ class SpeculativeDecoder:
         q = torch.stack(q_scores, dim=1) if k else p_scores[:, :0]
         kept, token = accept(p_scores, q, drafted, self.greedy, self.groups)
         least = int(kept.min())
-        # rows that kept more than the fewest keep their draft token there: drawn from p too
-        last = drafted[:, least] if least < k else token
-        last = torch.where(kept > least, last, token)
         self.main_cache.length = length + least
         self.draft_cache.length = min(self.draft_cache.length, length + least)
         self.stats.proposed += k * seq.size(0)
         self.stats.accepted += int(kept.sum())
         self.stats.passes += 1
-        return torch.cat([drafted[:, :least], last[:, None]], dim=1)
+        return in_step(kept, token, drafted, least)
 
     def plain(self, seq: Tensor) -> Tensor:
         """One token from the main model alone, its window sliding past block_size."""

@@ -28,6 +28,7 @@ from gptkit.chat_template import ChatTemplate, require_chat_template
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
+from gptkit.generation.speculative import Speculative
 from gptkit.run import Run
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
 from gptkit.serve.engine import Engine, Event, Job
@@ -63,14 +64,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None = None,
-               *, name: str | None = None) -> FastAPI:
+               *, name: str | None = None, draft: Speculative | None = None) -> FastAPI:
     """The API for one loaded run (`load_run`; a classifier run's `Run.classifier`); `name`
-    is its model id (default: the run folder's name)."""
+    is its model id (default: the run folder's name); `draft`: decode speculatively with
+    this draft model (same tokenizer; `gptkit.serve.speculate`)."""
     settings = settings or ServeSettings()
     settings.check()
     engine = model if isinstance(model, Engine) else Engine(
         model, name=name, max_batch_size=settings.max_batch_size,
-        prefill_chunk=settings.prefill_chunk, prefix_cache_mb=settings.prefix_cache_mb)
+        prefill_chunk=settings.prefill_chunk, prefix_cache_mb=settings.prefix_cache_mb,
+        draft=draft)
+    if draft is not None and engine is model:
+        raise GptkitError("create_app(engine, draft=...): give the draft to Engine(..., "
+                          "draft=) instead")
     scheduler = Scheduler(engine)
     gate = Gate(settings.max_concurrent)
     readiness = Readiness()
@@ -81,7 +87,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         waiting=lambda: scheduler.queued, running_rows=lambda: stats.running_rows,
         kv_cache_usage=lambda: stats.running_rows / settings.max_batch_size,
         prompt_tokens_computed=lambda: stats.prompt_tokens_computed,
-        prompt_tokens_reused=lambda: stats.prompt_tokens_reused))
+        prompt_tokens_reused=lambda: stats.prompt_tokens_reused,
+        draft_tokens=lambda: stats.draft_tokens, accepted_tokens=lambda: stats.accepted_tokens))
     sample = engine.run.config.sample
     default_tokens = min(sample.max_new_tokens, settings.max_tokens)
     defaults: dict[str, Any] = {

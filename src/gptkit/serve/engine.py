@@ -39,10 +39,12 @@ from gptkit.generation.logprobs import (
     records,
     top_list,
 )
+from gptkit.generation.speculative import Speculative
 from gptkit.generation.text import first_stop, showable
 from gptkit.model import GPT
 from gptkit.run import Run
 from gptkit.serve.prefix import PrefixStore
+from gptkit.serve.speculate import SpeculativeStepper
 from gptkit.serve.stepper import Listener, Stepper
 from gptkit.tokenizers import Tokenizer
 
@@ -136,7 +138,6 @@ class Job:
         return self.logprobs is not None or self.ranks
 
 
-
 @dataclass(eq=False)
 class _Row:
     job: Job
@@ -181,6 +182,8 @@ class Stats:
     prefix_cache_bytes: int = 0  # KV kept for prefix reuse (within --prefix-cache-mb)
     prefix_cache_entries: int = 0
     prefix_cache_evictions: int = 0
+    draft_tokens: int = 0  # tokens a draft model proposed (speculative decoding, --draft)
+    accepted_tokens: int = 0  # of those, kept by the model (each row's own count)
 
 
 class Engine:
@@ -188,10 +191,12 @@ class Engine:
 
     def __init__(self, run: Run | Classifier, name: str | None = None, *,
                  max_batch_size: int = 16, prefill_chunk: int = 64,
-                 prefix_cache_mb: float = 256) -> None:
+                 prefix_cache_mb: float = 256, draft: Speculative | None = None) -> None:
         """`max_batch_size`: rows (prompts x n) decoding together, the KV pool's slots;
         `prefill_chunk`: prompt tokens prefilled per step; `prefix_cache_mb`: the prefix
-        store's budget (0: no prefix reuse)."""
+        store's budget (0: no prefix reuse); `draft`: decode speculatively with this draft
+        model (`gptkit.serve.speculate`; it must share the run's tokenizer, and prefix reuse
+        is then off)."""
         self.run = run
         self.name = name or Path(run.path).resolve().name
         self.tokenizer: Tokenizer = run.tokenizer
@@ -202,12 +207,21 @@ class Engine:
         self._rows: dict[Job, list[_Row]] = {}
         self._stepper: Stepper | None = None
         if isinstance(run, Run):
-            store = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
             listener = Listener(self._started, self._took, self._failed, self._cancelled,
                                 self._empty)
-            self._stepper = Stepper(run.model, max_batch_size, eot_id=self.tokenizer.eot_id,
-                                    prefill_chunk=prefill_chunk, stats=self.stats,
-                                    listener=listener, store=store)
+            eot, model = self.tokenizer.eot_id, run.model
+            if draft is not None:
+                self._stepper = SpeculativeStepper(model, max_batch_size, draft, eot_id=eot,
+                                                   prefill_chunk=prefill_chunk,
+                                                   stats=self.stats, listener=listener)
+            else:
+                store = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb else None
+                self._stepper = Stepper(model, max_batch_size, eot_id=eot, stats=self.stats,
+                                        prefill_chunk=prefill_chunk, listener=listener,
+                                        store=store)
+        elif draft is not None:
+            raise GptkitError(f"{self.name} is a classifier run; a draft model speeds up "
+                              "generation only: leave out --draft")
 
     @property
     def task(self) -> Literal["generate", "classify"]:
@@ -266,13 +280,9 @@ class Engine:
         return 0 if self._stepper is None else len(self._stepper.pending)
 
     def pool_info(self) -> dict[str, int] | None:
-        """The KV pool's size (None for a classifier): rows, positions per row, bytes."""
-        if self._stepper is None:
-            return None
-        pool = self._stepper.pool
-        return {"rows": pool.rows, "positions_per_row": pool.positions, "bytes": pool.bytes,
-                "prefix_cache_bytes": 0 if self._stepper.store is None
-                else self._stepper.store.budget}
+        """The KV pool's size (None for a classifier): rows, positions per row, bytes (and
+        the draft's, with one)."""
+        return None if self._stepper is None else self._stepper.pool_info()
 
     def submit(self, job: Job) -> None:
         """Queue a job (from any thread); `work` runs it. Its events arrive through

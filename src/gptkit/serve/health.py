@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.sampling import generate_steps
 from gptkit.serve.engine import Engine
+from gptkit.serve.speculate import SpeculativeStepper
 
 log = logging.getLogger("gptkit.serve")
 
@@ -28,11 +29,15 @@ def warm_up(engine: Engine) -> None:
         engine.classify(["warm up"])
         return
     start = engine.tokenizer.eot_id or 0
-    steps = generate_steps(engine.model, [[start]], GenerationConfig(max_new_tokens=2,
-                                                                     temperature=0.0),
-                           eot_id=None)
-    for _ in steps:
-        pass
+    stepper = engine.stepper
+    models = [engine.model, *([stepper.draft] if isinstance(stepper, SpeculativeStepper)
+                              else [])]
+    for model in models:  # and the draft's, with one
+        steps = generate_steps(model, [[start]], GenerationConfig(max_new_tokens=2,
+                                                                  temperature=0.0),
+                               eot_id=None)
+        for _ in steps:
+            pass
 
 
 class Readiness:

@@ -56,7 +56,13 @@ class SlotView(KVCache):
     """One forward call's window on the pool: rows of consecutive slots, each at its own
     position. It supplies the attention mask (key j visible to a query iff j <= the query's
     position in its row) and the position ids itself, and writes the new keys and values
-    at each row's positions; keys are cut to the furthest row's."""
+    at each row's positions; keys are cut to the furthest row's.
+
+    Rows at different positions may take several tokens each (speculative decoding checks
+    K + 1 per row): row i writes positions positions[i], positions[i] + 1, ..., cut at the
+    last position of the slot. A row that only waits beside the others writes such a
+    throwaway there (its positions from its own length on hold nothing yet, or it is never
+    read again), so only the rows that compute must fit."""
 
     def __init__(self, pool: KVPool, first: int, positions: list[int], tokens: int) -> None:
         # no slab of its own: the pool's is shared (KVCache.__init__ would allocate one)
@@ -66,30 +72,40 @@ class SlotView(KVCache):
         self.tokens = tokens
         self.batch_size = len(positions)
         self.max_len = pool.positions
-        self.length = max(positions)  # the furthest row's start
+        # the furthest row's start (one that runs past the slot: as far as the slot allows)
+        self.length = min(max(positions), pool.positions - tokens)
         self.keys = self.length + tokens
         self.device = device
         self.slots: Tensor | None = None
         self.starts: Tensor | None = None
-        if min(positions) != self.length:  # rows at different positions: one by one
+        if any(p != self.length for p in positions):  # rows at positions of their own
             self.slots = torch.arange(first, first + len(positions), device=device)
             self.starts = torch.tensor(positions, device=device)
 
     def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None]:
         if self.starts is None:  # one start for all rows: the plain causal rule from it
             return attention_rule(tokens, self.length, None, self.device), None
-        pos = self.starts[:, None] + torch.arange(tokens, device=self.starts.device)  # (B, T)
+        pos = self._positions(tokens)
         keys = torch.arange(self.keys, device=self.starts.device)
         return (keys[None, None, :] <= pos[:, :, None])[:, None], pos
+
+    def _positions(self, tokens: int) -> Tensor:
+        """(B, T) positions of the new tokens, cut at the slot's last position."""
+        assert self.starts is not None
+        pos = self.starts[:, None] + torch.arange(tokens, device=self.starts.device)
+        return pos.clamp(max=self.max_len - 1)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.slots is None or self.starts is None:  # one start for all rows: one slice
             start = self.length
             self.pool.k[layer, self.rows, :, start : start + self.tokens] = k
             self.pool.v[layer, self.rows, :, start : start + self.tokens] = v
-        else:  # one new position per row (decoding), each at its own place
-            assert self.tokens == 1, "rows at different positions decode one token each"
+        elif self.tokens == 1:  # one new position per row (decoding), each at its own place
             self.pool.k[layer, self.slots, :, self.starts] = k[:, :, 0]
             self.pool.v[layer, self.slots, :, self.starts] = v[:, :, 0]
+        else:  # T per row: slots x (start + arange(T)), (B, T, n_head, head_dim) in place
+            pos = self._positions(self.tokens)
+            self.pool.k[layer, self.slots[:, None], :, pos] = k.transpose(1, 2)
+            self.pool.v[layer, self.slots[:, None], :, pos] = v.transpose(1, 2)
         return (self.pool.k[layer, self.rows, :, : self.keys],
                 self.pool.v[layer, self.rows, :, : self.keys])

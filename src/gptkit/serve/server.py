@@ -17,6 +17,7 @@ from typing import Any
 
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
+from gptkit.generation.speculative import Speculative
 from gptkit.memory import human_bytes
 from gptkit.run import Run
 from gptkit.serve.settings import ServeSettings
@@ -55,12 +56,14 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = "info") -> None:
-    """Serve until Ctrl-C (uvicorn then lets open requests finish for up to 3 seconds)."""
+def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = "info",
+          draft: Speculative | None = None) -> None:
+    """Serve until Ctrl-C (uvicorn then lets open requests finish for up to 3 seconds);
+    `draft`: decode speculatively with it."""
     from gptkit.serve.app import create_app
 
     settings.check()
-    app = create_app(model, settings)
+    app = create_app(model, settings, draft=draft)
     sock = bind(settings.host, settings.port)
     url = base_url(sock)
     engine = app.state.engine
@@ -69,9 +72,14 @@ def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = 
           f"docs {url}/docs; Ctrl-C stops", flush=True)
     pool = engine.pool_info()
     if pool is not None:
+        cache = (f"prefix cache up to {human_bytes(pool['prefix_cache_bytes'])} "
+                 "(--prefix-cache-mb)")
+        if "draft_bytes" in pool:
+            cache = (f"draft's KV pool {pool['draft_positions_per_row']} positions per row "
+                     f"({human_bytes(pool['draft_bytes'])}), {pool['draft_tokens']} draft "
+                     "tokens per step (--draft-tokens), prefix cache off with --draft")
         print(f"KV pool: {pool['rows']} rows x {pool['positions_per_row']} positions "
-              f"({human_bytes(pool['bytes'])}, --max-batch-size), prefix cache up to "
-              f"{human_bytes(pool['prefix_cache_bytes'])} (--prefix-cache-mb)", flush=True)
+              f"({human_bytes(pool['bytes'])}, --max-batch-size), {cache}", flush=True)
     if not settings.is_loopback and settings.api_key is None:
         print(f"gptkit: warning: {settings.host} may be reachable from other machines and no "
               "--api-key is set: anyone who can connect can use the model", file=sys.stderr)

@@ -49,6 +49,7 @@ class _Seat:
     tokens: list[int]  # the prompt's last block_size ids, then the row's new tokens
     slot: int = -1
     cached: int = 0  # leading positions of `tokens` whose KV its slot holds
+    drafted: int = 0  # leading positions whose KV the draft's pool holds (with a draft)
     leader: _Seat | None = None  # the row of the same prompt whose prompt KV it copies
     logits: Tensor | None = None  # scores of its next token, once computed
     live: bool = True
@@ -101,6 +102,13 @@ class Stepper:
     @property
     def busy(self) -> bool:
         return bool(self.pending or self.running)
+
+    def pool_info(self) -> dict[str, int]:
+        """The KV pool's size: rows, positions per row, bytes, and the prefix store's
+        budget."""
+        return {"rows": self.pool.rows, "positions_per_row": self.pool.positions,
+                "bytes": self.pool.bytes,
+                "prefix_cache_bytes": 0 if self.store is None else self.store.budget}
 
     def submit(self, job: Job) -> None:
         """Queue a job (any thread); it joins at the next step with room for it."""
@@ -230,10 +238,21 @@ class Stepper:
     # --- computing scores ---------------------------------------------------------------------
     def _forward(self, first: int, positions: list[int], ids: list[list[int]]) -> Tensor:
         """fp32 scores (rows, vocab) after `ids` (rows, T) written from `positions` on."""
-        idx = torch.tensor(ids, device=self.pool.k.device)
-        view = self.pool.view(first, positions, idx.size(1))
-        logits, _ = self.model(idx, kv_cache=view)
-        return logits[:, -1].float()
+        return run_on(self.model, self.pool, first, positions, ids)[:, -1].float()
+
+    def _prefilled(self, seat: _Seat, start: int, ids: list[int]) -> None:
+        """Prompt positions `ids` of `seat` from `start` on are in its slot (a hook: the
+        speculative stepper fills its draft's pool alike)."""
+
+    def _copy(self, source: _Seat, target: _Seat) -> None:
+        """`target` takes `source`'s prompt KV (rows of one prompt share its prefill)."""
+        self.pool.move(source.slot, target.slot, source.cached)
+        target.cached = source.cached
+
+    def _relocate(self, seat: _Seat, slot: int) -> None:
+        """`seat`'s KV moves to `slot` (a row left there)."""
+        self.pool.move(seat.slot, slot, seat.cached)
+        seat.slot = slot
 
     def _prefill(self) -> None:
         """A chunk of the waiting prompts (oldest first), and the rows past the context."""
@@ -251,8 +270,9 @@ class Stepper:
                     continue  # one token: the decoding forward takes it
                 take = min(todo, budget)
                 budget -= take
-                logits = self._forward(seat.slot, [seat.cached],
-                                       [seat.tokens[seat.cached : seat.cached + take]])
+                chunk = seat.tokens[seat.cached : seat.cached + take]
+                logits = self._forward(seat.slot, [seat.cached], [chunk])
+                self._prefilled(seat, seat.cached, chunk)
                 seat.cached += take
                 self.stats.prompt_tokens_computed += take
                 if seat.cached == len(seat.tokens):
@@ -265,12 +285,17 @@ class Stepper:
                 seat.cached = 0  # its slot is not read again
                 self._ready(seat, logits[i])
 
-    def _decode(self) -> None:
-        """One forward for every row whose one new token is due (slots 0..width - 1, a
-        view of the pool); rows in between that wait write a throwaway position."""
-        due = [seat for seat in self.slots if seat.logits is None and seat.leader is None
-               and len(seat.tokens) <= self.block_size
-               and len(seat.tokens) - seat.cached == 1]
+    def _due(self) -> list[_Seat]:
+        """The rows whose one new token is to be run through the model."""
+        return [seat for seat in self.slots if seat.logits is None and seat.leader is None
+                and len(seat.tokens) <= self.block_size
+                and len(seat.tokens) - seat.cached == 1]
+
+    def _decode(self, due: list[_Seat] | None = None) -> None:
+        """One forward for every row whose one new token is due (`due`; default: all such
+        rows), slots 0..width - 1, a view of the pool; rows in between that wait write a
+        throwaway position."""
+        due = self._due() if due is None else due
         if not due:
             return
         width = max(seat.slot for seat in due) + 1
@@ -295,8 +320,8 @@ class Stepper:
             self.store.add(seat.tokens, *self.pool.read(seat.slot, seat.cached))
         for other in seat.job.seats:
             if other.leader is seat:
-                self.pool.move(seat.slot, other.slot, seat.cached)
-                other.cached, other.logits, other.leader = seat.cached, logits, None
+                self._copy(seat, other)
+                other.logits, other.leader = logits, None
                 self.stats.prompt_tokens_reused += seat.cached
 
     # --- taking tokens and leaving ------------------------------------------------------------
@@ -312,6 +337,12 @@ class Stepper:
         else:  # one generator per job (sampling_groups gives one group)
             ((_, generator),) = running.groups
             token = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+        self._emit(running, token, scores)
+
+    def _emit(self, running: _Running, token: Tensor, scores: Tensor) -> None:
+        """The job's next token per row (`token`, drawn from the processed `scores`): to the
+        listener, then rows that ended leave."""
+        seats = running.seats
         if self.eot_id is not None and not all(seat.live for seat in seats):
             gone = torch.tensor([not seat.live for seat in seats], device=token.device)
             token = token.masked_fill(gone, self.eot_id)
@@ -328,7 +359,7 @@ class Stepper:
                 self._leave(seat, keep=True)
             else:
                 seat.tokens.append(value)
-        if all(not seat.live for seat in seats):
+        if all(not seat.live for seat in seats) and running in self.running:
             self.running.remove(running)
 
     def _leave(self, seat: _Seat, keep: bool = False) -> None:
@@ -341,8 +372,7 @@ class Stepper:
                 self.store.add(seat.tokens[:length], *self.pool.read(seat.slot, length))
         last = self.slots.pop()
         if last is not seat:
-            self.pool.move(last.slot, seat.slot, last.cached)
-            last.slot = seat.slot
+            self._relocate(last, seat.slot)
             self.slots[seat.slot] = last
 
     def _drop(self, running: _Running) -> None:
@@ -350,3 +380,12 @@ class Stepper:
             if seat.live:
                 self._leave(seat)
         self.running.remove(running)
+
+
+def run_on(model: GPT, pool: KVPool, first: int, positions: list[int],
+           ids: list[list[int]]) -> Tensor:
+    """`model`'s logits (rows, T, vocab) after `ids` (rows, T), each row written into its
+    slot of `pool` (slots first, first + 1, ...) from its own position on."""
+    idx = torch.tensor(ids, device=pool.k.device)
+    logits, _ = model(idx, kv_cache=pool.view(first, positions, idx.size(1)))
+    return logits
