@@ -52,7 +52,9 @@ TITLES = {
                                      "recipe's model",
     "lora_vs_full": "LoRA against full fine-tuning",
     "prepare": "Tokenising speed of prepare",
+    "serve_chat": "Prefix reuse on a multi-turn chat load",
     "serve_load": "Serving under load, batching off and on",
+    "serve_mixed": "Continuous batching against static batching, mixed lengths",
     "serve_speculative": "Speculative decoding in the server's engine, batch 1 and 4",
     "speculative": "Speculative decoding with a distilled draft, batch 1",
     "suite": "The speed suite",
@@ -375,6 +377,44 @@ def render_serve_speculative(r: dict[str, Any]) -> list[str]:
                         "draft tokens accepted", "same texts"], rows)
 
 
+def render_serve_mixed(r: dict[str, Any]) -> list[str]:
+    out = [f"{r['requests']} streamed requests per level (prompts of {r['prompt_chars'][0]} "
+           f"to {r['prompt_chars'][1]} tokens, {r['max_tokens'][0]} to {r['max_tokens'][1]} "
+           f"new tokens, sampled), `--max-batch-size {r['batch_size']}` on both, "
+           f"{r['rounds']} alternating rounds; the model's thread count: "
+           f"{r['threads'] or 'default'}; run: {Path(str(r['run'])).name}"
+           f"{made(r.get('run_made_by'))}. Static batching is the last revision that had it "
+           "(`--baseline-src`). \"ideal\" is the ratio of decoding steps the two schedulers "
+           "need for these requests at equal cost per step: what continuous batching can gain "
+           "on this workload.", ""]
+    rows = []
+    for level, x in r["levels"].items():
+        s, c, ratios = x["static"], x["continuous"], x["ratios"]
+        rows.append([level, num(s["requests_per_s"]), num(c["requests_per_s"]),
+                     f"{ratios['requests_per_s']:.2f}x", f"{ratios['tokens_per_s']:.2f}x",
+                     f"{x['ideal_steps']['ratio']:.2f}x", num(s["ttft_p99_s"]),
+                     num(c["ttft_p99_s"]), f"{x['same_text']} of {r['requests']}",
+                     num(s["failed"] + c["failed"])])
+    return out + table(["concurrent", "static req/s", "continuous req/s", "req/s ratio",
+                        "tokens/s ratio", "ideal", "static TTFT p99 (s)",
+                        "continuous TTFT p99 (s)", "same text", "failed"], rows)
+
+
+def render_serve_chat(r: dict[str, Any]) -> list[str]:
+    off, on = r["cache off"], r["cache on"]
+    keys = [("prompt tokens computed", "prompt_tokens_computed"),
+            ("prompt tokens reused", "prompt_tokens_reused"),
+            ("first token p50 (s)", "ttft_p50_s"), ("first token p99 (s)", "ttft_p99_s"),
+            ("wall (s)", "wall_s"), ("failed requests", "failed")]
+    return ([f"{r['conversations']} conversations of {r['turns']} turns, each turn resending "
+             f"the whole history, {r['reply_tokens']}-token greedy replies, "
+             f"`--max-batch-size {r['batch_size']}`, {r['rounds']} alternating rounds; run: "
+             f"{Path(str(r['run'])).name}{made(r.get('run_made_by'))}; the same replies with "
+             f"and without the cache for {r['same_text']} of {off['requests']}.", ""]
+            + table(["", "prefix cache off", "prefix cache on"],
+                    [[label, num(off[key]), num(on[key])] for label, key in keys]))
+
+
 RENDERERS: dict[str, Renderer] = {
     "augment_classify": render_augment,
     "compress": render_compress,
@@ -388,7 +428,9 @@ RENDERERS: dict[str, Renderer] = {
     "generate_vs_transformers_char": render_generation,
     "lora_vs_full": render_lora,
     "prepare": render_prepare,
+    "serve_chat": render_serve_chat,
     "serve_load": render_serve,
+    "serve_mixed": render_serve_mixed,
     "serve_speculative": render_serve_speculative,
     "speculative": render_speculative,
     "train_speed": render_train_speed,

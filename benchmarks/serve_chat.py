@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import sys
@@ -124,7 +123,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "conversations": args.conversations, "turns": args.turns,
         "reply_tokens": args.reply_tokens, "batch_size": args.batch_size, "rounds": args.rounds,
-        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "threads": args.threads,
         "run": str(args.run) if args.run else (
             f"shakespeare-char, block_size {CONTEXT}, {args.train_steps} steps"),
         "run_made_by": made_by(args.run) if args.run else None}

@@ -17,14 +17,16 @@ between the two servers (drift in this machine's speed hits both alike). Latency
 time to [DONE], time to first token the time to the first chunk with text. A request's
 text does not depend on what it shares the model with, so both engines must return the
 same texts: that is checked and reported. Zero failed requests is the bar (exit status 1
-otherwise). Results: benchmarks/results/serve_mixed.json.
+otherwise). "ideal" is the ratio of decoding steps the two schedulers need for these
+requests when a step costs the same whatever it holds (`ideal_steps`): the most continuous
+batching can gain on this workload without making a step cheaper. Results:
+benchmarks/results/serve_mixed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import tempfile
@@ -68,6 +70,33 @@ async def load(url: str, bodies: dict[int, dict[str, Any]], concurrency: int
         start = loop.time()
         results = await asyncio.gather(*(bounded(i) for i in bodies))
         return loop.time() - start, dict(results)
+
+
+def ideal_steps(max_tokens: list[int], concurrency: int, rows: int) -> dict[str, int]:
+    """Decoding steps each scheduler needs for these requests, counted without any cost but
+    one step per token (no prefill, no early end), `concurrency` clients each sending its next
+    request when its last one ends: static batches of up to `rows` requests, each running
+    until its longest ends, against rows that join and leave at every step. Their ratio is
+    what continuous batching can gain at equal cost per step on this workload."""
+    todo = list(max_tokens)
+    queue, static = todo[:concurrency], 0
+    sent = len(queue)
+    while queue:
+        batch, queue = queue[:rows], queue[rows:]
+        static += max(batch)
+        queue += todo[sent : sent + len(batch)]
+        sent += len(batch)
+    running, waiting = todo[: min(concurrency, rows)], todo[min(concurrency, rows):concurrency]
+    sent, continuous = min(concurrency, len(todo)), 0
+    while running:
+        continuous += 1
+        left = [n - 1 for n in running]
+        running = [n for n in left if n > 0]
+        waiting += todo[sent : sent + len(left) - len(running)]
+        sent += len(left) - len(running)
+        while waiting and len(running) < rows:
+            running.append(waiting.pop(0))
+    return {"static": static, "continuous": continuous}
 
 
 def measure(urls: dict[str, str], bodies: list[dict[str, Any]], concurrency: int,
@@ -120,7 +149,7 @@ def main() -> None:
     top = max(args.concurrency)
     report: dict[str, Any] = {
         "requests": args.requests, "batch_size": args.batch_size, "rounds": args.rounds,
-        "threads": os.environ.get("OMP_NUM_THREADS"), "baseline_src": str(args.baseline_src),
+        "threads": args.threads, "baseline_src": str(args.baseline_src),
         "prompt_chars": [1, 200], "max_tokens": [8, 256], "levels": {}}
     with tempfile.TemporaryDirectory() as folder:
         run = args.run or train_default(Path(folder), args.train_steps,
@@ -136,18 +165,23 @@ def main() -> None:
             for url in urls.values():  # warm-up, untimed
                 asyncio.run(load(url, warm, 8))
             for concurrency in args.concurrency:
-                report["levels"][str(concurrency)] = measure(urls, bodies, concurrency,
-                                                             args.rounds)
+                level = measure(urls, bodies, concurrency, args.rounds)
+                steps = ideal_steps([b["max_tokens"] for b in bodies], concurrency,
+                                    args.batch_size)
+                level["ideal_steps"] = {**steps, "ratio": steps["static"] / steps["continuous"]}
+                report["levels"][str(concurrency)] = level
     failed = False
     print(f"\n{args.requests} streamed requests per level, prompts 1-200 tokens, 8-256 new "
           f"tokens, --max-batch-size {args.batch_size} on both; run {report['run']}")
     print(f"{'concurrency':<12}{'req/s static':>14}{'continuous':>12}{'ratio':>8}"
-          f"{'TTFT p99 static':>17}{'continuous':>12}{'same text':>11}{'failed':>8}")
+          f"{'ideal':>8}{'TTFT p99 static':>17}{'continuous':>12}{'same text':>11}"
+          f"{'failed':>8}")
     for level, summary in report["levels"].items():
         s, c = summary["static"], summary["continuous"]
         failed = failed or bool(s["failed"] or c["failed"])
         print(f"{level:<12}{s['requests_per_s']:>14.2f}{c['requests_per_s']:>12.2f}"
               f"{summary['ratios'].get('requests_per_s', float('nan')):>7.2f}x"
+              f"{summary['ideal_steps']['ratio']:>7.2f}x"
               f"{s['ttft_p99_s']:>17.3f}{c['ttft_p99_s']:>12.3f}"
               f"{summary['same_text']:>8}/{args.requests}{s['failed'] + c['failed']:>8}")
     write_results(args.json, report)

@@ -176,3 +176,33 @@ def test_serve_speculative_benchmark_checks_texts_and_reports_acceptance(tiny_ru
     lines = render_serve_speculative({**results, "new_tokens": 6, "draft_tokens": 2})
     rows = [line for line in lines if line.startswith("| batch=")]
     assert len(rows) == 2 and all("True" in row and "100%" in row for row in rows)
+
+
+def test_ideal_steps_count_static_and_continuous_scheduling_by_hand():
+    from benchmarks.serve_mixed import ideal_steps
+
+    # two clients, two rows: static runs [4, 1] (4 steps), then [1, 1], then [1]: 6 steps;
+    # continuous refills the short row's place at once: [4, 1] -> [3, 1] -> [2, 1] -> [1, 1]
+    assert ideal_steps([4, 1, 1, 1, 1], 2, 2) == {"static": 6, "continuous": 4}
+    assert ideal_steps([3, 3, 3], 1, 4) == {"static": 9, "continuous": 9}  # nothing to share
+
+
+def test_serving_renderers_show_every_level_and_both_sides():
+    from benchmarks.make_results import render_serve_chat, render_serve_mixed
+
+    side = {"requests_per_s": 2.0, "ttft_p99_s": 0.5, "failed": 0}
+    level = {"static": side, "continuous": {**side, "requests_per_s": 3.0},
+             "ratios": {"requests_per_s": 1.5, "tokens_per_s": 1.4},
+             "ideal_steps": {"static": 6, "continuous": 4, "ratio": 1.5}, "same_text": 4}
+    mixed = render_serve_mixed({"requests": 4, "prompt_chars": [1, 200], "max_tokens": [8, 256],
+                                "batch_size": 16, "rounds": 2, "threads": 1, "run": "x",
+                                "levels": {"8": level, "32": level}})
+    assert sum(line.startswith(("| 8 ", "| 32 ")) for line in mixed) == 2
+    assert any(line.startswith("| 8 | 2.000 | 3.000 | 1.50x | 1.40x | 1.50x |") for line in mixed)
+    chat = {"prompt_tokens_computed": 10, "prompt_tokens_reused": 0, "ttft_p50_s": 0.1,
+            "ttft_p99_s": 0.2, "wall_s": 1.0, "failed": 0, "requests": 4}
+    lines = render_serve_chat({"conversations": 2, "turns": 2, "reply_tokens": 4,
+                               "batch_size": 16, "rounds": 2, "run": "x", "same_text": 4,
+                               "cache off": chat, "cache on": {**chat,
+                                                              "prompt_tokens_reused": 7}})
+    assert "| prompt tokens reused | 0 | 7 |" in lines

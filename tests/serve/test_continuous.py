@@ -262,8 +262,15 @@ def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding):
             p.mul_(3.0)
     specs = [([[3, 4, 5, 6, 7]], {"num_samples": 2, "temperature": 1.0, "seed": 1}),
              ([[9] * 20, [1, 2]], {"temperature": 0.0, "max_new_tokens": 12}),  # slides
-             ([[8, 7]], {"temperature": 0.8, "seed": 2, "repetition_penalty": 1.3})]
+             ([[8, 7]], {"temperature": 0.8, "seed": 2, "repetition_penalty": 1.3}),
+             # equal row-wise processors: these two take their tokens in one call
+             ([[1, 2, 3]], {"temperature": 0.7, "top_k": 10, "top_p": 0.9, "seed": 3}),
+             ([[4, 5]], {"temperature": 0.7, "top_k": 10, "top_p": 0.9, "seed": 4}),
+             ([[6]], {"temperature": 1.2, "typical_p": 0.8, "logit_bias": {3: 4.0},
+                      "seed": 5}),
+             ([[2, 2]], {"temperature": 0.0}), ([[2, 9]], {"temperature": 0.0})]
     drawn: dict[int, list[list[int]]] = {}
+    together: list[int] = []
 
     def took(made: Job, values: list[int], logprobs: Any, step: int) -> list[bool]:
         drawn.setdefault(id(made), []).append(values)
@@ -272,8 +279,11 @@ def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding):
     def failed(made: Job, exc: Exception) -> None:
         raise exc
 
-    stepper = Stepper(model, 4, eot_id=None, prefill_chunk=3, stats=Stats(), listener=Listener(
-        lambda made: None, took, failed, lambda made: None, lambda made: None))
+    stepper = Stepper(model, 10, eot_id=None, prefill_chunk=3, stats=Stats(),
+                      listener=Listener(lambda made: None, took, failed, lambda made: None,
+                                        lambda made: None))
+    scores = stepper._scores
+    stepper._scores = lambda jobs: together.append(len(jobs)) or scores(jobs)  # type: ignore
     jobs = []
     for prompts, settings in specs:
         cfg = GenerationConfig(**{"max_new_tokens": 8, "top_k": None, **settings})
@@ -287,6 +297,39 @@ def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding):
         alone = [step.token.tolist() for step in generate_steps(
             model, made.prompts, made.settings, eot_id=None, seed_groups=seed_groups)]
         assert drawn[id(made)] == alone
+    assert max(together) >= 2  # the grouped path ran, not only one job per call
+
+
+def test_a_draw_of_many_jobs_is_what_multinomial_draws_for_each():
+    """The stepper samples all jobs in one division (argmax of p / q, q ~ Exp(1) from each
+    job's generator): token for token what torch.multinomial gives each job alone."""
+    torch.manual_seed(0)
+    for vocab in (65, 50257):
+        probs = [(torch.randn(rows, vocab) * 3).softmax(dim=-1) for rows in (1, 3, 2)]
+        mine = [torch.Generator().manual_seed(s) for s in range(3)]
+        theirs = [torch.Generator().manual_seed(s) for s in range(3)]
+        for _ in range(5):
+            noise = torch.cat([torch.empty_like(p).exponential_(1, generator=g)
+                               for p, g in zip(probs, mine, strict=True)])
+            together = (torch.cat(probs) / noise).argmax(dim=-1)
+            alone = torch.cat([torch.multinomial(p, 1, generator=g)[:, 0]
+                               for p, g in zip(probs, theirs, strict=True)])
+            assert torch.equal(together, alone)
+
+
+def test_row_wise_processors_give_a_row_the_same_scores_stacked_or_alone():
+    from gptkit.generation.logits_process import build_processors
+    torch.manual_seed(0)
+    scores = torch.randn(6, 80) * 4
+    scores[:, :10] = scores[:, :1]  # ties: sorting and top-k must still agree
+    chains = [build_processors(0.7, 10, 0.9), build_processors(1.3, None, 1.0, typical_p=0.8),
+              build_processors(1.0, 5, 1.0, logit_bias={3: 4.0, 7: -100.0})]
+    for chain in chains:
+        assert chain.row_key() is not None
+        stacked = chain(scores, scores.clone())
+        for i in range(scores.size(0)):
+            assert torch.equal(stacked[i], chain(scores[i : i + 1], scores[i : i + 1])[0])
+    assert build_processors(0.7, repetition_penalty=1.2).row_key() is None  # reads the ids
 
 
 def test_a_failing_step_ends_every_request_and_the_engine_goes_on(run, monkeypatch):

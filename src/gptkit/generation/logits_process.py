@@ -11,7 +11,7 @@ order `transformers`' `generate` applies them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 import torch
@@ -31,6 +31,15 @@ class LogitsProcessorList(list[LogitsProcessor]):
         for processor in self:
             scores = processor(input_ids, scores)
         return scores
+
+    def row_key(self) -> tuple[Hashable, ...] | None:
+        """What the chain does, when each of its processors reads nothing but each row's own
+        scores (the warpers and logit bias set a `row_key`): chains with equal keys give a
+        row the same scores whether it is processed alone or stacked with other requests'
+        rows, so a server processes them in one call. None when one reads the sequence so
+        far (penalties, n-grams, banned words, minimum length)."""
+        keys = [getattr(processor, "row_key", None) for processor in self]
+        return None if any(key is None for key in keys) else tuple(keys)
 
 
 def _token_mask(ids: Tensor, vocab: int) -> Tensor:
@@ -108,6 +117,7 @@ class LogitBiasLogitsProcessor:
                               f"(got {logit_bias!r})")
         self.ids = list(logit_bias)
         self.bias = list(logit_bias.values())
+        self.row_key = ("logit_bias", tuple(logit_bias.items()))
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         vocab = scores.size(-1)
@@ -210,6 +220,7 @@ class TemperatureLogitsWarper:
         if not temperature > 0:
             raise GptkitError(f"temperature must be > 0 here (got {temperature}); 0 means greedy")
         self.temperature = temperature
+        self.row_key = ("temperature", temperature)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scaled = scores / self.temperature
@@ -233,6 +244,7 @@ class TopKLogitsWarper:
             raise GptkitError(f"top_k must be >= 1 (got {top_k})")
         self.top_k = max(top_k, min_tokens_to_keep)
         self.filter_value = filter_value
+        self.row_key = ("top_k", self.top_k, filter_value)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         k = min(self.top_k, scores.size(-1))
@@ -254,6 +266,7 @@ class TopPLogitsWarper:
         self.top_p = top_p
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
+        self.row_key = ("top_p", top_p, filter_value, min_tokens_to_keep)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         # Ascending order: a token is dropped when it and every less likely token together
@@ -279,6 +292,7 @@ class TypicalLogitsWarper:
         self.mass = mass
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
+        self.row_key = ("typical_p", mass, filter_value, min_tokens_to_keep)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         log_p = scores.log_softmax(dim=-1)

@@ -108,12 +108,6 @@ class SpeculativeStepper(Stepper):
         return torch.stack([logits[seat] if seat in logits
                             else self.blank.expand_as(first) for seat in running.seats])
 
-    def _draw(self, running: _Running, scores: Tensor) -> Tensor:
-        if running.job.settings.temperature == 0:
-            return scores.argmax(dim=-1)
-        ((_, generator),) = running.groups
-        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
-
     def _propose(self, jobs: list[_Running], seats: list[_Seat]
                  ) -> tuple[dict[_Running, Tensor], dict[_Running, list[Tensor]]]:
         """K batched draft forwards: each job's rows with the drafted tokens appended, and
@@ -143,7 +137,7 @@ class SpeculativeStepper(Stepper):
                                       self.vocab)[0]
                        for seat in running.seats if seat in at}
                 scores = running.processors(grown[running], self._rows(running, own))
-                token = self._draw(running, scores)
+                token = self._sample([running], scores)
                 q_scores[running].append(scores)
                 grown[running] = torch.cat([grown[running], token[:, None]], dim=1)
                 for seat in running.seats:

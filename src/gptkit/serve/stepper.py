@@ -10,9 +10,10 @@ its next tokens. A row that ends leaves at once and frees its slot.
 
 A job's text is what it gets alone: a job keeps what `generate_steps` builds for it alone (its
 rows' token tensor as `prompt_rows` lays it out, its logits processors and its random
-generator) and draws its rows' tokens from its own rows' scores only. A row that has ended
-still feeds a (uniform) row into its job's draw: `torch.multinomial` consumes the generator
-per row whatever the values, so the other rows draw what they would have drawn. A prompt
+generator) and draws its rows' tokens from its own rows' scores only (jobs whose processors
+read nothing but each row's scores are processed and drawn in one call; see `_sample`). A
+row that has ended still feeds a (uniform) row into its job's draw: the draw consumes the
+generator per row whatever the values, so the other rows draw what they would have drawn. A prompt
 repeated n times is prefilled once and its KV copied to the n slots. A row longer than the
 context slides as `Decoder` does: its last block_size tokens are recomputed every step (all
 such rows in one forward, without the pool). With a `PrefixStore`, a joining prompt starts
@@ -22,7 +23,7 @@ from the longest cached prefix of it and rows that end leave their KV there.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,12 @@ import torch
 from torch import Tensor
 
 from gptkit.errors import GptkitError
-from gptkit.generation.decoding import processors_for, prompt_rows, sampling_groups
+from gptkit.generation.decoding import (
+    TokenBuffer,
+    processors_for,
+    prompt_rows,
+    sampling_groups,
+)
 from gptkit.generation.logits_process import LogitsProcessorList
 from gptkit.model import GPT
 from gptkit.serve.kvpool import KVPool
@@ -60,11 +66,24 @@ class _Running:
     """A job's decoding state: what `generate_steps` keeps for the job alone."""
 
     job: Job
-    seq: Tensor  # (rows, width): the job's rows as prompt_rows lays them out, then tokens
+    ids: TokenBuffer  # the job's rows as prompt_rows lays them out, then their tokens
     processors: LogitsProcessorList
     groups: list[tuple[int, torch.Generator]]
     seats: list[_Seat] = field(default_factory=list)
     step: int = 0
+
+    @property
+    def seq(self) -> Tensor:
+        """(rows, width): the job's tokens so far (a view, valid until the next step)."""
+        return self.ids.ids
+
+    @property
+    def key(self) -> Hashable:
+        """Jobs with equal keys take their tokens together: greedy or not, and processors
+        that read only each row's scores, alike (`LogitsProcessorList.row_key`); a job
+        whose processors read its sequence is its own key."""
+        key = self.processors.row_key()
+        return self if key is None else (self.job.settings.temperature == 0, key)
 
 
 @dataclass
@@ -166,13 +185,8 @@ class Stepper:
                 self._drop(running)
                 self.listener.failed(running.job, exc)
             return
-        for running in list(self.running):
-            if all(seat.logits is not None for seat in running.seats if seat.live):
-                try:
-                    self._take(running)
-                except Exception as exc:
-                    self._drop(running)
-                    self.listener.failed(running.job, exc)
+        self._take([running for running in self.running
+                    if all(seat.logits is not None for seat in running.seats if seat.live)])
 
     # --- joining ------------------------------------------------------------------------------
     def _admit(self) -> None:
@@ -209,7 +223,8 @@ class Stepper:
             return
         processors = processors_for(settings, seq, mask, self.eot_id)
         groups = sampling_groups(len(job.prompts), job.n, settings.seed, None, seq.device)
-        running = _Running(job, seq, processors, groups)
+        running = _Running(job, TokenBuffer(seq, min(job.max_tokens, self.block_size)),
+                           processors, groups)
         for p, prompt in enumerate(job.prompts):
             ids = prompt[-self.block_size :]
             leader: _Seat | None = None
@@ -325,31 +340,78 @@ class Stepper:
                 self.stats.prompt_tokens_reused += seat.cached
 
     # --- taking tokens and leaving ------------------------------------------------------------
-    def _take(self, running: _Running) -> None:
-        """The job's next tokens, as `generate_steps` draws them for the job alone."""
-        seats = running.seats
-        rows = [seat.logits if seat.live and seat.logits is not None else self.blank
-                for seat in seats]
-        logits = rows[0][None] if len(rows) == 1 else torch.stack(rows)
-        scores = running.processors(running.seq, logits)
-        if running.job.settings.temperature == 0:
-            token = scores.argmax(dim=-1)
-        else:  # one generator per job (sampling_groups gives one group)
-            ((_, generator),) = running.groups
-            token = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
-        self._emit(running, token, scores)
+    def _take(self, ready: list[_Running]) -> None:
+        """The next tokens of the `ready` jobs, each drawn as `generate_steps` draws it for
+        the job alone, from its own rows' scores and generator; jobs whose processors agree
+        and read only each row's scores (`_Running.key`) are processed in one call."""
+        together: dict[Hashable, list[_Running]] = {}
+        for running in ready:
+            together.setdefault(running.key, []).append(running)
+        for jobs in together.values():
+            try:
+                scores = self._scores(jobs)
+                tokens = self._sample(jobs, scores)
+            except Exception as exc:
+                for running in jobs:
+                    self._fail(running, exc)
+                continue
+            values = tokens.tolist()
+            first = 0
+            for running in jobs:
+                rows = slice(first, first + len(running.seats))
+                first = rows.stop
+                try:
+                    self._emit(running, tokens[rows], scores[rows], values[rows])
+                except Exception as exc:
+                    self._fail(running, exc)
 
-    def _emit(self, running: _Running, token: Tensor, scores: Tensor) -> None:
-        """The job's next token per row (`token`, drawn from the processed `scores`): to the
-        listener, then rows that ended leave."""
+    def _scores(self, jobs: list[_Running]) -> Tensor:
+        """The processed scores of `jobs`' rows, stacked in order (an ended row's blank)."""
+        rows = [seat.logits if seat.live and seat.logits is not None else self.blank
+                for running in jobs for seat in running.seats]
+        logits = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+        if len(jobs) == 1:
+            return jobs[0].processors(jobs[0].seq, logits)
+        return jobs[0].processors(logits, logits)  # equal keys: they read no token ids
+
+    def _sample(self, jobs: list[_Running], scores: Tensor) -> Tensor:
+        """Tokens from `scores` of `jobs` (all greedy or all sampled, by their key).
+
+        A sampled job draws what `torch.multinomial(probs, 1, generator)` draws, which for
+        one sample is the argmax of probs / q, q ~ Exp(1) of probs' shape from the generator
+        (ATen's multinomial; tests/serve/test_continuous.py checks the equality): so each
+        job consumes its own generator exactly as alone, and the jobs' divisions and argmax
+        are one call. An ended row still draws (uniform scores), as it does alone."""
+        if jobs[0].job.settings.temperature == 0:
+            return scores.argmax(dim=-1)
+        probs = scores.softmax(dim=-1)
+        if bool(probs.isnan().any()):  # what multinomial refuses: every token excluded
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+        noise = [torch.empty(rows, probs.size(-1), dtype=probs.dtype,
+                             device=probs.device).exponential_(1, generator=generator)
+                 for running in jobs for rows, generator in running.groups]
+        return (probs / (noise[0] if len(noise) == 1 else torch.cat(noise))).argmax(dim=-1)
+
+    def _fail(self, running: _Running, exc: Exception) -> None:
+        if running in self.running:
+            self._drop(running)
+        self.listener.failed(running.job, exc)
+
+    def _emit(self, running: _Running, token: Tensor, scores: Tensor,
+              values: list[int] | None = None) -> None:
+        """The job's next token per row (`token`, drawn from the processed `scores`;
+        `values`: the same as a list, when the caller has it): to the listener, then rows
+        that ended leave."""
         seats = running.seats
+        values = token.tolist() if values is None else values
         if self.eot_id is not None and not all(seat.live for seat in seats):
-            gone = torch.tensor([not seat.live for seat in seats], device=token.device)
-            token = token.masked_fill(gone, self.eot_id)
-        running.seq = torch.cat([running.seq, token[:, None]], dim=1)
+            gone = [not seat.live for seat in seats]
+            token = token.masked_fill(torch.tensor(gone, device=token.device), self.eot_id)
+            values = [self.eot_id if dead else value for dead, value in zip(gone, values,
+                                                                              strict=True)]
+        running.ids.append(token)
         running.step += 1
         logprobs = scores.float().log_softmax(dim=-1) if running.job.scored else None
-        values = token.tolist()
         ended = self.listener.took(running.job, values, logprobs, running.step)
         for seat, value, end in zip(seats, values, ended, strict=True):
             if not seat.live:
