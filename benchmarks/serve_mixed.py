@@ -2,7 +2,7 @@
 of mixed lengths, both engines at the same limits, in one run.
 
     python -m benchmarks.serve_mixed --baseline-src PATH/src [--run RUN]
-        [--concurrency 8 32 64] [--requests 96] [--batch-size 16] [--rounds 2] [--threads N]
+        [--concurrency 8 32 64] [--requests 192] [--batch-size 16] [--rounds 2] [--threads N]
 
 `--baseline-src` is the `src/` folder of the revision to compare with (e.g. a `git worktree
 add --detach /tmp/static dcc3562`, the last commit with static batching); the other side is
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="run to serve (default: train one)")
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64])
-    parser.add_argument("--requests", type=int, default=96, help="per concurrency level")
+    parser.add_argument("--requests", type=int, default=192, help="per concurrency level")
     parser.add_argument("--batch-size", type=int, default=16, help="--max-batch-size of both")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the servers")
