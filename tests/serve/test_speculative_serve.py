@@ -284,6 +284,16 @@ def test_an_engine_passed_to_create_app_takes_its_draft_itself(sharp, draft):
         create_app(Engine(sharp), draft=draft)
 
 
+def test_a_prefix_cache_budget_with_a_draft_is_refused_and_none_is_kept(sharp, draft):
+    with pytest.raises(GptkitError, match="--prefix-cache-mb does nothing with --draft"):
+        Engine(sharp, draft=draft, prefix_cache_mb=64)
+    for engine in (Engine(sharp, draft=draft, prefix_cache_mb=0), Engine(sharp, draft=draft)):
+        info = engine.pool_info()
+        assert info is not None and info["prefix_cache_bytes"] == 0
+    info = Engine(sharp).pool_info()
+    assert info is not None and info["prefix_cache_bytes"] == 256 * 2**20
+
+
 def test_serve_takes_draft_flags_and_refuses_a_draft_of_another_tokenizer(
         tiny_run: Path, tmp_path: Path, capsys):
     other = write_run(tmp_path / "other")
@@ -292,6 +302,8 @@ def test_serve_takes_draft_flags_and_refuses_a_draft_of_another_tokenizer(
     expect_error(capsys, "serve", str(tiny_run), "--draft-tokens", "3", match="--draft RUN")
     expect_error(capsys, "serve", str(tiny_run), "--draft", str(tiny_run), "--draft-tokens",
                  "0", match="--draft-tokens must be >= 1")
+    expect_error(capsys, "serve", str(tiny_run), "--draft", str(tiny_run),
+                 "--prefix-cache-mb", "64", match="--prefix-cache-mb does nothing with --draft")
     with serve_cli(tiny_run, tmp_path / "log.txt", "--draft", str(tiny_run),
                    "--draft-tokens", "2") as url:
         import httpx

@@ -7,6 +7,7 @@ from typing import Any
 
 from gptkit.cli import options
 from gptkit.errors import GptkitError
+from gptkit.serve.settings import DEFAULT_PREFIX_CACHE_MB
 
 
 def register(commands: Any) -> None:
@@ -40,10 +41,10 @@ def register(commands: Any) -> None:
     p.add_argument("--prefill-chunk", type=int, default=64, metavar="N",
                    help="prompt tokens prefilled per decoding step, so that long prompts do "
                    "not stall the running rows (default 64)")
-    p.add_argument("--prefix-cache-mb", type=float, default=256, metavar="MB",
+    p.add_argument("--prefix-cache-mb", type=float, metavar="MB",
                    help="memory for the KV of recent prompts and texts, reused by requests "
-                   "that start the same way, least recently used evicted (default 256; 0 = "
-                   "off)")
+                   "that start the same way, least recently used evicted (default "
+                   f"{DEFAULT_PREFIX_CACHE_MB}; 0 = off; none with --draft)")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, metavar="N",
                    help="longest prompt accepted, in tokens (default 2048; longer: 413)")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N",

@@ -44,6 +44,7 @@ from gptkit.generation.text import first_stop, showable
 from gptkit.model import GPT
 from gptkit.run import Run
 from gptkit.serve.prefix import PrefixStore
+from gptkit.serve.settings import DEFAULT_PREFIX_CACHE_MB
 from gptkit.serve.speculate import SpeculativeStepper
 from gptkit.serve.stepper import Listener, Stepper
 from gptkit.tokenizers import Tokenizer
@@ -191,12 +192,16 @@ class Engine:
 
     def __init__(self, run: Run | Classifier, name: str | None = None, *,
                  max_batch_size: int = 16, prefill_chunk: int = 64,
-                 prefix_cache_mb: float = 256, draft: Speculative | None = None) -> None:
+                 prefix_cache_mb: float | None = None, draft: Speculative | None = None
+                 ) -> None:
         """`max_batch_size`: rows (prompts x n) decoding together, the KV pool's slots;
         `prefill_chunk`: prompt tokens prefilled per step; `prefix_cache_mb`: the prefix
-        store's budget (0: no prefix reuse); `draft`: decode speculatively with this draft
-        model (`gptkit.serve.speculate`; it must share the run's tokenizer, and prefix reuse
-        is then off)."""
+        store's budget (0: no prefix reuse; None: 256 MB, none with a draft); `draft`: decode
+        speculatively with this draft model (`gptkit.serve.speculate`; it must share the
+        run's tokenizer, and there is no prefix reuse with it: a budget is then an error)."""
+        if draft is not None and prefix_cache_mb:
+            raise GptkitError("--prefix-cache-mb does nothing with --draft (speculative "
+                              "decoding runs without prefix reuse): leave one of them out")
         self.run = run
         self.name = name or Path(run.path).resolve().name
         self.tokenizer: Tokenizer = run.tokenizer
@@ -215,7 +220,8 @@ class Engine:
                                                    prefill_chunk=prefill_chunk,
                                                    stats=self.stats, listener=listener)
             else:
-                store = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb else None
+                budget = DEFAULT_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
+                store = PrefixStore(int(budget * 2**20)) if budget else None
                 self._stepper = Stepper(model, max_batch_size, eot_id=eot, stats=self.stats,
                                         prefill_chunk=prefill_chunk, listener=listener,
                                         store=store)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from gptkit.errors import check_all
 
+DEFAULT_PREFIX_CACHE_MB = 256  # the prefix store's budget unless told (none with a draft)
+
 
 @dataclass
 class ServeSettings:
@@ -25,7 +27,9 @@ class ServeSettings:
     # positions each, allocated at start (also the most rows one request may ask for)
     max_batch_size: int = 16
     prefill_chunk: int = 64  # prompt tokens prefilled per step beside the decoding rows
-    prefix_cache_mb: float = 256  # KV of recent prompts and texts kept for reuse; 0 = off
+    # KV of recent prompts and texts kept for reuse; 0 = off; None: the default, off with a
+    # draft (a budget with a draft is an error: speculative decoding has no prefix reuse)
+    prefix_cache_mb: float | None = None
     max_prompt_tokens: int = 2048  # longer prompts: 413 (the model sees its last block_size)
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     max_concurrent: int = 32  # requests in progress at once; more are refused with 429
@@ -41,8 +45,8 @@ class ServeSettings:
              f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
             (self.prefill_chunk >= 1,
              f"--prefill-chunk must be >= 1, got {self.prefill_chunk}"),
-            (self.prefix_cache_mb >= 0,
-             f"--prefix-cache-mb must be >= 0 (0 = off), got {self.prefix_cache_mb:g}"),
+            (self.prefix_cache_mb is None or self.prefix_cache_mb >= 0,
+             f"--prefix-cache-mb must be >= 0 (0 = off), got {self.prefix_cache_mb}"),
             (self.max_prompt_tokens >= 1,
              f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}"),
             (self.max_tokens >= 1, f"--max-tokens must be >= 1, got {self.max_tokens}"),
