@@ -4,9 +4,10 @@
         [--shapes shakespeare-char 6x384-50k gpt2-small] [--batches 1 8]
 
 For each shape a model with random weights is exported with gptkit's own exporters
-(`gptkit.interop.gguf.write_gguf` as f16 and q8_0, `gptkit.interop.onnx.export_graph`, the
-decoder with past keys and values) and decoded greedily from random 8-token prompts, feeding
-token ids directly (no tokenizer in the timed loop), with no end-of-text stop:
+(`gptkit.interop.gguf.write_gguf` as f32, the like-for-like of gptkit's fp32, f16 and q8_0;
+`gptkit.interop.onnx.export_graph`, the decoder with past keys and values) and decoded
+greedily from random 8-token prompts, feeding token ids directly (no tokenizer in the
+timed loop), with no end-of-text stop:
 - gptkit: `generate` with temperature 0 in fp32, and in its default precision when that is
   not fp32 (`inference_dtype("auto")`: bf16 only on CPUs with bf16 matrix instructions);
 - llama.cpp through llama-cpp-python's C API (`llama_decode`, one sequence per row, so
@@ -194,7 +195,7 @@ def bench_shape(shape: dict[str, Any], batches: list[int], new_tokens: int, roun
         fast = GPT(config).eval()
         fast.load_state_dict(model.state_dict())
         sides_of_model["gptkit"] = gptkit_decoder(fast.to(dtype))
-    files: dict[GgufType, Path] = {q: folder / f"model-{q}.gguf" for q in ("f16", "q8_0")}
+    files: dict[GgufType, Path] = {q: folder / f"model-{q}.gguf" for q in ("f32", "f16", "q8_0")}
     for q, path in files.items():
         write_gguf(model, tokenizer, path, outtype=q)
     onnx_model = GPT(config).eval()

@@ -73,7 +73,7 @@ def test_decode_runtimes_measures_every_runtime_on_the_same_weights(tmp_path):
     tiny = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size": None}
     shape = bench_shape(tiny, batches=[1, 2], new_tokens=4, rounds=1, threads=1,
                         folder=tmp_path)
-    sides = {"gptkit_fp32", "llama.cpp_f16", "llama.cpp_q8_0", "onnxruntime"}
+    sides = {"gptkit_fp32", "llama.cpp_f32", "llama.cpp_f16", "llama.cpp_q8_0", "onnxruntime"}
     for batch in (1, 2):
         entry = shape[f"batch_{batch}"]
         assert sides <= set(entry["tokens_per_s"])
