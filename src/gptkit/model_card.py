@@ -91,7 +91,7 @@ def render(
                     f"{t.warmup_steps} warm-up steps), weight decay {t.weight_decay:g}, "
                     f"gradient clip {t.grad_clip:g}")
         rows = [
-            ("steps", f"{best.get('step', 0):,} (of train.max_steps = {t.max_steps:,})"),
+            ("steps", f"{best.get('step', 0):,} (of train.max_steps = {t.steps:,})"),
             ("tokens seen", f"{best.get('tokens_seen', 0):,} ({per_step:,} per step)"),
             ("optimizer", schedule),
         ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -95,7 +96,7 @@ def _as_bool_or_str(value: Any) -> bool | str:
         return _as_str(value)
 
 
-def _none_words(value: Any) -> Any:
+def none_words(value: Any) -> Any:
     """`null`, `none`, `auto` or `~` clear an optional setting."""
     if isinstance(value, str) and value.strip().lower() in ("null", "none", "auto", "~"):
         return None
@@ -118,8 +119,45 @@ Float = Annotated[float, BeforeValidator(_as_float)]
 Bool = Annotated[bool, BeforeValidator(_as_bool)]
 Str = Annotated[str, BeforeValidator(_as_str)]
 BoolOrStr = Annotated[bool | str, BeforeValidator(_as_bool_or_str)]
-Nullable = Annotated[T | None, BeforeValidator(_none_words)]
+Nullable = Annotated[T | None, BeforeValidator(none_words)]
 StrList = Annotated[list[Str], BeforeValidator(as_list)]
+
+_EPOCHS = re.compile(r"(?P<n>[0-9][0-9_.eE+-]*)\s*epochs?", re.IGNORECASE)
+
+
+def epochs_in(value: int | str) -> float | None:
+    """How many epochs an interval of `StepsOrEpochs` gives ("0.5 epochs" -> 0.5), or None
+    when it counts optimizer steps."""
+    return None if isinstance(value, int) else float(value.split()[0])
+
+
+def _as_steps_or_epochs(value: Any) -> int | str:
+    """A count of optimizer steps (>= 1), or of epochs written `0.5 epochs` (or `0.5epoch`),
+    kept as the text `0.5 epochs` until the trainer knows the steps in an epoch."""
+    if isinstance(value, str):
+        found = _EPOCHS.fullmatch(value.strip())
+        if found:
+            try:
+                number = float(found["n"])
+            except ValueError:
+                number = math.nan
+            if not (math.isfinite(number) and number > 0):
+                raise _refuse("must be a positive number of epochs, e.g. '0.5 epochs' "
+                              "(got {got})", value)
+            return f"{number:g} epochs"
+    try:
+        steps = _as_int(value)
+    except PydanticCustomError:
+        raise _refuse("must be a number of steps or of epochs ('0.5 epochs'), got {got}",
+                      value) from None
+    if steps < 1:
+        raise _refuse("must be >= 1 step, or a number of epochs ('0.5 epochs') (got {got})",
+                      value)
+    return steps
+
+
+# optimizer steps, or epochs of the training split ("0.5 epochs"; gptkit.train.epochs)
+StepsOrEpochs = Annotated[int | str, BeforeValidator(_as_steps_or_epochs)]
 
 
 # --- rules beside the fields -------------------------------------------------------------

@@ -28,10 +28,12 @@ from gptkit.config.fields import (
     Int,
     Nullable,
     Settings,
+    StepsOrEpochs,
     Str,
     StrList,
     above,
     at_least,
+    none_words,
     rule,
     within,
 )
@@ -120,7 +122,12 @@ class TrainConfig(Settings):
     """Optimisation, schedule, precision and bookkeeping of a training run."""
 
     section = "train"
-    max_steps: Annotated[Int, NotNegative] = 2000
+    # The length of the run: max_steps optimizer steps, or `epochs` passes over the training
+    # split, which the trainer turns into max_steps once it has read the data
+    # (gptkit.train.epochs). Exactly one is set: a recipe that gives epochs and no max_steps
+    # leaves max_steps null; over a recipe's max_steps, --set train.max_steps=null too.
+    max_steps: Annotated[Nullable[Int], at_least(0, " or null")] = 2000
+    epochs: Annotated[Nullable[Float], above(0, " or null")] = None
     micro_batch_size: Annotated[Int, Positive] = 12  # sequences per forward pass on one process
     # Tokens per optimizer step over all processes; None means one micro-batch per process.
     # Gradient accumulation = batch_tokens / (micro_batch_size * block_size * world_size).
@@ -152,11 +159,13 @@ class TrainConfig(Settings):
     device: Str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: Annotated[Int, rule(lambda v: 0 <= v < 2**32, "must be in [0, 2**32 - 1], the seeds "
                               "numpy accepts (got {got})")] = 1337
-    eval_interval: Annotated[Int, Positive] = 250
+    # the intervals are optimizer steps, or epochs written "0.5 epochs" (turned into steps
+    # as train.epochs is)
+    eval_interval: StepsOrEpochs = 250
     # cap on validation tokens per evaluation; None: whole split
     eval_tokens: Annotated[Nullable[Int], at_least(1, " or null")] = None
-    log_interval: Annotated[Int, Positive] = 10
-    checkpoint_interval: Annotated[Int, Positive] = 500
+    log_interval: StepsOrEpochs = 10
+    checkpoint_interval: StepsOrEpochs = 500
     keep_checkpoints: Annotated[Int, Positive] = 2
     # evaluations without improvement before stopping; 0: off
     early_stopping_patience: Annotated[Int, NotNegative] = 0
@@ -167,9 +176,24 @@ class TrainConfig(Settings):
     # (fine-tuning, continued pre-training); optimizer and schedule start fresh.
     init_from: Annotated[Nullable[Str], RunDir] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_budget(cls, values: Any) -> Any:
+        """train.epochs given where max_steps is not: max_steps is not the default 2000."""
+        if isinstance(values, dict) and "max_steps" not in values and \
+                none_words(values.get("epochs")) is not None:
+            return {**values, "max_steps": None}
+        return values
+
     @model_validator(mode="after")
     def _floor(self) -> TrainConfig:
         check_all([
+            (self.max_steps is None or self.epochs is None,
+             f"train.epochs={self.epochs:g} and train.max_steps={self.max_steps} both set the "
+             "length of the run; keep one (--set train.max_steps=null trains by epochs)"
+             if self.epochs is not None else ""),
+            (self.max_steps is not None or self.epochs is not None,
+             "train.max_steps and train.epochs are both null; set one, the length of the run"),
             (self.min_lr is None or self.min_lr_ratio is None,
              "train.min_lr and train.min_lr_ratio both set where the decay ends; keep one "
              "(min_lr_ratio scales with train.lr; --set train.min_lr=null drops min_lr)"),
@@ -178,6 +202,14 @@ class TrainConfig(Settings):
              "train.min_lr_ratio instead, a fraction of train.lr"),
         ])
         return self
+
+    @property
+    def steps(self) -> int:
+        """max_steps, which the trainer settles from train.epochs when that is given."""
+        if self.max_steps is None:
+            raise GptkitError("train.epochs is not yet turned into steps: the trainer does it "
+                              "once it has read the data (gptkit.train.epochs)")
+        return self.max_steps
 
     @property
     def floor_lr(self) -> float:

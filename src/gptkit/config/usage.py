@@ -27,10 +27,10 @@ RUN_KINDS = ("train", "finetune", "classify", "distill")
 _LM = ("train", "finetune")
 _ALL = ("train", "finetune", "classify")
 _TRAIN_LOOP = {f"train.{k}": _ALL for k in (
-    "max_steps", "micro_batch_size", "optimizer", "lr", "min_lr", "min_lr_ratio", "schedule",
-    "warmup_steps", "decay_steps", "cooldown_fraction", "weight_decay", "beta1", "beta2", "eps",
-    "momentum", "grad_clip", "precision", "device", "seed", "eval_interval", "log_interval",
-    "init_from")}
+    "max_steps", "epochs", "micro_batch_size", "optimizer", "lr", "min_lr", "min_lr_ratio",
+    "schedule", "warmup_steps", "decay_steps", "cooldown_fraction", "weight_decay", "beta1",
+    "beta2", "eps", "momentum", "grad_clip", "precision", "device", "seed", "eval_interval",
+    "log_interval", "init_from")}
 # Every setting, and the kinds of run that read it (sample.* and eval.* are saved with a
 # language model for gptkit sample, serve and eval). A setting moved from its default in a
 # run that does not read it is an error (check_used); tests/test_config.py checks

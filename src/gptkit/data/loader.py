@@ -12,7 +12,9 @@ same batches as the same ids in one file; a window may run across a shard bounda
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -23,6 +25,28 @@ from gptkit.data.shards import Tokens, read_windows
 from gptkit.errors import GptkitError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EpochSize:
+    """One pass over the training split, in what a batch source draws: `per_epoch` units
+    (tokens, examples, packed rows) of which one optimizer step takes `per_step`, over all
+    processes, so that an epoch is the same data at any world size."""
+
+    per_epoch: int
+    per_step: int
+    unit: str  # plural: "tokens", "examples", "rows"
+
+    def steps(self, epochs: float) -> int:
+        """Optimizer steps of `epochs` passes: ceil(epochs x per_epoch / per_step)."""
+        return math.ceil(epochs * self.per_epoch / self.per_step)
+
+    def explain(self, epochs: float) -> str:
+        """The conversion, as printed: "2 epochs = 1,003,855 train tokens x 2 / 12,288
+        tokens per step = 164 steps"."""
+        return (f"{epochs:g} epoch{'' if epochs == 1 else 's'} = {self.per_epoch:,} train "
+                f"{self.unit} x {epochs:g} / {self.per_step:,} {self.unit} per step = "
+                f"{self.steps(epochs):,} steps")
 
 
 class RandomWindows:
@@ -66,6 +90,11 @@ class RandomWindows:
         self.world_size = world_size
         self.split = split
         self.position = 0  # the next step to draw; saved so a resumed run knows where it was
+
+    def epoch_size(self) -> EpochSize:
+        """An epoch is the split's tokens; a step's windows hold block_size inputs each."""
+        per_step = self.micro_batch_size * self.block_size * self.accum_steps * self.world_size
+        return EpochSize(len(self.tokens), per_step, "tokens")
 
     def global_starts(self, step: int) -> np.ndarray:
         """All window starts of one optimizer step, over every process and micro-batch."""
@@ -149,6 +178,11 @@ class SeededEpochs(Generic[T]):
             self._cache = {epoch: items, **{e: v for e, v in self._cache.items()
                                             if e == epoch - 1}}
         return self._cache[epoch]
+
+    def epoch_size(self, unit: str) -> EpochSize:
+        """The items of the first epoch (packed rows may vary a little between epochs)."""
+        per_step = self.micro_batch_size * self.accum_steps * self.world_size
+        return EpochSize(len(self._epoch(0)), per_step, unit)
 
     def step_items(self, step: int) -> list[list[T]]:
         """This process's `accum_steps` micro-batches of items for optimizer step `step`."""

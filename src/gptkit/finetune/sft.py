@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gptkit.chat_template import ChatTemplate, encode_segments
 from gptkit.config import DataConfig
-from gptkit.data.loader import SeededEpochs, epoch_order
+from gptkit.data.loader import EpochSize, SeededEpochs, epoch_order
 from gptkit.device import autocast
 from gptkit.errors import GptkitError
 from gptkit.finetune import heads
@@ -210,6 +210,9 @@ class SFTBatches:
     def step_batches(self, step: int) -> list[Batch]:
         return [collate(chunk, self.pad_id, self.packing)
                 for chunk in self.epochs.step_items(step)]
+
+    def epoch_size(self) -> EpochSize:
+        return self.epochs.epoch_size("rows" if self.packing else "examples")
 
     def state_dict(self) -> dict[str, Any]:
         return self.epochs.state_dict()

@@ -48,7 +48,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     warmup = cfg.warmup_steps
     if step < warmup:
         return cfg.lr * (step + 1) / (warmup + 1)
-    decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_steps
+    decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.steps
     # the decay starts where warmup ends; wsd holds lr until its cooldown starts
     start = warmup
     if cfg.schedule == "wsd":

@@ -41,6 +41,7 @@ from gptkit.train import checkpoint, distributed
 from gptkit.train.checkpoint import BEST_DIR, CHECKPOINTS_DIR
 from gptkit.train.checkpointing import Checkpointer
 from gptkit.train.environment import environment_info
+from gptkit.train.epochs import EPOCHS_FILE, Budget, settle_epochs
 from gptkit.train.evaluation import Selection, diverged, not_finite
 from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
 from gptkit.train.objectives import Objective, Setup, objective_for
@@ -73,6 +74,8 @@ class TrainResult:
 
 class Trainer:
     """Owns one run: its settled settings, model, optimizer, objective and the loop."""
+
+    cfg: RunConfig  # settled (`_resolve`, `settle_epochs`): saved as config.yaml
 
     def __init__(
         self,
@@ -123,6 +126,11 @@ class Trainer:
         self.compiled = resolve_compile(cfg.train.compile, env.device)
         self._build_model(init)
         self.loader = objective.batches(cfg, env, self.accum)
+        # train.epochs and intervals in epochs become steps (saved so in config.yaml)
+        self.cfg, self.epochs = settle_epochs(cfg, self.loader)
+        self.budget = Budget.of(self.cfg.train)
+        for line in self.epochs.get("lines", []):
+            self._say(line)
         self.step_tokens = 0  # input tokens of the last step, all processes
         self.step = 0
         self.tokens_seen = 0
@@ -135,7 +143,7 @@ class Trainer:
             freeze.apply_freezing(self.model, cfg.finetune, cfg.model.n_layer, self.step,
                                   learnable=self.learnable)
         elif env.is_main:
-            clear_run_dir(self.run_dir, (CHECKPOINTS_DIR, BEST_DIR, *LOG_OUTPUTS,
+            clear_run_dir(self.run_dir, (CHECKPOINTS_DIR, BEST_DIR, EPOCHS_FILE, *LOG_OUTPUTS,
                                          *objective.outputs))
         self._start_records()
         if env.device.type == "cuda":
@@ -224,6 +232,8 @@ class Trainer:
         save_config(cfg, run.config_file)
         self.tokenizer.save(run.tokenizer_file)
         run.data_file.write_text(json.dumps(self.objective.data_meta(), indent=2))
+        if self.epochs:
+            (self.run_dir / EPOCHS_FILE).write_text(json.dumps(self.epochs, indent=2))
         for name, text in self.objective.run_files().items():
             (self.run_dir / name).write_text(text, encoding="utf-8")
         self.environment = environment_info(
@@ -383,7 +393,7 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> TrainResult:
-        cfg, env, objective = self.cfg, self.env, self.objective
+        cfg, env, objective, budget = self.cfg, self.env, self.objective, self.budget
         interrupted = False
         stop_early = False
         last_eval: dict[str, Any] = {}
@@ -398,12 +408,12 @@ class Trainer:
         if not env.enabled:
             previous_handler = signal.signal(signal.SIGINT, on_sigint)
         bar = tqdm(
-            total=cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+            total=budget.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
             disable=not (self.progress and env.is_main),
         )
         start_step = self.step
-        if self.resume and self.step >= cfg.train.max_steps:
-            self._say(f"run already reached train.max_steps={cfg.train.max_steps} (at step "
+        if self.resume and self.step >= budget.max_steps:
+            self._say(f"run already reached train.max_steps={budget.max_steps} (at step "
                       f"{self.step}); raise it with --set train.max_steps="
                       f"{max(2 * self.step, 1)} to train further")
         started = self.started = time.perf_counter()
@@ -413,9 +423,9 @@ class Trainer:
         checked_step = -1  # the last step whose loss was read and found finite
         try:
             while True:
-                last = self.step >= cfg.train.max_steps or interrupted or stop_early
+                last = self.step >= budget.max_steps or interrupted or stop_early
                 resumed_here = self.resume and self.step == start_step
-                if (self.step % cfg.train.eval_interval == 0 or last) and not resumed_here:
+                if (self.step % budget.eval_interval == 0 or last) and not resumed_here:
                     last_eval = self.evaluate()
                     self._stop_if_diverged(last_eval, objective.finite_keys)
                     loss_now = last_eval[objective.loss_key]
@@ -431,7 +441,7 @@ class Trainer:
                         stop_early = True
                         self._say(f"early stopping: no improvement in {patience} evaluations")
                         last = True
-                saving_step = self.step % cfg.train.checkpoint_interval == 0 and self.step > 0
+                saving_step = self.step % budget.checkpoint_interval == 0 and self.step > 0
                 if (saving_step or last) and not resumed_here:
                     if loss is not None and checked_step != self.step:
                         self._stop_if_diverged({"step": self.step, "kind": "train",
@@ -444,7 +454,7 @@ class Trainer:
                 self.tokens_seen += self.step_tokens
                 window_tokens += self.step_tokens
                 bar.update(1)
-                if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
+                if self.step % budget.log_interval == 0 or self.step == budget.max_steps:
                     now = time.perf_counter()
                     tok_s = window_tokens / max(now - window_start, 1e-9)
                     window_start, window_tokens = now, 0

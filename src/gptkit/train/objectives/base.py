@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from gptkit.config import DataConfig, RunConfig
 from gptkit.config.usage import run_kinds
+from gptkit.data.loader import EpochSize
 from gptkit.model import GPT, IGNORE
 from gptkit.run import Run
 from gptkit.tokenizers import Tokenizer
@@ -37,6 +38,10 @@ class BatchSource(Protocol):
 
     def step_batches(self, step: int) -> Sequence[Batch]:
         """This process's micro-batches of optimizer step `step` (CPU tensors)."""
+        ...
+
+    def epoch_size(self) -> EpochSize:
+        """How many steps an epoch of the training split takes (train.epochs)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

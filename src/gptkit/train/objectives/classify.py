@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptkit.config import RunConfig
-from gptkit.data.loader import SeededEpochs, epoch_order
+from gptkit.data.loader import EpochSize, SeededEpochs, epoch_order
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import TEXT_OPS, Augmenter, parse_spec
 from gptkit.finetune.classifier import batched_logits
@@ -75,6 +75,9 @@ class ClassifyBatches:
 
     def step_batches(self, step: int) -> list[Batch]:
         return [self.collate(keys) for keys in self.epochs.step_items(step)]
+
+    def epoch_size(self) -> EpochSize:
+        return self.epochs.epoch_size("examples")
 
     def state_dict(self) -> dict[str, Any]:
         return self.epochs.state_dict()
