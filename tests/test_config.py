@@ -360,11 +360,13 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     later = {"bad_words_ids": None, "frequency_penalty": 0.0, "presence_penalty": 0.0,
              "logit_bias": None}
     assert {key: dumped["sample"].pop(key) for key in later} == later
+    assert dumped["train"].pop("epochs") is None  # train.epochs came later too
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
     written = (tmp_path / "config.yaml").read_text(encoding="utf-8").splitlines()
     new_lines = {f"  {key}: {'null' if value is None else value}" for key, value in later.items()}
+    new_lines.add("  epochs: null")
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor
@@ -441,3 +443,38 @@ def test_recipe_values_of_the_wrong_type_are_refused(tmp_path: Path, yaml_text, 
     # a whole number written as a float in YAML is an int, as before
     recipe.write_text("model:\n  n_layer: 2.0\n")
     assert load_config(str(recipe)).model.n_layer == 2
+
+
+def test_epochs_is_the_other_budget_and_exactly_one_is_set():
+    """train.epochs alone leaves max_steps null; over a recipe's max_steps it is an error
+    naming the fix; neither is an error too."""
+    alone = build_config({"train": {"epochs": 2}})
+    assert (alone.train.epochs, alone.train.max_steps) == (2.0, None)
+    assert build_config({}).train.max_steps == 2000  # no epochs: the default budget
+    with pytest.raises(GptkitError, match=r"^train.epochs=2 and train.max_steps=2000 both set "
+                       r".*--set train.max_steps=null") as caught:
+        load_config("shakespeare-char", ["train.epochs=2"])
+    assert "\n" not in str(caught.value)
+    cfg = load_config("shakespeare-char", ["train.epochs=2", "train.max_steps=null"])
+    assert (cfg.train.epochs, cfg.train.max_steps) == (2.0, None)
+    with pytest.raises(GptkitError, match="train.max_steps and train.epochs are both null"):
+        build_config({"train": {"max_steps": "null"}})
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(GptkitError, match="^train.epochs"):
+            build_config({"train": {"epochs": bad}})
+    with pytest.raises(GptkitError, match="train.epochs is not yet turned into steps"):
+        _ = alone.train.steps
+
+
+def test_intervals_are_steps_or_epochs():
+    t = build_config({"train": {"eval_interval": "0.5 epochs", "checkpoint_interval": "2epoch",
+                                "log_interval": "1e2"}}).train
+    assert (t.eval_interval, t.checkpoint_interval, t.log_interval) == (
+        "0.5 epochs", "2 epochs", 100)
+    for bad in ("0", "0 epochs", "-1 epochs", "0.5", "soon", "inf epochs"):
+        with pytest.raises(GptkitError, match=r"^train.eval_interval must be") as caught:
+            build_config({"train": {"eval_interval": bad}})
+        assert "\n" not in str(caught.value)
+    # saved and read back unchanged (config.yaml of a run not yet settled)
+    assert build_config(build_config({"train": {"eval_interval": "0.5 epochs"}})
+                        .model_dump()).train.eval_interval == "0.5 epochs"
