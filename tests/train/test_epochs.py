@@ -123,3 +123,13 @@ def test_two_processes_take_half_the_steps_of_one_for_an_epoch(data_dir, tmp_pat
     assert "train.epochs: 0.004 epochs = 1,003,855 train tokens x 0.004 / 512 tokens per " \
            "step = 8 steps" in done.stdout + done.stderr
     assert resume_config(tmp_path / "two", []).train.max_steps == 8
+
+
+def test_train_help_says_how_to_train_by_epochs(capsys):
+    from gptkit import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--set train.max_steps=null --set train.epochs=2" in text
+    assert "train.eval_interval='0.5 epochs'" in text

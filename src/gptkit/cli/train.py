@@ -31,7 +31,10 @@ def register(commands: Any) -> None:
         "train", help="train a GPT from a recipe",
         description="Train a GPT. Writes config.yaml, tokenizer.json, metrics.jsonl, "
         "checkpoints/ and best/ into the run directory. Under torchrun every process runs "
-        "this same command (DDP).",
+        "this same command (DDP). The run lasts train.max_steps optimizer steps, or "
+        "train.epochs passes over the training data (--set train.max_steps=null --set "
+        "train.epochs=2); the eval, checkpoint and log intervals may be epochs too "
+        "(--set train.eval_interval='0.5 epochs').",
     )
     options.add_recipe(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<recipe name>)")
