@@ -133,3 +133,24 @@ def test_train_help_says_how_to_train_by_epochs(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--set train.max_steps=null --set train.epochs=2" in text
     assert "train.eval_interval='0.5 epochs'" in text
+
+
+def test_fine_tuning_and_classification_count_an_epoch_in_examples(tmp_path):
+    from gptkit.train.objectives.classify import finetune_classifier
+    from tests.finetune.tasks import reverse_task, run_sft
+    from tests.finetune.test_classify import config, sentiment_rows, write_csv
+
+    by_epochs = {"max_steps": None, "epochs": 2, "eval_interval": "1 epoch"}
+    run_sft(reverse_task(tmp_path / "rev.jsonl", n=60), tmp_path / "sft", train=by_epochs)
+    record = json.loads((tmp_path / "sft" / "epochs.json").read_text())
+    examples = json.loads((tmp_path / "sft" / "data.json").read_text())["splits"]["train"][
+        "examples"]
+    assert (record["unit"], record["per_epoch"], record["per_step"]) == ("examples", examples, 16)
+    assert record["settings"]["train.max_steps"]["steps"] == -(-2 * examples // 16)
+
+    source = write_csv(tmp_path / "sentiment.csv", sentiment_rows(40))
+    result = finetune_classifier(config(source, train=by_epochs), tmp_path / "clf",
+                                 progress=False)
+    record = json.loads((tmp_path / "clf" / "epochs.json").read_text())
+    assert (record["unit"], record["per_epoch"], record["per_step"]) == ("examples", 32, 16)
+    assert result.steps == record["settings"]["train.max_steps"]["steps"] == 4
