@@ -219,6 +219,8 @@ def _moved(value, annotation):
         return [[1]]
     if typing.get_origin(inner[-1]) is dict:  # sample.logit_bias: {token id: bias}
         return {1: 2.0}
+    if typing.get_origin(inner[-1]) is typing.Literal:  # e.g. model.context_extension
+        return typing.get_args(inner[-1])[0]
     return {int: 3, str: "x", float: 0.5, bool: True}[inner[-1]]
 
 
@@ -361,11 +363,15 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
              "logit_bias": None}
     assert {key: dumped["sample"].pop(key) for key in later} == later
     assert dumped["train"].pop("epochs") is None  # train.epochs came later too
+    # so did RoPE's base and position scale and the context extension (issue 22)
+    later_model = {"rope_base": 10000.0, "rope_scale": 1.0, "context_extension": None}
+    assert {key: dumped["model"].pop(key) for key in later_model} == later_model
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
     written = (tmp_path / "config.yaml").read_text(encoding="utf-8").splitlines()
-    new_lines = {f"  {key}: {'null' if value is None else value}" for key, value in later.items()}
+    new_lines = {f"  {key}: {'null' if value is None else value}"
+                 for key, value in {**later, **later_model}.items()}
     new_lines.add("  epochs: null")
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()

@@ -115,13 +115,14 @@ def norm(config: ModelConfig, size: int) -> nn.Module:
     return nn.LayerNorm(size, bias=config.bias)
 
 
-ROPE_BASE = 10_000.0  # RoFormer's and LLaMA's
+def rotary_angles(position_ids: Tensor, head_dim: int, base: float = 10_000.0,
+                  scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """cos and sin (B, 1, T, head_dim / 2) of position * scale * base ** (-2i / head_dim), fp32.
 
-
-def rotary_angles(position_ids: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
-    """cos and sin (B, 1, T, head_dim / 2) of position * ROPE_BASE ** (-2i / head_dim), fp32."""
+    base 10000 is RoFormer's and LLaMA's; a context extended by position interpolation
+    scales positions, NTK-aware scaling raises the base (`model.rope_scale`, `rope_base`)."""
     exponent = torch.arange(0, head_dim, 2, device=position_ids.device) / head_dim
-    angles = position_ids[:, None, :, None].float() * ROPE_BASE ** -exponent
+    angles = (position_ids[:, None, :, None].float() * scale) * base ** -exponent
     return angles.cos(), angles.sin()
 
 
@@ -303,6 +304,7 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.head_dim = config.n_embd // config.n_head
+        self.rope = (config.rope_base, config.rope_scale)  # (base, position scale)
         self.wte = nn.Embedding(vocab_size, config.n_embd)
         # a learnt vector per position (GPT-2), or none: RoPE turns queries and keys instead
         self.wpe = (nn.Embedding(config.block_size, config.n_embd)
@@ -337,7 +339,7 @@ class Transformer(nn.Module):
         else:
             if position_ids is None:
                 position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
-            rope = rotary_angles(position_ids, self.head_dim)
+            rope = rotary_angles(position_ids, self.head_dim, *self.rope)
         x = self.drop(x) if self.training else x
         ctx = AttentionContext(kv_cache, mask, rope)
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training

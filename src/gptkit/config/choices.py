@@ -14,6 +14,9 @@ from typing import Any, Literal, get_args
 PosEmbedding = Literal["learned", "rope"]  # GPT-2's position table | rotary, no table
 NormKind = Literal["layernorm", "rmsnorm"]
 MlpKind = Literal["gelu", "relu2", "swiglu"]  # 4x wide | squared ReLU, 4x | gated, ~8/3x
+# how a longer context's positions are made (gptkit.config.context): learned: tile the old
+# table | resample it; rope: position interpolation | NTK-aware base scaling
+ContextExtension = Literal["copy", "interpolate", "ntk"]
 
 # --- data (gptkit.data, gptkit.tokenizers) ----------------------------------------------
 TokenizerKind = Literal["char", "bpe", "gpt2"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gptkit.config.context import resized_model_config
 from gptkit.config.files import CONFIG_FILE, read_config
 from gptkit.config.run import SECTIONS, RunConfig, build_config, check_key
 from gptkit.config.sections import MODEL_PRESETS, SHAPE_KEYS, ModelConfig, TrainConfig
@@ -89,7 +90,8 @@ def load_config(recipe: str = "shakespeare-char", overrides: list[str] | None = 
 def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Recipe plus overrides; with `train.init_from`, the model and tokenizer are that run's.
 
-    A run started from another keeps its shape: only `model.dropout` may change. Model keys
+    A run started from another keeps its shape: only `model.dropout` may change, and
+    `model.block_size` (a cropped or extended context, `model.context_extension`). Model keys
     of a recipe that does not itself name `init_from` are about a fresh model and give way;
     shape keys set next to `init_from` (in that recipe, or by --set) must agree with the run.
     Without the run's config.yaml nothing changes here (the trainer reports the missing run).
@@ -112,15 +114,20 @@ def inherit_init_model(recipe: dict[str, Any], overrides: list[str]) -> dict[str
         check_key("model", key)
     given = ModelConfig(**explicit)
     keys = set(explicit) | set(MODEL_PRESETS.get(given.preset or "", {}))
+    resize = "block_size" in explicit  # cropped or extended (gptkit.config.context)
     for key in SHAPE_KEYS:
         mine, theirs = getattr(given, key), getattr(base.model, key)
-        if key in keys and mine != theirs and not (key == "vocab_size" and mine is None):
+        if key in keys and mine != theirs and not (key == "vocab_size" and mine is None) \
+                and not (key == "block_size" and resize):
             raise GptkitError(
                 f"model.{key}={mine} conflicts with train.init_from={init_from}, whose model has "
                 f"{key}={theirs}; a run started from another keeps its shape (only "
-                "model.dropout may change): drop that setting"
+                "model.dropout and model.block_size may change): drop that setting"
             )
-    model = {**base.model.model_dump(), "preset": None}
+    new_size = given.block_size if resize else base.model.block_size
+    method = given.context_extension if "context_extension" in explicit else None
+    resized = resized_model_config(base.model, new_size, method, f"train.init_from={init_from}")
+    model = {**resized.model_dump(), "preset": None}
     if "dropout" in explicit:
         model["dropout"] = given.dropout
     tokenizer = {k: getattr(base.data, k) for k in ("tokenizer", "vocab_size", "tokenizer_path")}

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from gptkit.config.choices import (
     ClassifyTask,
+    ContextExtension,
     MlpKind,
     NormKind,
     OptimizerName,
@@ -56,9 +57,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "n_layer": 48, "n_head": 25, "n_embd": 1600, "block_size": 1024, "vocab_size": 50257,
     },
 }
-# What fixes the shapes of a model's tensors (resume and init_from must keep them).
+# What fixes the shapes of a model's tensors and what they compute (resume and init_from
+# must keep them; init_from may change block_size, gptkit.config.context).
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "pos_embedding",
-              "norm", "qk_norm", "mlp", "tie_embeddings")
+              "norm", "qk_norm", "mlp", "tie_embeddings", "rope_base", "rope_scale")
 Positive = at_least(1)
 NotNegative = at_least(0)
 RunDir = rule(lambda v: v.strip() != "", "must name a run directory, or be null")
@@ -85,6 +87,12 @@ class ModelConfig(Settings):
     qk_norm: Bool = False  # RMSNorm of each head's queries and keys before attention
     mlp: MlpKind = "gelu"
     tie_embeddings: Bool = True  # false: the output layer (lm_head) has its own matrix
+    # RoPE's angle base, and a factor on positions (< 1 after position interpolation); a
+    # context extended from train.init_from sets them (gptkit.config.context)
+    rope_base: Annotated[Float, above(0)] = 10_000.0
+    rope_scale: Annotated[Float, within(0, 1, "(]")] = 1.0
+    # how block_size was extended from train.init_from's; null: the position kind's default
+    context_extension: Nullable[ContextExtension] = None
 
     @model_validator(mode="before")
     @classmethod

@@ -84,6 +84,10 @@ def _when(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "classify.tokens_field": (c.task == "token", "classify.task=token"),
         "classify.tags_field": (c.task == "token", "classify.task=token"),
         "log.wandb_project": (g.wandb, "log.wandb=true"),
+        "model.rope_base": (cfg.model.pos_embedding == "rope", "model.pos_embedding=rope"),
+        "model.rope_scale": (cfg.model.pos_embedding == "rope", "model.pos_embedding=rope"),
+        "model.context_extension": (t.init_from is not None,
+                                    "train.init_from and a larger model.block_size"),
     }
 
 

@@ -39,7 +39,7 @@ import torch
 
 from gptkit.config.choices import GgufType
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, ROPE_BASE, mlp_width
+from gptkit.model import GPT, mlp_width
 from gptkit.tokenizers import UNK, Tokenizer
 
 SPM_SPACE = "\u2581"  # SentencePiece's visible space, llama.cpp's `llama` tokenizer's space
@@ -68,6 +68,11 @@ def _gguf() -> Any:
 def gguf_architecture(config: Any) -> str:
     """The llama.cpp architecture that computes `config`'s network; refuse a model that none
     does, naming the first option that differs from the nearest one."""
+    if config.rope_scale != 1:  # position interpolation: gptkit writes no RoPE scaling keys
+        raise GptkitError(
+            f"cannot export a model with model.rope_scale={config.rope_scale} (a context "
+            "extended by position interpolation) to GGUF; extend the starting run with "
+            "model.context_extension=ntk instead, whose RoPE base GGUF holds")
     for arch, options in ARCHITECTURES.items():
         if all(getattr(config, key) == value for key, value in options.items()):
             return arch
@@ -271,7 +276,7 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, outtype: GgufType
             writer.add_head_count_kv(config.n_head)
             writer.add_layer_norm_rms_eps(NORM_EPS)
             writer.add_rope_dimension_count(config.n_embd // config.n_head)
-            writer.add_rope_freq_base(ROPE_BASE)
+            writer.add_rope_freq_base(config.rope_base)
         writer.add_file_type(int(file_type))
         _add_tokenizer(writer, tokenizer, n_vocab)
         for key, tensor in _tensors(model, arch).items():

@@ -20,6 +20,7 @@ from gptkit.config import (
     build_config,
     read_config,
 )
+from gptkit.config.context import resized_model_config
 from gptkit.errors import GptkitError
 from gptkit.run import Run, load_run
 from gptkit.rundir import CONFIG_FILE, LABELS_FILE, RunDir
@@ -125,8 +126,11 @@ def load_init_run(cfg: RunConfig, run_dir: Path) -> Run:
             "cannot be trained; start from the run it was exported from"
         )
     init = load_run(path)
+    # a cropped or extended context changes block_size and RoPE's settings, as recipes did
+    expected = resized_model_config(init.model.config, cfg.model.block_size,
+                                    cfg.model.context_extension, f"train.init_from={path}")
     for key in SHAPE_KEYS:
-        mine, theirs = getattr(cfg.model, key), getattr(init.model.config, key)
+        mine, theirs = getattr(cfg.model, key), getattr(expected, key)
         if key == "vocab_size" and mine is None:
             continue  # null: the starting run's
         if mine != theirs:

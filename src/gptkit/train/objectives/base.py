@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from gptkit.config import DataConfig, RunConfig
 from gptkit.config.usage import run_kinds
+from gptkit.context import context_state
 from gptkit.data.loader import EpochSize
 from gptkit.model import GPT, IGNORE
 from gptkit.run import Run
@@ -96,8 +97,8 @@ class Objective(ABC):
         """(the module trained, the GPT inside it); `init`'s weights when starting from a run.
         `cfg` is resolved: model.vocab_size is set."""
         gpt = GPT.from_config(cfg.model, int(cfg.model.vocab_size or 0))
-        if init is not None:
-            gpt.load_state_dict(init.model.state_dict())
+        if init is not None:  # its context cropped or extended to cfg's (gptkit.context)
+            gpt.load_state_dict(context_state(init.model, gpt.config))
         return gpt, gpt
 
     def attach(self, cfg: RunConfig, tokenizer: Tokenizer, env: DistEnv) -> None:  # noqa: B027
