@@ -31,6 +31,7 @@ from gptkit.config.choices import (
     SplitBy,
     SplitProtocol,
     Strategy,
+    ThresholdMode,
     TokenizerKind,
     WeightDtype,
     names,
@@ -45,7 +46,7 @@ SETTINGS: list[tuple[type, str, Any]] = [
     (DataConfig, "split_by", SplitBy), (TrainConfig, "optimizer", OptimizerName),
     (TrainConfig, "schedule", ScheduleName), (TrainConfig, "precision", Precision),
     (DistConfig, "strategy", Strategy), (ClassifyConfig, "task", ClassifyTask),
-    (ClassifyConfig, "pooling", Pooling),
+    (ClassifyConfig, "pooling", Pooling), (TrainConfig, "plateau_threshold_mode", ThresholdMode),
 ]
 
 

@@ -81,7 +81,8 @@ def test_overrides_are_typed():
         ("model.preset=gpt5", "unknown model.preset"),
         ("data.tokenizer=words", "data.tokenizer must be char, bpe or gpt2"),
         ("train.optimizer=lion", "train.optimizer must be"),
-        ("train.schedule=step", "train.schedule must be cosine, linear, constant or wsd"),
+        ("train.schedule=zigzag", "train.schedule must be cosine, linear, constant, wsd, "
+         "plateau, step or exponential"),
         ("train.cooldown_fraction=1.5", "train.cooldown_fraction must be in [0, 1]"),
         ("data.shard_tokens=0", "data.shard_tokens must be >= 1"),
         ("data.workers=-1", "data.workers must be >= 0"),
@@ -366,6 +367,10 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     # so did RoPE's base and position scale and the context extension (issue 22)
     later_model = {"rope_base": 10000.0, "rope_scale": 1.0, "context_extension": None}
     assert {key: dumped["model"].pop(key) for key in later_model} == later_model
+    schedules = {"plateau_factor": 0.1, "plateau_patience": 10, "plateau_threshold": 1e-4,
+                 "plateau_threshold_mode": "rel", "plateau_cooldown": 0, "step_size": 1000,
+                 "step_gamma": 0.1, "exp_gamma": 0.999}  # the schedules of issue 22
+    assert {key: dumped["train"].pop(key) for key in schedules} == schedules
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
@@ -373,6 +378,7 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     new_lines = {f"  {key}: {'null' if value is None else value}"
                  for key, value in {**later, **later_model}.items()}
     new_lines.add("  epochs: null")
+    new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in schedules.items()}
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor
@@ -405,9 +411,9 @@ def test_building_a_section_directly_is_checked_and_names_the_key():
 
     with pytest.raises(GptkitError, match=r"^model.n_layer must be >= 1 \(got 0\)$"):
         ModelConfig(n_layer=0)
-    with pytest.raises(GptkitError, match=r"^train.schedule must be cosine, linear, constant or "
-                       r"wsd \(got 'step'\)$"):
-        TrainConfig(schedule="step")
+    with pytest.raises(GptkitError, match=r"^train.schedule must be cosine, linear, constant, "
+                       r"wsd, plateau, step or exponential \(got 'zigzag'\)$"):
+        TrainConfig(schedule="zigzag")
     with pytest.raises(GptkitError, match="^unknown setting 'data.sauce'$"):
         DataConfig(sauce="x")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -102,8 +103,8 @@ def test_wsd_cooldown_fraction_edges_and_decay_steps() -> None:
 
 
 def test_unknown_schedule_is_an_error() -> None:
-    with pytest.raises(GptkitError, match="'step'"):
-        lr_at(0, cfg(schedule="step", warmup_steps=0))
+    with pytest.raises(GptkitError, match="'zigzag'"):
+        lr_at(0, cfg(schedule="zigzag", warmup_steps=0))
 
 
 def test_min_lr_follows_a_lowered_lr_as_a_ratio() -> None:
@@ -137,3 +138,148 @@ def test_an_absolute_min_lr_of_an_older_run_still_loads(tmp_path) -> None:
                        ).train.floor_lr == 1e-5
     with pytest.raises(GptkitError, match=r"train.min_lr_ratio must be in \[0, 1\]"):
         load_config("shakespeare-char", ["train.min_lr_ratio=2"])
+
+
+# --- step, exponential ----------------------------------------------------------------------
+def test_step_and_exponential_start_from_lr_after_warmup_and_stop_at_the_floor() -> None:
+    step = cfg(schedule="step", step_size=20, step_gamma=0.5, min_lr=LR / 5)
+    assert lr_at(9, step) == pytest.approx(LR * 10 / 11)  # the same warmup as every schedule
+    assert [lr_at(s, step) for s in (10, 29)] == [LR, LR]
+    assert [lr_at(s, step) for s in (30, 49, 50, 70)] == [LR / 2, LR / 2, LR / 4, LR / 5]
+    exp = cfg(schedule="exponential", exp_gamma=0.9, min_lr=LR / 5)
+    assert lr_at(10, exp) == LR and lr_at(12, exp) == pytest.approx(LR * 0.81)
+    assert lr_at(25, exp) == pytest.approx(LR * 0.9 ** 15)
+    assert lr_at(10_000, exp) == LR / 5  # not below the floor (train.min_lr=0: no floor)
+    assert lr_at(1000, cfg(schedule="exponential", exp_gamma=0.9, min_lr=0.0)) < LR * 1e-40
+
+
+@pytest.mark.parametrize("name", ["step", "exponential"])
+def test_step_and_exponential_follow_pytorch_without_a_floor(name: str) -> None:
+    import torch
+
+    t = cfg(schedule=name, warmup_steps=0, min_lr=0.0, step_size=7, step_gamma=0.3,
+            exp_gamma=0.95)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    sched = (torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.3) if name == "step"
+             else torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.95))
+    for s in range(40):
+        assert lr_at(s, t) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), s
+        opt.step()
+        sched.step()
+
+
+# --- plateau ---------------------------------------------------------------------------------
+LOSSES = [5.0, 4.0, 4.0, 3.9999, 4.1, 4.0, 3.5, 3.5, 3.5, 3.5, 3.49999, 3.6, 3.7, 2.0, 2.0,
+          2.0, 2.0, 2.0, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9]
+
+
+@pytest.mark.parametrize(("mode", "threshold", "patience", "cooldown", "min_lr"), [
+    ("rel", 1e-4, 1, 0, 0.0), ("rel", 1e-4, 0, 0, 0.0), ("abs", 0.01, 1, 0, 0.0),
+    ("abs", 0.0, 2, 2, 0.0), ("rel", 0.0, 0, 1, LR / 50),  # the floor is reached
+    ("rel", 1e-4, 0, 0, LR - 5e-9),  # a reduction by eps or less is skipped, as PyTorch does
+])
+def test_plateau_takes_pytorchs_rates_step_by_step(mode, threshold, patience, cooldown,
+                                                   min_lr) -> None:
+    import torch
+
+    from gptkit.train.schedule import Schedule
+
+    t = cfg(schedule="plateau", warmup_steps=0, eval_interval=1, min_lr=min_lr,
+            plateau_factor=0.5, plateau_patience=patience, plateau_threshold=threshold,
+            plateau_threshold_mode=mode, plateau_cooldown=cooldown)
+    ours = Schedule(t)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=0.5, patience=patience, threshold=threshold,
+        threshold_mode=mode, cooldown=cooldown, min_lr=min_lr)
+    rates = []
+    for step, loss in enumerate(LOSSES):
+        ours.observe(step, loss)
+        theirs.step(loss)
+        assert ours.lr(step) == opt.param_groups[0]["lr"], step  # exactly, not approximately
+        rates.append(ours.lr(step))
+    skipped = min_lr == LR - 5e-9
+    assert (len(set(rates)) > 1) != skipped  # the sequence reduces the rate, but by eps
+
+
+def test_plateau_counts_only_evaluations_on_the_interval_after_warmup() -> None:
+    from gptkit.train.schedule import Schedule
+
+    s = Schedule(cfg(schedule="plateau", warmup_steps=10, eval_interval=5, plateau_patience=0))
+    for step in (0, 5):  # during warmup: not counted
+        assert s.observe(step, 3.0) is None
+    assert s.lr(9) == pytest.approx(LR * 10 / 11) and s.lr(10) == LR
+    assert s.observe(10, 3.0) is None  # the first counted evaluation sets the best
+    assert s.observe(12, 3.0) is None  # where an interrupted run stops: not on the interval
+    assert s.observe(15, 3.0) == LR / 10 and s.lr(15) == LR / 10  # patience 0: reduce at once
+    assert s.lr(9) == pytest.approx(LR * 10 / 11)  # warmup is still warmup
+
+
+def test_plateau_state_round_trips_and_a_checkpoint_without_it_starts_afresh() -> None:
+    from gptkit.train.schedule import Schedule
+
+    t = cfg(schedule="plateau", warmup_steps=0, eval_interval=1, plateau_patience=1,
+            plateau_cooldown=3)
+    s = Schedule(t)
+    for step, loss in enumerate([2.0, 2.5, 2.5, 2.4]):
+        s.observe(step, loss)
+    state = s.state_dict()
+    assert state == {"base_lr": LR, "lr": LR / 10, "best": 2.0, "bad_evals": 0,
+                     "cooldown_counter": 2}
+    again = Schedule(t)
+    again.load_state_dict(json.loads(json.dumps(state)))
+    assert again.state_dict() == state
+    fresh = Schedule(t)
+    fresh.load_state_dict({})  # a checkpoint written before plateau existed
+    assert fresh.state_dict()["best"] is None and fresh.lr(5) == LR
+    lower = Schedule(cfg(schedule="plateau", lr=LR / 2, min_lr=MIN_LR / 2))
+    lower.load_state_dict(state)  # resumed with a lower train.lr: the reduction carries over
+    assert lower.lr(500) == pytest.approx(LR / 20)
+    assert Schedule(cfg()).state_dict() == {}  # a schedule without state saves none
+
+
+# --- settings --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("setting", "where"), [
+    ("train.plateau_patience=3", "train.schedule=plateau"),
+    ("train.plateau_threshold_mode=abs", "train.schedule=plateau"),
+    ("train.step_size=50", "train.schedule=step"),
+    ("train.exp_gamma=0.99", "train.schedule=exponential"),
+])
+def test_a_schedule_setting_without_its_schedule_is_refused(setting: str, where: str) -> None:
+    from gptkit.config import load_config
+    from gptkit.config.usage import check_used
+
+    with pytest.raises(GptkitError, match=f"does nothing here; it applies with {where}"):
+        check_used(load_config("shakespeare-char", [setting]), {"train"})
+    name = where.split("=")[1]
+    check_used(load_config("shakespeare-char", [setting, f"train.schedule={name}"]), {"train"})
+
+
+@pytest.mark.parametrize("name", ["plateau", "step", "exponential", "constant"])
+def test_decay_steps_is_refused_where_no_decay_reads_it(name: str) -> None:
+    from gptkit.config import load_config
+    from gptkit.config.usage import check_used
+
+    cfg_ = load_config("shakespeare-char", [f"train.schedule={name}", "train.decay_steps=500"])
+    with pytest.raises(GptkitError, match="train.decay_steps=500 does nothing here; it applies "
+                       "with train.schedule cosine, linear or wsd"):
+        check_used(cfg_, {"train"})
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("plateau_factor=1", r"train.plateau_factor must be in \(0, 1\) \(got 1.0\)"),
+    ("plateau_factor=0", r"train.plateau_factor must be in \(0, 1\)"),
+    ("plateau_patience=-1", "train.plateau_patience must be >= 0"),
+    ("plateau_threshold=-0.1", "train.plateau_threshold must be >= 0"),
+    ("plateau_threshold_mode=max", "train.plateau_threshold_mode must be rel or abs"),
+    ("plateau_cooldown=-2", "train.plateau_cooldown must be >= 0"),
+    ("step_size=0", "train.step_size must be >= 1"),
+    ("step_gamma=0", r"train.step_gamma must be in \(0, 1\]"),
+    ("exp_gamma=1.5", r"train.exp_gamma must be in \(0, 1\]"),
+])
+def test_bad_schedule_values_are_one_line_errors(setting: str, message: str) -> None:
+    from gptkit.config import load_config
+
+    with pytest.raises(GptkitError, match=f"^{message}") as info:
+        load_config("shakespeare-char", [f"train.{setting}"])
+    assert "\n" not in str(info.value)

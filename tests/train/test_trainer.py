@@ -110,6 +110,43 @@ def test_resume_is_bit_for_bit_with_muon_wsd_and_the_architecture_options(data_d
               resume=True, progress=False)
 
 
+NEW_SCHEDULES = {  # each changes the rate before and after the "interruption" at step 6
+    "plateau": ["train.schedule=plateau", "train.eval_interval=2", "train.plateau_patience=0",
+                "train.plateau_threshold=0.5", "train.plateau_factor=0.5"],
+    "step": ["train.schedule=step", "train.step_size=3", "train.step_gamma=0.7"],
+    "exponential": ["train.schedule=exponential", "train.exp_gamma=0.9"],
+    # a checkpoint written before schedules had state (no "schedule" key) still resumes
+    "cosine, old checkpoint": ["train.schedule=cosine"],
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_SCHEDULES))
+def test_resume_is_bit_for_bit_under_every_new_schedule(data_dir, tmp_path, name):
+    config = cfg(*NEW_SCHEDULES[name], "train.warmup_steps=2", "train.checkpoint_interval=6",
+                 "train.max_steps=12", "train.log_interval=1", "log.sample_tokens=0")
+    straight = tmp_path / "straight"
+    train(config, straight, progress=False)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000012")
+    if name.endswith("old checkpoint"):
+        edit_json(resumed / "checkpoints" / "step-000006" / "state.json",
+                  lambda s: [s.pop("schedule"), s.pop("state_sha256")])
+    train(config, resumed, resume=True, progress=False)
+    a, b = weights(straight, 12), weights(resumed, 12)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rates = lambda d: [(r["loss"], r["lr"]) for r in records(d, "train")]  # noqa: E731
+    assert rates(straight) == rates(resumed) and len(rates(straight)) == 12
+    lrs = [lr for _, lr in rates(straight)]
+    assert lrs[1] < lrs[2] == 1e-3  # warmup ends at lr (step 2), where every schedule starts
+    assert lrs[2] > lrs[5] > lrs[11]  # it decays before the interruption and after
+    if name == "plateau":  # evaluations at 2 (the best), 4, 6, 8, 10: each reduces by half
+        assert lrs[5] == 5e-4 and lrs[11] == 1e-4  # 1e-4: the recipe's floor
+        saved = json.loads((straight / "checkpoints" / "step-000006" / "state.json").read_text())
+        assert saved["schedule"]["lr"] == 2.5e-4
+
+
 def test_resume_falls_back_past_a_corrupt_checkpoint(data_dir, tmp_path, capsys):
     config = cfg("train.max_steps=20")
     run = tmp_path / "run"

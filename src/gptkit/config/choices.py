@@ -26,7 +26,10 @@ SplitBy = Literal["documents", "fraction"]  # how own text/JSONL files are cut i
 
 # --- training (gptkit.train) ------------------------------------------------------------
 OptimizerName = Literal["adamw", "adam", "sgd", "rmsprop", "adagrad", "muon"]
-ScheduleName = Literal["cosine", "linear", "constant", "wsd"]
+# after warmup: fixed shapes to train.decay_steps | a cooldown at the end | reduce on a
+# validation plateau (PyTorch's ReduceLROnPlateau) | every step_size steps | every step
+ScheduleName = Literal["cosine", "linear", "constant", "wsd", "plateau", "step", "exponential"]
+ThresholdMode = Literal["rel", "abs"]  # plateau: improvement relative to the best, or absolute
 WeightDtype = Literal["fp32", "bf16"]  # what weights are stored or counted in
 # inference: auto picks bf16 where it pays, else fp32
 InferencePrecision = Literal["auto", WeightDtype]

@@ -22,6 +22,7 @@ from gptkit.config.choices import (
     Precision,
     ScheduleName,
     Strategy,
+    ThresholdMode,
 )
 from gptkit.config.fields import (
     Bool,
@@ -155,6 +156,19 @@ class TrainConfig(Settings):
     decay_steps: Annotated[Nullable[Int], at_least(1, " or null")] = None
     # wsd: the share of those steps spent decaying to min_lr
     cooldown_fraction: Annotated[Float, within(0, 1)] = 0.2
+    # plateau (PyTorch's ReduceLROnPlateau, counted in evaluations of the validation loss):
+    # lr x factor after more than `patience` evaluations without an improvement beyond
+    # `threshold` (relative to the best, or absolute), then `cooldown` evaluations ignored
+    plateau_factor: Annotated[Float, within(0, 1, "()")] = 0.1
+    plateau_patience: Annotated[Int, NotNegative] = 10
+    plateau_threshold: Annotated[Float, NotNegative] = 1e-4
+    plateau_threshold_mode: ThresholdMode = "rel"
+    plateau_cooldown: Annotated[Int, NotNegative] = 0
+    # step: lr x step_gamma every step_size steps (StepLR); exponential: lr x exp_gamma each
+    # step (ExponentialLR); both from the end of warmup, never below the floor
+    step_size: Annotated[Int, Positive] = 1000
+    step_gamma: Annotated[Float, within(0, 1, "(]")] = 0.1
+    exp_gamma: Annotated[Float, within(0, 1, "(]")] = 0.999
     weight_decay: Annotated[Float, NotNegative] = 0.1
     beta1: Annotated[Float, within(0, 1, "[)")] = 0.9
     beta2: Annotated[Float, within(0, 1, "[)")] = 0.99

@@ -28,9 +28,11 @@ _LM = ("train", "finetune")
 _ALL = ("train", "finetune", "classify")
 _TRAIN_LOOP = {f"train.{k}": _ALL for k in (
     "max_steps", "epochs", "micro_batch_size", "optimizer", "lr", "min_lr", "min_lr_ratio",
-    "schedule", "warmup_steps", "decay_steps", "cooldown_fraction", "weight_decay", "beta1",
-    "beta2", "eps", "momentum", "grad_clip", "precision", "device", "seed", "eval_interval",
-    "log_interval", "init_from")}
+    "schedule", "warmup_steps", "decay_steps", "cooldown_fraction", "plateau_factor",
+    "plateau_patience", "plateau_threshold", "plateau_threshold_mode", "plateau_cooldown",
+    "step_size", "step_gamma", "exp_gamma", "weight_decay", "beta1", "beta2", "eps",
+    "momentum", "grad_clip", "precision", "device", "seed", "eval_interval", "log_interval",
+    "init_from")}
 # Every setting, and the kinds of run that read it (sample.* and eval.* are saved with a
 # language model for gptkit sample, serve and eval). A setting moved from its default in a
 # run that does not read it is an error (check_used); tests/test_config.py checks
@@ -75,7 +77,13 @@ def _when(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "finetune.lora_alpha": lora, "finetune.lora_dropout": lora,
         "finetune.lora_targets": lora,
         "train.cooldown_fraction": (t.schedule == "wsd", "train.schedule=wsd"),
-        "train.decay_steps": (t.schedule != "constant", "a decaying train.schedule"),
+        "train.decay_steps": (t.schedule in ("cosine", "linear", "wsd"),
+                              "train.schedule cosine, linear or wsd"),
+        **{f"train.plateau_{k}": (t.schedule == "plateau", "train.schedule=plateau") for k in (
+            "factor", "patience", "threshold", "threshold_mode", "cooldown")},
+        "train.step_size": (t.schedule == "step", "train.schedule=step"),
+        "train.step_gamma": (t.schedule == "step", "train.schedule=step"),
+        "train.exp_gamma": (t.schedule == "exponential", "train.schedule=exponential"),
         "train.momentum": (t.optimizer in ("sgd", "rmsprop", "muon"),
                            "train.optimizer sgd, rmsprop or muon"),
         "classify.pooling": (c.task == "sequence", "classify.task=sequence"),

@@ -391,6 +391,7 @@ def resume_state_problem(state: dict[str, Any], step: int) -> str | None:
         "elapsed_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "world_size": (lambda v: _is_int(v, 1), "a whole number >= 1"),
         "scaler": (lambda v: isinstance(v, dict), "an object"),
+        "schedule": (lambda v: isinstance(v, dict), "an object"),
     }
     for key, (ok, what) in {**required, **optional}.items():
         if key not in state:

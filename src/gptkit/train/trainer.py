@@ -56,7 +56,7 @@ from gptkit.train.resolve import (
     model_vocab_size,
     resolved_config,
 )
-from gptkit.train.schedule import lr_at
+from gptkit.train.schedule import Schedule
 
 
 @dataclass
@@ -136,6 +136,7 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed_before = 0.0  # training seconds of earlier attempts (a resumed run)
         self.selection = Selection()
+        self.schedule = Schedule(cfg.train)  # plateau's state lives in the checkpoints
         self.checkpoints = Checkpointer(self.run_dir, env, self.strategy,
                                         cfg.train.keep_checkpoints)
         if self.resume:
@@ -252,6 +253,7 @@ class Trainer:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
+        self.schedule.load_state_dict(state.get("schedule", {}))  # older checkpoints lack it
         self._say(f"resumed from {path} at step {self.step}")
 
     # --- helpers ----------------------------------------------------------------------------
@@ -331,6 +333,7 @@ class Trainer:
             **self.selection.state_dict(),
             "elapsed_s": self._elapsed(),
             "loader": self.loader.state_dict(),
+            "schedule": self.schedule.state_dict(),
         }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
@@ -338,7 +341,7 @@ class Trainer:
 
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg, env = self.cfg, self.env
-        lr = lr_at(self.step, cfg.train)
+        lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         if cfg.finetune.unfreeze_every and self.step % cfg.finetune.unfreeze_every == 0:
@@ -436,6 +439,8 @@ class Trainer:
                     self._sample(loss_now)
                     self._say(f"step {self.step}: {objective.describe(last_eval)}"
                               + (" *best" if improved else ""))
+                    if (reduced := self.schedule.observe(self.step, loss_now)) is not None:
+                        self._say(f"plateau: learning rate reduced to {reduced:.3g}")
                     patience = cfg.train.early_stopping_patience
                     if self.selection.out_of_patience(patience) and not last:
                         stop_early = True
@@ -463,7 +468,7 @@ class Trainer:
                     mean_loss = self._step_loss(loss)
                     record = {
                         "step": self.step, "kind": "train", "tokens": self.tokens_seen,
-                        "loss": mean_loss, "lr": lr_at(self.step - 1, cfg.train),
+                        "loss": mean_loss, "lr": self.schedule.lr(self.step - 1),
                         "tokens_per_s": tok_s, "elapsed_s": self._elapsed(), "mfu": mfu,
                     }
                     if grad_norm is not None:
