@@ -95,6 +95,19 @@ def test_a_run_by_epochs_trains_the_converted_steps_and_resumes_with_them(data_d
     assert not (run / "epochs.json").exists()
 
 
+def test_plateau_counts_evaluations_given_in_epochs(data_dir, tmp_path):
+    """The schedule reads the settled intervals: plateau with train.eval_interval in epochs
+    evaluates (and may reduce) every converted number of steps."""
+    config = load_config("shakespeare-char", [
+        *TINY, "train.max_steps=null", "train.epochs=0.004", "train.schedule=plateau",
+        "train.plateau_patience=0", "train.plateau_threshold=1.0", "train.warmup_steps=0",
+        "train.eval_interval=0.001 epochs"])
+    train(config, tmp_path / "run", progress=False)
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text(
+        ).splitlines()) if r.get("kind") == "train"]
+    assert lrs and min(lrs) < config.train.lr  # a threshold of 100%: every evaluation is bad
+
+
 def test_two_budgets_at_once_is_one_line_on_the_command_line(data_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "gptkit", "train", "--out", str(tmp_path / "r"),
                            "--set", "train.epochs=2"], capture_output=True, text=True)

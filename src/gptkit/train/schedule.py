@@ -16,6 +16,7 @@ from typing import Any
 
 from gptkit.config import TrainConfig
 from gptkit.config.choices import ScheduleName
+from gptkit.errors import GptkitError
 
 
 def _cosine(lr: float, floor: float, ratio: float) -> float:
@@ -156,7 +157,11 @@ class Schedule:
 
     def observe(self, step: int, loss: float) -> float | None:
         """Count the evaluation at `step`; the new rate when it reduced the rate, else None."""
-        counted = step >= self.cfg.warmup_steps and step % self.cfg.eval_interval == 0
+        interval = self.cfg.eval_interval
+        if not isinstance(interval, int):  # "0.5 epochs": the trainer settles it first
+            raise GptkitError(f"train.eval_interval={interval!r} is not yet in steps "
+                              "(gptkit.train.epochs.settle_epochs)")
+        counted = step >= self.cfg.warmup_steps and step % interval == 0
         if self.plateau is None or not counted or not self.plateau.step(loss):
             return None
         return self.plateau.lr

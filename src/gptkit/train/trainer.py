@@ -136,7 +136,7 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed_before = 0.0  # training seconds of earlier attempts (a resumed run)
         self.selection = Selection()
-        self.schedule = Schedule(cfg.train)  # plateau's state lives in the checkpoints
+        self.schedule = Schedule(self.cfg.train)  # settled; plateau's state is checkpointed
         self.checkpoints = Checkpointer(self.run_dir, env, self.strategy,
                                         cfg.train.keep_checkpoints)
         if self.resume:
