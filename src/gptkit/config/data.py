@@ -60,7 +60,13 @@ class DataConfig(Settings):
     # text file or a JSONL record is one document) | fraction (the last val_fraction of
     # every document's characters)
     split_by: SplitBy = "documents"
-    text_field: Str = "text"  # JSONL: the field holding each document's text
+    text_field: Str = "text"  # JSONL and hf: sources: the field holding each document's text
+    # hf: sources (gptkit.data.hf_source): the data set's configuration (hub name), its local
+    # data files (hf:json, hf:csv, hf:parquet, hf:text) and whether to stream its rows
+    hf_config: Nullable[Str] = None
+    hf_data_files: Annotated[StrList, rule(lambda v: all(v), "must be a list of paths or "
+                                           "globs (got {got})")] = Field(default_factory=list)
+    hf_streaming: Bool = False
     # prepared token files are shards of at most this many ids (2**28: 512 MiB of uint16), so
     # no file or write holds the whole corpus; an existing cache keeps the size it was made with
     shard_tokens: Annotated[Int, at_least(1)] = 1 << 28
@@ -97,6 +103,9 @@ def split_checks(d: DataConfig) -> list[tuple[bool, str]]:
          f"data.protocol={d.protocol} applies to WikiText sources (wikitext2, wikitext2-raw); "
          "for other data add --set data.protocol=manual (and set data.train_split, "
          "data.eval_split, data.test_split where its splits have other names)"),
+        (d.split_by == "documents" or not d.source.startswith("hf:"),
+         "data.split_by=fraction applies to your own text/JSONL files; hf: sources are cut by "
+         "rows (the last data.val_fraction of train when there is no validation split)"),
         (d.split_by == "documents" or not (wikitext or d.source == "tinyshakespeare"),
          f"data.split_by applies to your own text/JSONL files; {d.source} has fixed splits"),
         (d.val_fraction == default_fraction or d.source != "tinyshakespeare",

@@ -46,6 +46,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "data.shard_tokens": ("train",), "data.workers": ("train",),
     "data.format": ("finetune",), "data.packing": ("finetune",),
     "data.augment": ("finetune", "classify"),
+    "data.hf_config": _ALL, "data.hf_data_files": _ALL, "data.hf_streaming": _ALL,
     **_TRAIN_LOOP,
     # every kind trains in the one loop (gptkit.train.trainer); batch_tokens counts windows
     **{f"train.{k}": _ALL for k in ("compile", "checkpoint_interval", "keep_checkpoints",
@@ -86,6 +87,8 @@ def _when(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "train.exp_gamma": (t.schedule == "exponential", "train.schedule=exponential"),
         "train.momentum": (t.optimizer in ("sgd", "rmsprop", "muon"),
                            "train.optimizer sgd, rmsprop or muon"),
+        **{f"data.hf_{k}": (cfg.data.source.startswith("hf:"), "data.source hf:NAME")
+           for k in ("config", "data_files", "streaming")},
         "classify.pooling": (c.task == "sequence", "classify.task=sequence"),
         "classify.text_field": (c.task == "sequence", "classify.task=sequence"),
         "classify.label_field": (c.task == "sequence", "classify.task=sequence"),

@@ -28,6 +28,8 @@ import tokenizers
 from tqdm import tqdm
 
 from gptkit.config import DataConfig
+from gptkit.data.hf_source import HfOptions, is_hf
+from gptkit.data.hf_source import identity as hf_identity
 from gptkit.data.shards import ShardWriter, TokenShards
 from gptkit.data.sources import (
     NAMED,
@@ -205,7 +207,7 @@ def _worker_count(workers: int) -> int:
 def data_options(cfg: DataConfig, data_dir: str | Path | None) -> dict[str, Any]:
     """The settings `stream_source` cuts a source's splits by."""
     return dict(data_dir=data_dir, val_fraction=cfg.val_fraction, text_field=cfg.text_field,
-                split_by=cfg.split_by)
+                split_by=cfg.split_by, hf=HfOptions.of(cfg))
 
 
 def _write_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, folder: Path,
@@ -259,10 +261,13 @@ def prepare(
     if tokenizer is None and cfg.tokenizer == "gpt2":
         tokenizer = build_tokenizer(cfg, [], data_dir=data_dir)
     trains = [cfg.train_split] if tokenizer is None else []
-    files = source_files(cfg.source, [*splits, *trains], data_dir=data_dir)
+    files = source_files(cfg.source, [*splits, *trains], data_dir=data_dir,
+                         hf=HfOptions.of(cfg))
     fingerprints = {split: _fingerprint(paths) for split, paths in files.items()}
     identity = {"format": FORMAT, "source": _source_id(cfg.source),
                 "val_fraction": cfg.val_fraction, "text_field": cfg.text_field}
+    if is_hf(cfg.source):  # streamed or not, the same rows: hf_streaming is not in the key
+        identity.update(hf_identity(cfg.source, HfOptions.of(cfg)))
     if cfg.split_by != "documents":  # the default keeps the keys caches were made with
         identity["split_by"] = cfg.split_by
     root = cache_dir(cache)
@@ -323,7 +328,7 @@ def prepare(
 def _split_share_warning(cfg: DataConfig, splits: dict[str, Any]) -> str | None:
     """Your own files are cut by whole documents: say so when val's share of the text is far
     from data.val_fraction (e.g. the last of two files, 43% of the text)."""
-    if cfg.source in NAMED or cfg.split_by != "documents":
+    if cfg.source in NAMED or is_hf(cfg.source) or cfg.split_by != "documents":
         return None
     train = splits.get("train", {}).get("characters")
     val = next((splits[s]["characters"] for s in ("val", "valid") if s in splits), None)

@@ -6,7 +6,9 @@
 the last `val_fraction` of them in the tail, for the offline protocol). Any other spec is a
 path: a text file, a folder, a glob or JSONL (one document per line), split into train/val
 by `val_fraction`: the last documents whole (`split_by=documents`), or the last
-`val_fraction` of every document's characters (`split_by=fraction`).
+`val_fraction` of every document's characters (`split_by=fraction`). `hf:NAME` is a Hugging
+Face data set (gptkit.data.hf_source), one document per row, its own splits or its train
+split cut by rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptkit.config import SPLIT_PROTOCOLS
+from gptkit.data.hf_source import HfOptions, is_hf, local_files, texts
 from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
@@ -140,9 +143,13 @@ def _path_files(spec: str) -> list[Path]:
 
 
 def source_files(
-    spec: str, splits: Sequence[str], *, data_dir: str | Path | None = None
+    spec: str, splits: Sequence[str], *, data_dir: str | Path | None = None,
+    hf: HfOptions | None = None,
 ) -> dict[str, list[Path]]:
     """The files each split is read from (named data sets are downloaded when missing)."""
+    if is_hf(spec):
+        files = local_files(spec, hf or HfOptions())
+        return {split: files for split in splits}
     names = {split: _split_name(spec, split) for split in splits}
     root = data_root(data_dir)
     if spec in WIKITEXT:
@@ -284,6 +291,7 @@ def stream_source(
     val_fraction: float = 0.1,
     text_field: str = "text",
     split_by: str = "documents",
+    hf: HfOptions | None = None,
 ) -> Iterator[tuple[int, str]]:
     """One split as (document number, text) pairs, a document's text in one or more chunks.
 
@@ -292,8 +300,14 @@ def stream_source(
     WikiText's files whole (valid-head/valid-tail: valid cut by articles), else a single
     document cut by characters (the last `val_fraction` is val; Tiny Shakespeare 10%), the
     last documents as val (`split_by=documents`), or every document cut by characters
-    (`split_by=fraction`).
+    (`split_by=fraction`). An `hf:` source gives one document per row (`hf` its settings).
     """
+    if is_hf(spec):
+        rows = texts(spec, split, hf or HfOptions(), text_field=text_field,
+                     val_fraction=val_fraction)
+        for number, text in enumerate(rows):
+            yield number, text
+        return
     name = _split_name(spec, split)
     [paths] = source_files(spec, [split], data_dir=data_dir).values()
     if spec in WIKITEXT:
@@ -429,9 +443,10 @@ def documents(stream: Iterable[tuple[int, str]]) -> Iterator[Iterator[str]]:
 
 def empty_split_error(spec: str, split: str, *, data_dir: str | Path | None = None,
                       val_fraction: float = 0.1, text_field: str = "text",
-                      split_by: str = "documents") -> GptkitError:
+                      split_by: str = "documents", hf: HfOptions | None = None
+                      ) -> GptkitError:
     """What to say when a split holds only whitespace: the source's fault or the split's."""
-    if spec not in WIKITEXT:
+    if spec not in WIKITEXT and not is_hf(spec):
         streams = (stream_source(spec, s, data_dir=data_dir, val_fraction=val_fraction,
                                  text_field=text_field, split_by=split_by)
                    for s in available_splits(spec))
@@ -451,16 +466,17 @@ def load_source(
     val_fraction: float = 0.1,
     text_field: str = "text",
     split_by: str = "documents",
+    hf: HfOptions | None = None,
 ) -> dict[str, list[str]]:
     """Split name (as asked) -> its documents, in memory. Only the requested splits are read.
 
     For corpora that fit in memory (and tests); `prepare` streams with `stream_source`.
     """
-    for split in splits:
+    for split in splits if not is_hf(spec) else ():
         _split_name(spec, split)
     out = {}
     options: dict[str, Any] = dict(data_dir=data_dir, val_fraction=val_fraction,
-                                   text_field=text_field, split_by=split_by)
+                                   text_field=text_field, split_by=split_by, hf=hf)
     for split in splits:
         docs = ["".join(doc) for doc in documents(stream_source(spec, split, **options))]
         if not any(doc.strip() for doc in docs):

@@ -19,7 +19,7 @@ from typing import Any
 from gptkit.config import ClassifyConfig, RunConfig
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import Augmenter
-from gptkit.finetune.records import Record, read_records, split_records
+from gptkit.finetune.records import Record, load_records, split_records
 from gptkit.model import IGNORE
 from gptkit.tokenizers import UNK, Tokenizer
 
@@ -107,7 +107,7 @@ def _sorted_labels(values: set[Label], where: str) -> list[Label]:
 def read_task_data(cfg: RunConfig) -> TaskData:
     """Training and held-out examples of `data.source`, checked, with the label list."""
     c = cfg.classify
-    records = read_records(cfg.data.source)
+    records = load_records(cfg.data)
     file = str(Path(cfg.data.source))
     make = _token_example if c.task == "token" else _sequence_example
     examples: list[Any] = [make(r, c) for r in records]

@@ -10,9 +10,12 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptkit.errors import GptkitError
+
+if TYPE_CHECKING:
+    from gptkit.config import DataConfig
 
 
 @dataclass
@@ -76,6 +79,19 @@ def read_records(path: str | Path) -> list[Record]:
     if not records:
         raise GptkitError(f"{path} holds no records; add one JSON object per line")
     return records
+
+
+def load_records(cfg: DataConfig) -> list[Record]:
+    """The records of `data.source`: a JSONL/CSV file, or the rows of an `hf:` data set's
+    `data.train_split` (gptkit.data.hf_source), each read as a JSONL record would be."""
+    from gptkit.data.hf_source import is_hf, records
+
+    if not is_hf(cfg.source):
+        return read_records(cfg.source)
+    found = [Record(row, where) for row, where in records(cfg)]
+    if not found:
+        raise GptkitError(f"{cfg.source} [{cfg.train_split}] holds no rows")
+    return found
 
 
 def split_records(

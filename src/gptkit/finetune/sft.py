@@ -26,7 +26,7 @@ from gptkit.device import autocast
 from gptkit.errors import GptkitError
 from gptkit.finetune import heads
 from gptkit.finetune.augment import Augmenter
-from gptkit.finetune.records import Record, read_records, split_records
+from gptkit.finetune.records import Record, load_records, split_records
 from gptkit.finetune.template import Segments, is_chat, segments
 from gptkit.model import IGNORE
 from gptkit.tokenizers import Tokenizer
@@ -43,7 +43,7 @@ class Example:
 
 def load_split(cfg: DataConfig, split: str) -> list[Record]:
     """The records of `split`: `train` is the start of data.source, others its last part."""
-    records = read_records(cfg.source)
+    records = load_records(cfg)
     return split_records(records, "train" if split == "train" else "val", cfg.val_fraction)
 
 
