@@ -371,6 +371,10 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
                  "plateau_threshold_mode": "rel", "plateau_cooldown": 0, "step_size": 1000,
                  "step_gamma": 0.1, "exp_gamma": 0.999}  # the schedules of issue 22
     assert {key: dumped["train"].pop(key) for key in schedules} == schedules
+    # and the long-input settings (issue 22), at today's behaviour
+    long_inputs = {"long_inputs": "truncate", "chunk_stride": None, "chunk_aggregate": "mean"}
+    assert {key: dumped["classify"].pop(key) for key in long_inputs} == long_inputs
+    assert dumped["finetune"].pop("truncation_side") == "right"
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
@@ -379,6 +383,8 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
                  for key, value in {**later, **later_model}.items()}
     new_lines.add("  epochs: null")
     new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in schedules.items()}
+    new_lines |= {"  long_inputs: truncate", "  chunk_stride: null", "  chunk_aggregate: mean",
+                  "  truncation_side: right"}
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor
