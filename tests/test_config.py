@@ -373,6 +373,10 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     assert {key: dumped["train"].pop(key) for key in schedules} == schedules
     hf = {"hf_config": None, "hf_data_files": [], "hf_streaming": False}  # hf: sources, too
     assert {key: dumped["data"].pop(key) for key in hf} == hf
+    # and the long-input settings (issue 22), at today's behaviour
+    long_inputs = {"long_inputs": "truncate", "chunk_stride": None, "chunk_aggregate": "mean"}
+    assert {key: dumped["classify"].pop(key) for key in long_inputs} == long_inputs
+    assert dumped["finetune"].pop("truncation_side") == "right"
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
@@ -382,6 +386,8 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     new_lines.add("  epochs: null")
     new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in schedules.items()}
     new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in hf.items()}
+    new_lines |= {"  long_inputs: truncate", "  chunk_stride: null", "  chunk_aggregate: mean",
+                  "  truncation_side: right"}
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor

@@ -121,7 +121,8 @@ def _evaluate_responses(run: Any, data_cfg: Any, split: str, batch_size: int, pr
     from gptkit.finetune import sft
 
     examples = sft.encode_records(sft.load_split(data_cfg, split), run.tokenizer,
-                                  run.config.model.block_size)
+                                  run.config.model.block_size,
+                                  side=run.config.finetune.truncation_side)
     totals = sft.response_loss(run.model, examples, batch_size=batch_size,
                                pad_id=int(run.tokenizer.eot_id or 0), device=run.device,
                                precision=precision)

@@ -39,6 +39,10 @@ Strategy = Literal["auto", "ddp", "fsdp", "none"]  # how processes share a model
 # --- fine-tuning (gptkit.finetune) ------------------------------------------------------
 ClassifyTask = Literal["sequence", "token"]  # text -> label | tokens -> tags (e.g. NER)
 Pooling = Literal["last", "mean"]  # sequence: the last token's hidden state, or the mean
+# inputs longer than model.block_size: keep the start | overlapping chunks (gptkit.finetune.chunks)
+LongInputs = Literal["truncate", "chunk"]
+ChunkAggregate = Literal["mean", "max"]  # sequence chunks' logits -> the document's
+TruncationSide = Literal["right", "left"]  # SFT: cut the end (keep the start) | cut the start
 
 # --- smaller models (gptkit.compress) ---------------------------------------------------
 PruneMethod = Literal["magnitude", "heads", "mlp"]

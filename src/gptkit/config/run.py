@@ -112,8 +112,11 @@ class RunConfig(Settings):
     @model_validator(mode="after")
     def _across(self) -> RunConfig:
         """The checks that read more than one section."""
-        m, t, e, f = self.model, self.train, self.eval, self.finetune
+        m, t, e, f, c = self.model, self.train, self.eval, self.finetune, self.classify
         check_all([
+            (c.chunk_stride is None or c.chunk_stride < m.block_size,
+             f"classify.chunk_stride ({c.chunk_stride}) is the overlap of chunks of "
+             f"model.block_size ({m.block_size}) tokens and must be smaller; lower it"),
             (t.optimizer != "muon" or f.lora_r == 0,
              "train.optimizer=muon does not train LoRA adapters (finetune.lora_r > 0): Muon "
              "is for full hidden weight matrices; use train.optimizer=adamw"),

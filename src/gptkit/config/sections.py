@@ -12,8 +12,10 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from gptkit.config.choices import (
+    ChunkAggregate,
     ClassifyTask,
     ContextExtension,
+    LongInputs,
     MlpKind,
     NormKind,
     OptimizerName,
@@ -23,6 +25,7 @@ from gptkit.config.choices import (
     ScheduleName,
     Strategy,
     ThresholdMode,
+    TruncationSide,
 )
 from gptkit.config.fields import (
     Bool,
@@ -276,6 +279,10 @@ class FinetuneConfig(Settings):
     lora_alpha: Annotated[Float, above(0)] = 16.0
     lora_dropout: Annotated[Float, within(0, 1, "[)")] = 0.0
     lora_targets: StrList = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    # SFT examples longer than model.block_size + 1 tokens: right cuts the end (keeps the
+    # start, as before), left cuts the start (keeps the end: the last turns of a chat), as
+    # Hugging Face tokenizers' truncation_side; the data summary counts what was cut
+    truncation_side: TruncationSide = "right"
 
     @model_validator(mode="after")
     def _targets(self) -> FinetuneConfig:
@@ -304,6 +311,15 @@ class ClassifyConfig(Settings):
     label_field: Str = "label"
     tokens_field: Str = "tokens"
     tags_field: Str = "tags"
+    # texts longer than model.block_size: truncate keeps the start; chunk splits them into
+    # windows of block_size tokens overlapping by chunk_stride (null: block_size // 4), as
+    # Hugging Face tokenizers' stride. Training: every chunk is an example with its
+    # document's label (sequence) or its words' tags (token). Evaluation and prediction:
+    # a document's label from its chunks' logits by chunk_aggregate; a word's tag from the
+    # chunk where it has the most context (gptkit.finetune.chunks)
+    long_inputs: LongInputs = "truncate"
+    chunk_stride: Annotated[Nullable[Int], at_least(0, " or null")] = None
+    chunk_aggregate: ChunkAggregate = "mean"
 
 
 class EvalConfig(Settings):

@@ -15,7 +15,14 @@ import torch
 from gptkit.config import RunConfig
 from gptkit.device import autocast
 from gptkit.errors import GptkitError
-from gptkit.finetune.classify_data import Label, encode_text, encode_words, join_words
+from gptkit.finetune.chunks import Chunking, document_logits
+from gptkit.finetune.classify_data import (
+    Label,
+    encode_text,
+    encode_words,
+    join_words,
+    split_words,
+)
 from gptkit.finetune.heads import GPTClassifier, pad_batch
 from gptkit.tokenizers import Tokenizer
 
@@ -71,28 +78,41 @@ class Classifier:
         return self.model.score.weight.device
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
-        """The most likely label of each text, with every label's probability."""
+        """The most likely label of each text, with every label's probability; a text longer
+        than the context is cut, or read in chunks whose logits are aggregated
+        (classify.long_inputs, gptkit.finetune.chunks)."""
         if self.task != "sequence":
             raise GptkitError(f"{self.path} tags words (token task); use predict_tokens")
         if isinstance(texts, str):
             texts = [texts]
-        seqs = [encode_text(self.tokenizer, text, self.config.model.block_size)
-                for text in texts]
+        logits = self.text_logits(texts, batch_size)
         out = []
-        for logits in batched_logits(self.model, seqs, self.device, batch_size,
-                                     self.precision):
-            for probs in logits.softmax(-1).tolist():
-                best = max(range(len(probs)), key=probs.__getitem__)
-                named = {str(lab): p for lab, p in zip(self.labels, probs, strict=True)}
-                out.append(Prediction(self.labels[best], probs[best], named))
+        for probs in logits.softmax(-1).tolist():
+            best = max(range(len(probs)), key=probs.__getitem__)
+            named = {str(lab): p for lab, p in zip(self.labels, probs, strict=True)}
+            out.append(Prediction(self.labels[best], probs[best], named))
         return out
+
+    def text_logits(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """(texts, labels): each text's logits, aggregated over its chunks when chunked."""
+        chunking = Chunking.of(self.config)
+        docs = []
+        for text in texts:
+            ids = encode_text(self.tokenizer, text)
+            docs.append([ids[s:e] for s, e in chunking.spans(len(ids))])
+        flat = [chunk for doc in docs for chunk in doc]
+        logits = torch.cat(list(batched_logits(self.model, flat, self.device, batch_size,
+                                               self.precision)))
+        return document_logits(logits, [len(d) for d in docs], chunking.aggregate)
 
     def predict_tokens(self, sentences: Sequence[Sequence[str]],
                        batch_size: int = 32) -> list[list[TokenPrediction]]:
-        """A tag for every word of each sentence (a list of words); words past the model's
-        context get O."""
+        """A tag for every word of each sentence (a list of words); past the model's context,
+        words get O (truncate) or their tag from the chunk where they have the most context
+        (classify.long_inputs=chunk)."""
         if self.task != "token":
             raise GptkitError(f"{self.path} labels whole texts (sequence task); use predict")
+        chunking = Chunking.of(self.config)
         rows = []
         for words in sentences:
             if isinstance(words, str) or not words or not all(
@@ -100,20 +120,19 @@ class Classifier:
                 raise GptkitError(
                     f"predict_tokens takes lists of non-empty words, got {words!r}")
             pieces = encode_words(self.tokenizer, [w.strip() for w in words])
-            rows.append(join_words(pieces, None, self.config.model.block_size))
+            rows.append(split_words(*join_words(pieces, None), chunking))
+        flat = [ids for doc in rows for ids, _ in doc.rows]
+        logits = [row for batch in batched_logits(self.model, flat, self.device, batch_size,
+                                                  self.precision) for row in batch]
         out, at = [], 0
-        for logits in batched_logits(self.model, [r[0] for r in rows], self.device, batch_size,
-                                     self.precision):
-            for probs in logits.softmax(-1):
-                positions = rows[at][2]
-                tagged = []
-                for word, p in zip(sentences[at], positions, strict=True):
-                    if p < 0:
-                        tagged.append(TokenPrediction(word, "O", 1.0))
-                        continue
-                    score, best = probs[p].max(-1)
-                    tagged.append(TokenPrediction(word, str(self.labels[int(best)]),
-                                                  float(score)))
-                out.append(tagged)
-                at += 1
+        for words, doc in zip(sentences, rows, strict=True):
+            tagged = []
+            for word, owner in zip(words, doc.owners, strict=True):
+                if owner is None:
+                    tagged.append(TokenPrediction(word, "O", 1.0))
+                    continue
+                score, best = logits[at + owner[0]][owner[1]].softmax(-1).max(-1)
+                tagged.append(TokenPrediction(word, str(self.labels[int(best)]), float(score)))
+            out.append(tagged)
+            at += len(doc.rows)
         return out

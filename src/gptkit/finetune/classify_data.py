@@ -19,6 +19,7 @@ from typing import Any
 from gptkit.config import ClassifyConfig, RunConfig
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import Augmenter
+from gptkit.finetune.chunks import Chunking, Counts, max_context
 from gptkit.finetune.records import Record, load_records, split_records
 from gptkit.model import IGNORE
 from gptkit.tokenizers import UNK, Tokenizer
@@ -141,12 +142,12 @@ def read_task_data(cfg: RunConfig) -> TaskData:
 
 
 # --- token ids ------------------------------------------------------------------------------
-def encode_text(tokenizer: Tokenizer, text: str, block_size: int) -> list[int]:
-    """The text's ids, cut to the model's context (the start is kept)."""
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The text's ids, all of them (`Chunking.spans` says which the model reads)."""
     ids = tokenizer.encode(text)
     if not ids:
         raise GptkitError(f"text {text!r} has no tokens")
-    return ids[:block_size]
+    return ids
 
 
 def encode_words(tokenizer: Tokenizer, words: list[str]) -> list[tuple[list[int], list[int]]]:
@@ -165,20 +166,42 @@ def encode_words(tokenizer: Tokenizer, words: list[str]) -> list[tuple[list[int]
 
 
 def join_words(
-    pieces: list[tuple[list[int], list[int]]], tag_ids: list[int] | None, block_size: int
+    pieces: list[tuple[list[int], list[int]]], tag_ids: list[int] | None,
+    block_size: int | None = None,
 ) -> tuple[list[int], list[int], list[int]]:
     """Ids of the whole text, targets (tag at each word's first id, else -100), and each word's
-    position (-1 for words cut off by `block_size`, which are then predicted as O)."""
+    position (-1 for words cut off by `block_size`, which are then predicted as O); None
+    keeps every id."""
     ids: list[int] = []
     targets: list[int] = []
     positions: list[int] = []
     for w, (space, word) in enumerate(pieces):
         ids += space
         targets += [IGNORE] * len(space)
-        positions.append(len(ids) if len(ids) < block_size else -1)
+        positions.append(len(ids) if block_size is None or len(ids) < block_size else -1)
         ids += word
         targets += [IGNORE if tag_ids is None else tag_ids[w]] + [IGNORE] * (len(word) - 1)
+    if block_size is None:
+        return ids, targets, positions
     return ids[:block_size], targets[:block_size], positions
+
+
+@dataclass
+class TokenChunks:
+    """A tagged text as the model reads it: ids and targets per chunk, and where each word is
+    tagged from: (chunk, position in it), the chunk of its most context; None: cut off."""
+
+    rows: list[tuple[list[int], list[int]]]
+    owners: list[tuple[int, int] | None]
+
+
+def split_words(ids: list[int], targets: list[int], positions: list[int],
+                chunking: Chunking) -> TokenChunks:
+    """`join_words`' uncut output in the chunks of `chunking`."""
+    spans = chunking.spans(len(ids))
+    end = spans[-1][1]
+    return TokenChunks([(ids[s:e], targets[s:e]) for s, e in spans],
+                       [max_context(p, spans) if 0 <= p < end else None for p in positions])
 
 
 def special_ids(tokenizer: Tokenizer) -> list[int]:
@@ -188,25 +211,37 @@ def special_ids(tokenizer: Tokenizer) -> list[int]:
 
 
 class Encoder:
-    """Turns examples into (ids, target) pairs, augmenting training examples on request."""
+    """Turns examples into (ids, target) pairs, augmenting training examples on request, and
+    splits long ones as `chunking` says (by default cut to `block_size`)."""
 
     def __init__(self, data: TaskData, tokenizer: Tokenizer, block_size: int,
-                 augmenter: Augmenter | None = None) -> None:
+                 augmenter: Augmenter | None = None, chunking: Chunking | None = None) -> None:
         self.task, self.tokenizer, self.block_size = data.task, tokenizer, block_size
+        self.chunking = chunking or Chunking(block_size)
         self.label_ids = data.label_ids
         self.augmenter = augmenter if augmenter is not None and augmenter.enabled else None
         self._words: dict[str, list[tuple[list[int], list[int]]]] = {}  # file:line -> pieces
 
-    def sequence(self, example: Any, key: tuple[int, ...] | None = None) -> tuple[list[int], int]:
-        text, aug, label = example.text, self.augmenter, self.label_ids[example.label]
+    def _sequence_ids(self, example: Any, key: tuple[int, ...] | None) -> list[int]:
+        text, aug = example.text, self.augmenter
         if aug is None or key is None:
-            return encode_text(self.tokenizer, text, self.block_size), label
+            return encode_text(self.tokenizer, text)
         ids = self.tokenizer.encode(aug.text(text, key))
-        ids = aug.tokens(ids, key) or self.tokenizer.encode(text)
-        return ids[: self.block_size], label
+        return aug.tokens(ids, key) or self.tokenizer.encode(text)
 
-    def token(self, example: Any, key: tuple[int, ...] | None = None,
-              ) -> tuple[list[int], list[int], list[int]]:
+    def sequence_chunks(self, example: Any, key: tuple[int, ...] | None = None,
+                        ) -> tuple[list[list[int]], int]:
+        """The text's chunks (one when it fits, or when truncating) and its label id."""
+        ids = self._sequence_ids(example, key)
+        return [ids[s:e] for s, e in self.chunking.spans(len(ids))], self.label_ids[example.label]
+
+    def sequence(self, example: Any, key: tuple[int, ...] | None = None) -> tuple[list[int], int]:
+        """The text's first chunk (all of it the model reads when truncating) and label id."""
+        chunks, label = self.sequence_chunks(example, key)
+        return chunks[0], label
+
+    def _pieces(self, example: Any, key: tuple[int, ...] | None,
+                ) -> list[tuple[list[int], list[int]]]:
         pieces = self._words.get(example.where)
         if pieces is None:
             pieces = self._words[example.where] = encode_words(self.tokenizer, example.words)
@@ -214,5 +249,32 @@ class Encoder:
             aug = self.augmenter  # per word, so each word keeps its first id and its tag
             pieces = [(space, aug.tokens(word, (*key, w))) for w, (space, word) in
                       enumerate(pieces)]
+        return pieces
+
+    def token(self, example: Any, key: tuple[int, ...] | None = None,
+              ) -> tuple[list[int], list[int], list[int]]:
+        """Ids, targets and word positions of the first `block_size` ids (truncation)."""
         tags = [self.label_ids[t] for t in example.tags]
-        return join_words(pieces, tags, self.block_size)
+        return join_words(self._pieces(example, key), tags, self.block_size)
+
+    def token_chunks(self, example: Any, key: tuple[int, ...] | None = None) -> TokenChunks:
+        """The tagged words in chunks, each word tagged from its chunk of most context."""
+        tags = [self.label_ids[t] for t in example.tags]
+        return split_words(*join_words(self._pieces(example, key), tags), self.chunking)
+
+    def chunk_count(self, example: Any) -> int:
+        """How many chunks the (not augmented) example is read in: training items per epoch."""
+        if self.task == "token":
+            return len(self.token_chunks(example).rows)
+        return len(self.sequence_chunks(example)[0])
+
+    def counts(self, examples: list[Any]) -> Counts:
+        """How many of `examples` are longer than the model reads at once, and their chunks."""
+        counts = Counts()
+        for example in examples:
+            if self.task == "token":
+                n = len(join_words(self._pieces(example, None), None)[0])
+            else:
+                n = len(self._sequence_ids(example, None))
+            counts.add(n, self.chunking.spans(n))
+        return counts

@@ -68,10 +68,29 @@ def encode(parts: Segments, tokenizer: Tokenizer, whole: bool = False) -> Exampl
     return Example(np.asarray(ids, dtype=np.int64), np.asarray(learnt, dtype=bool))
 
 
+def cut(example: Example, block_size: int, side: str = "right") -> Example:
+    """The example cut to block_size + 1 tokens (inputs and next-token targets): its end cut
+    off (side right, keeping the start) or its start (left, keeping the end)."""
+    end = block_size + 1
+    if len(example.ids) <= end:
+        return example
+    keep = slice(None, end) if side == "right" else slice(len(example.ids) - end, None)
+    return Example(example.ids[keep], example.learnt[keep])
+
+
+def cut_counts(examples: list[Example], lengths: list[int]) -> dict[str, int]:
+    """How many examples were cut, and how many tokens that dropped, from their uncut
+    `lengths`: the data summary's numbers."""
+    cut_off = [n - len(e.ids) for e, n in zip(examples, lengths, strict=True)]
+    return {"cut": sum(1 for c in cut_off if c > 0), "cut_tokens": sum(cut_off)}
+
+
 def encode_records(records: list[Record], tokenizer: Tokenizer, block_size: int,
-                   template: ChatTemplate | None = None) -> list[Example]:
-    """Examples of `records` (chats through `template`), cut to block_size + 1 tokens; errors
-    if one has nothing to learn."""
+                   template: ChatTemplate | None = None, side: str = "right",
+                   lengths: list[int] | None = None) -> list[Example]:
+    """Examples of `records` (chats through `template`), cut to block_size + 1 tokens on
+    `side` (finetune.truncation_side); each one's uncut length is appended to `lengths`
+    when given. Errors if one has nothing to learn."""
     if tokenizer.eot_id is None:
         raise GptkitError(
             "supervised fine-tuning needs a tokenizer with an end-of-text token "
@@ -80,13 +99,17 @@ def encode_records(records: list[Record], tokenizer: Tokenizer, block_size: int,
     examples = []
     for record in records:
         example = encode(segments(record, template), tokenizer, whole=is_chat(record))
-        example = Example(example.ids[: block_size + 1], example.learnt[: block_size + 1])
+        if lengths is not None:
+            lengths.append(len(example.ids))
+        example = cut(example, block_size, side)
         if not example.learnt[1:].any():
             raise GptkitError(
                 f"{record.where}: the prompt fills all {block_size} positions of "
-                "model.block_size, leaving no response to learn; shorten it or use a model "
-                "with a larger block_size"
-            )
+                "model.block_size, leaving no response to learn; shorten it, use a model "
+                "with a larger block_size, or set finetune.truncation_side=left"
+                if side == "right" else
+                f"{record.where}: the last {block_size + 1} tokens (model.block_size + 1, "
+                "finetune.truncation_side=left) hold no response to learn; shorten it")
         examples.append(example)
     return examples
 
@@ -166,6 +189,7 @@ class SFTBatches:
         packing: bool = False,
         augment: list[str] | None = None,
         template: ChatTemplate | None = None,
+        truncation_side: str = "right",
     ) -> None:
         if not examples:
             raise GptkitError("the training split has no examples; add records to data.source")
@@ -174,6 +198,7 @@ class SFTBatches:
         self.tokenizer = tokenizer
         self.template = template
         self.block_size = block_size
+        self.truncation_side = truncation_side
         self.packing = packing
         self.pad_id = int(tokenizer.eot_id or 0)
         specials = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
@@ -198,8 +223,8 @@ class SFTBatches:
                     self.tokenizer.encode(self.augmenter.text(text, key)), key)
             ids += piece
             learnt += [trained] * len(piece)
-        end = self.block_size + 1
-        return Example(np.asarray(ids[:end], dtype=np.int64), np.asarray(learnt[:end], dtype=bool))
+        return cut(Example(np.asarray(ids, dtype=np.int64), np.asarray(learnt, dtype=bool)),
+                   self.block_size, self.truncation_side)
 
     def _items(self, seed: int, epoch: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """The items of one epoch: single examples, or (packed) rows of whole examples."""
@@ -258,3 +283,17 @@ def response_metrics(totals: dict[str, float]) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
             "token_accuracy": totals["correct"] / max(totals["tokens"], 1),
             "response_tokens": int(totals["tokens"])}
+
+
+def data_summary(examples: dict[str, int], cuts: dict[str, dict[str, int]], limit: int,
+                 side: str) -> str:
+    """The data line printed at the start: examples per split, and how many were longer than
+    `limit` tokens and cut on `side` (and how many tokens that dropped)."""
+    parts = []
+    for split, n in examples.items():
+        c = cuts[split]
+        parts.append(f"{split}: {n} examples, " + (
+            f"{c['cut']} longer than {limit} tokens cut on the {side} "
+            f"({c['cut_tokens']} tokens dropped)" if c["cut"] else
+            f"none longer than {limit} tokens"))
+    return "data: " + "; ".join(parts)

@@ -29,11 +29,13 @@ from gptkit.config import RunConfig
 from gptkit.data.loader import EpochSize, SeededEpochs, epoch_order
 from gptkit.errors import GptkitError
 from gptkit.finetune.augment import TEXT_OPS, Augmenter, parse_spec
+from gptkit.finetune.chunks import Chunking, Counts, document_logits
 from gptkit.finetune.classifier import batched_logits
 from gptkit.finetune.classify_data import (
     Encoder,
     Label,
     TaskData,
+    TokenChunks,
     read_task_data,
     special_ids,
 )
@@ -50,25 +52,35 @@ from gptkit.train.trainer import Trainer
 
 class ClassifyBatches:
     """Training batches of (augmented) examples: ids, targets (a label per row, or a tag per
-    token) and the attention mask, in seeded epochs (`SeededEpochs`)."""
+    token) and the attention mask, in seeded epochs (`SeededEpochs`). An item is a chunk
+    (epoch, example, chunk): a long example chunked (classify.long_inputs=chunk) is as many
+    items, each with the example's label or its words' tags; others are one."""
 
     def __init__(self, data: TaskData, encoder: Encoder, *, seed: int, micro_batch_size: int,
                  accum_steps: int = 1, rank: int = 0, world_size: int = 1) -> None:
         self.data, self.encoder = data, encoder
-        n = len(data.train)
-        self.epochs: SeededEpochs[tuple[int, int]] = SeededEpochs(
-            lambda seed, epoch: [(epoch, int(i)) for i in epoch_order(seed, epoch, n)],
+        chunks = [encoder.chunk_count(e) for e in data.train]
+        self.epochs: SeededEpochs[tuple[int, int, int]] = SeededEpochs(
+            lambda seed, epoch: [(epoch, int(i), k) for i in epoch_order(seed, epoch, len(chunks))
+                                 for k in range(chunks[i])],
             seed=seed, micro_batch_size=micro_batch_size, accum_steps=accum_steps, rank=rank,
             world_size=world_size)
 
-    def collate(self, keys: list[tuple[int, int]]) -> Batch:
-        """One micro-batch of the examples `keys` ((epoch, index): the augmentation's key)."""
+    def collate(self, keys: list[tuple[int, int, int]]) -> Batch:
+        """One micro-batch of the chunks `keys` ((epoch, index) is the augmentation's key;
+        an augmented example may have fewer chunks: then its last)."""
         train, encoder = self.data.train, self.encoder
         if self.data.task == "sequence":
-            pairs = [encoder.sequence(train[i], (epoch, i)) for epoch, i in keys]
+            pairs = []
+            for epoch, i, k in keys:
+                chunks, label = encoder.sequence_chunks(train[i], (epoch, i))
+                pairs.append((chunks[min(k, len(chunks) - 1)], label))
             idx, mask, _ = pad_batch([ids for ids, _ in pairs])
             return idx, torch.tensor([label for _, label in pairs]), {"attention_mask": mask}
-        rows = [encoder.token(train[i], (epoch, i)) for epoch, i in keys]
+        rows = []
+        for epoch, i, k in keys:
+            parts = encoder.token_chunks(train[i], (epoch, i)).rows
+            rows.append(parts[min(k, len(parts) - 1)])
         idx, mask, targets = pad_batch([r[0] for r in rows], targets=[r[1] for r in rows])
         assert targets is not None
         return idx, targets, {"attention_mask": mask}
@@ -86,34 +98,55 @@ class ClassifyBatches:
         self.epochs.load_state_dict(state)
 
 
+def chunk_logits(model: GPTClassifier, rows: list[list[int]], device: torch.device,
+                 batch_size: int, precision: str = "fp32") -> list[Tensor]:
+    """Each row's logits, in order."""
+    return [row for logits in batched_logits(model, rows, device, batch_size, precision)
+            for row in logits]
+
+
+def word_logits(logits: list[Tensor], docs: list[TokenChunks]) -> list[list[Tensor | None]]:
+    """Per document, per word: the logits of its chunk of most context at its first id, or
+    None for a word cut off (truncation), from every chunk's `logits` in order."""
+    out, at = [], 0
+    for doc in docs:
+        out.append([None if owner is None else logits[at + owner[0]][owner[1]]
+                    for owner in doc.owners])
+        at += len(doc.rows)
+    return out
+
+
 def evaluate(model: GPTClassifier, data: TaskData, encoder: Encoder, device: torch.device,
              batch_size: int, precision: str = "fp32") -> dict[str, Any]:
-    """Loss and metrics of `model` on the held-out examples (never augmented)."""
+    """Loss and metrics of `model` on the held-out examples (never augmented): a long one's
+    label from its chunks' aggregated logits, its words' tags from their chunks of most
+    context (gptkit.finetune.chunks)."""
     if data.task == "sequence":
-        encoded = [encoder.sequence(e) for e in data.val]
-        gold = [label for _, label in encoded]
-        logits = torch.cat(list(batched_logits(model, [ids for ids, _ in encoded], device,
-                                             batch_size, precision)))
+        docs = [encoder.sequence_chunks(e) for e in data.val]
+        gold = [label for _, label in docs]
+        flat = [chunk for chunks, _ in docs for chunk in chunks]
+        per_chunk = torch.cat(list(batched_logits(model, flat, device, batch_size, precision)))
+        logits = document_logits(per_chunk, [len(c) for c, _ in docs],
+                                 encoder.chunking.aggregate)
         loss = F.cross_entropy(logits, torch.tensor(gold, device=logits.device)).item()
         pred = logits.argmax(-1).tolist()
         return {"loss": loss, **sequence_metrics(gold, pred, data.labels),
                 "examples": len(data.val)}
-    rows = [encoder.token(e) for e in data.val]
+    token_docs = [encoder.token_chunks(e) for e in data.val]
+    rows = chunk_logits(model, [ids for d in token_docs for ids, _ in d.rows], device,
+                        batch_size, precision)
     total, count = 0.0, 0
     gold_tags, pred_tags = [], []
-    at = 0
-    for logits in batched_logits(model, [ids for ids, _, _ in rows], device, batch_size,
-                               precision):
-        for b in range(logits.size(0)):
-            ids, targets, positions = rows[at]
-            target = torch.tensor(targets, device=logits.device)
-            total += F.cross_entropy(logits[b, : len(ids)], target, ignore_index=IGNORE,
+    for example, words in zip(data.val, word_logits(rows, token_docs), strict=True):
+        kept = [(w, tag) for w, tag in zip(words, example.tags, strict=True) if w is not None]
+        if kept:
+            target = torch.tensor([encoder.label_ids[t] for _, t in kept], device=device)
+            total += F.cross_entropy(torch.stack([w for w, _ in kept]), target,
                                      reduction="sum").item()
-            count += int((target != IGNORE).sum())
-            best = logits[b].argmax(-1).tolist()
-            pred_tags.append([str(data.labels[best[p]]) if p >= 0 else "O" for p in positions])
-            gold_tags.append(list(data.val[at].tags))
-            at += 1
+            count += len(kept)
+        pred_tags.append([str(data.labels[int(w.argmax())]) if w is not None else "O"
+                          for w in words])
+        gold_tags.append(list(example.tags))
     return {"loss": total / max(count, 1), **token_metrics(gold_tags, pred_tags),
             "examples": len(data.val)}
 
@@ -131,6 +164,8 @@ class Classification(Objective):
         self.data: TaskData | None = None
         self.encoder: Encoder | None = None
         self.tokenizer_kind = ""
+        self.counts: dict[str, dict[str, int]] = {}
+        self.data_long_inputs = "truncate"
 
     def kinds(self, cfg: RunConfig) -> set[str]:
         return {"classify"}
@@ -151,8 +186,13 @@ class Classification(Objective):
         augmenter = Augmenter(cfg.data.augment, seed=cfg.train.seed,
                               vocab_size=tokenizer.vocab_size, special_ids=special_ids(tokenizer))
         self.data, self.tokenizer_kind = data, tokenizer.kind
-        self.encoder = Encoder(data, tokenizer, cfg.model.block_size, augmenter)
+        chunking = Chunking.of(cfg)
+        self.data_long_inputs = cfg.classify.long_inputs
+        self.encoder = Encoder(data, tokenizer, cfg.model.block_size, augmenter, chunking)
         self.source, self.vocab_size = cfg.data.source, tokenizer.vocab_size
+        self.counts = {split: self.encoder.counts(examples).as_dict()
+                       for split, examples in (("train", data.train), ("val", data.val))}
+        setup.say(data_summary(self.counts, cfg))
         return tokenizer
 
     def build_model(self, cfg: RunConfig, init: Run | None) -> tuple[nn.Module, GPT]:
@@ -197,8 +237,7 @@ class Classification(Objective):
         return {"format": "classify", "task": self.data.task, "source": self.source,
                 "labels": self.data.labels, "tokenizer_kind": self.tokenizer_kind,
                 "vocab_size": self.vocab_size,
-                "splits": {"train": {"examples": len(self.data.train)},
-                           "val": {"examples": len(self.data.val)}}}
+                "long_inputs": self.data_long_inputs, "splits": self.counts}
 
     def run_files(self) -> dict[str, str]:
         assert self.data is not None
@@ -220,6 +259,14 @@ class Classification(Objective):
             partial = run_dir / f".tmp-{name}-{os.getpid()}"
             shutil.copyfile(RunDir(run_dir).best / source, partial)
             os.replace(partial, run_dir / name)
+
+
+def data_summary(counts: dict[str, dict[str, int]], cfg: RunConfig) -> str:
+    """The data line printed at the start: examples per split, and how many were longer than
+    the model's context and so cut or chunked (into how many chunks)."""
+    block, chunk = cfg.model.block_size, cfg.classify.long_inputs == "chunk"
+    parts = [Counts(**c).describe(split, block, chunk) for split, c in counts.items()]
+    return "data: " + "; ".join(parts)
 
 
 @dataclass

@@ -161,9 +161,16 @@ class SupervisedFineTuning(LanguageModelling):
             tokenizer = same_tokenizer_everywhere(build_tokenizer(
                 cfg.data, sft.training_texts(self.records, template),
                 data_dir=setup.data_dir), setup.env)
-        block = cfg.model.block_size
-        self.train = sft.encode_records(self.records, tokenizer, block, template)
-        self.val = sft.encode_records(val_records, tokenizer, block, template)
+        block, side = cfg.model.block_size, cfg.finetune.truncation_side
+        lengths: dict[str, list[int]] = {"train": [], "val": []}
+        self.train = sft.encode_records(self.records, tokenizer, block, template, side,
+                                        lengths["train"])
+        self.val = sft.encode_records(val_records, tokenizer, block, template, side,
+                                      lengths["val"])
+        cuts = {"train": sft.cut_counts(self.train, lengths["train"]),
+                "val": sft.cut_counts(self.val, lengths["val"])}
+        setup.say(sft.data_summary(
+            {"train": len(self.train), "val": len(self.val)}, cuts, block + 1, side))
         for split, records in (("train", self.records), (cfg.data.eval_split, val_records)):
             warning = unknown_warning(
                 tokenizer.unknown_characters(sft.training_texts(records, template)),
@@ -176,9 +183,11 @@ class SupervisedFineTuning(LanguageModelling):
             "splits": {
                 name: {"examples": len(examples),
                        "tokens": int(sum(len(e.ids) for e in examples)),
-                       "response_tokens": int(sum(e.learnt[1:].sum() for e in examples))}
+                       "response_tokens": int(sum(e.learnt[1:].sum() for e in examples)),
+                       **cuts[name]}
                 for name, examples in (("train", self.train), ("val", self.val))
             },
+            "truncation_side": side,
         }
         self.tokenizer = tokenizer
         return tokenizer
@@ -190,6 +199,7 @@ class SupervisedFineTuning(LanguageModelling):
             micro_batch_size=cfg.train.micro_batch_size, accum_steps=accum_steps,
             seed=cfg.train.seed, rank=env.rank, world_size=env.world_size,
             packing=cfg.data.packing, augment=cfg.data.augment, template=self.template,
+            truncation_side=cfg.finetune.truncation_side,
         )
 
     def evaluate(self, model: nn.Module, cfg: RunConfig, precision: str,
