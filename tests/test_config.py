@@ -371,6 +371,8 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
                  "plateau_threshold_mode": "rel", "plateau_cooldown": 0, "step_size": 1000,
                  "step_gamma": 0.1, "exp_gamma": 0.999}  # the schedules of issue 22
     assert {key: dumped["train"].pop(key) for key in schedules} == schedules
+    warmup = {"seq_warmup_steps": 0, "seq_warmup_start": 8}  # sequence-length warmup, issue 22
+    assert {key: dumped["train"].pop(key) for key in warmup} == warmup
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
@@ -378,7 +380,8 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     new_lines = {f"  {key}: {'null' if value is None else value}"
                  for key, value in {**later, **later_model}.items()}
     new_lines.add("  epochs: null")
-    new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in schedules.items()}
+    new_lines |= {"  " + yaml.safe_dump({key: value}).strip()
+                  for key, value in {**schedules, **warmup}.items()}
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor
