@@ -377,6 +377,8 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     long_inputs = {"long_inputs": "truncate", "chunk_stride": None, "chunk_aggregate": "mean"}
     assert {key: dumped["classify"].pop(key) for key in long_inputs} == long_inputs
     assert dumped["finetune"].pop("truncation_side") == "right"
+    warmup = {"seq_warmup_steps": 0, "seq_warmup_start": 8}  # sequence-length warmup, issue 22
+    assert {key: dumped["train"].pop(key) for key in warmup} == warmup
     assert dumped == saved
     assert (cfg.train.min_lr, cfg.train.min_lr_ratio, cfg.train.floor_lr) == (1e-5, None, 1e-5)
     save_config(cfg, tmp_path / "config.yaml")  # and is written back line for line, plus it
@@ -388,6 +390,7 @@ def test_a_config_written_before_pydantic_loads_to_the_same_values(tmp_path: Pat
     new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in hf.items()}
     new_lines |= {"  long_inputs: truncate", "  chunk_stride: null", "  chunk_aggregate: mean",
                   "  truncation_side: right"}
+    new_lines |= {"  " + yaml.safe_dump({key: value}).strip() for key, value in warmup.items()}
     assert [line for line in written if line not in new_lines] == FIXTURE.read_text(
         encoding="utf-8").splitlines()
     # one saved before train.min_lr_ratio existed keeps its absolute floor

@@ -120,6 +120,9 @@ class RunConfig(Settings):
             (t.optimizer != "muon" or f.lora_r == 0,
              "train.optimizer=muon does not train LoRA adapters (finetune.lora_r > 0): Muon "
              "is for full hidden weight matrices; use train.optimizer=adamw"),
+            (t.seq_warmup_steps == 0 or t.seq_warmup_start < m.block_size,
+             f"train.seq_warmup_start ({t.seq_warmup_start}) must be below model.block_size "
+             f"({m.block_size}): windows grow from it to block_size"),
             (e.stride is None or e.stride <= m.block_size,
              f"eval.stride ({e.stride}) must not exceed model.block_size ({m.block_size})"),
             (0 <= f.freeze_layers <= m.n_layer,

@@ -144,6 +144,13 @@ class TrainConfig(Settings):
     # Tokens per optimizer step over all processes; None means one micro-batch per process.
     # Gradient accumulation = batch_tokens / (micro_batch_size * block_size * world_size).
     batch_tokens: Annotated[Nullable[Int], at_least(1, " or null")] = None
+    # Sequence-length warmup (pre-training only; 0 steps: off): training windows grow linearly
+    # from seq_warmup_start tokens to model.block_size over the first seq_warmup_steps steps,
+    # in multiples of 8 (gptkit.data.loader.window_length). Sequences per step stay the same,
+    # as in DeepSpeed's seqlen curriculum, so early steps hold fewer tokens. Evaluation
+    # always uses model.block_size.
+    seq_warmup_steps: Annotated[Int, NotNegative] = 0
+    seq_warmup_start: Annotated[Int, Positive] = 8
     # muon: Muon for the blocks' weight matrices, AdamW for the rest, one learning rate
     # (gptkit.train.optim.MuonAdamW)
     optimizer: OptimizerName = "adamw"

@@ -53,6 +53,8 @@ USED_BY: dict[str, tuple[str, ...]] = {
                                     "early_stopping_patience", "activation_checkpointing")},
     "train.batch_tokens": _LM,
     "train.eval_tokens": ("train",),
+    # random windows of text only: fine-tuning and classification examples are not windows
+    "train.seq_warmup_steps": ("train",), "train.seq_warmup_start": ("train",),
     **{f"dist.{f}": _ALL for f in field_names(DistConfig)},
     "eval.stride": ("train",), "eval.batch_size": _ALL,
     **{f"sample.{f}": _LM for f in field_names(GenerationConfig)},
@@ -83,6 +85,7 @@ def _when(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
                               "train.schedule cosine, linear or wsd"),
         **{f"train.plateau_{k}": (t.schedule == "plateau", "train.schedule=plateau") for k in (
             "factor", "patience", "threshold", "threshold_mode", "cooldown")},
+        "train.seq_warmup_start": (t.seq_warmup_steps > 0, "train.seq_warmup_steps > 0"),
         "train.step_size": (t.schedule == "step", "train.schedule=step"),
         "train.step_gamma": (t.schedule == "step", "train.schedule=step"),
         "train.exp_gamma": (t.schedule == "exponential", "train.schedule=exponential"),

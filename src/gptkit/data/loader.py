@@ -8,6 +8,8 @@ chunks of it, so the windows of a step do not depend on how they are spread over
 micro-batches: one process with 2 accumulation steps sees exactly what 2 processes with 1 see.
 Window starts are positions in the whole split, so a sharded split (`TokenShards`) gives the
 same batches as the same ids in one file; a window may run across a shard boundary.
+With sequence-length warmup the windows of a step are its first `window_length(step)` ids from
+the same starts: the length is a pure function of the step too, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ from gptkit.data.shards import Tokens, read_windows
 from gptkit.errors import GptkitError
 
 T = TypeVar("T")
+# Warmed-up window lengths are multiples of this (DeepSpeed's seqlen curriculum recommends 8:
+# shapes the matrix kernels handle well, and fewer distinct shapes for torch.compile).
+WINDOW_MULTIPLE = 8
+
+
+def window_length(step: int, block_size: int, warmup_steps: int, start: int) -> int:
+    """The window length of optimizer step `step` under sequence-length warmup (Li et al.
+    2022, "The Stability-Efficiency Dilemma"; DeepSpeed's `fixed_linear` seqlen curriculum):
+    `start` tokens at step 0, growing linearly to `block_size` at step `warmup_steps`, rounded
+    down to a multiple of WINDOW_MULTIPLE but never below `start`; `block_size` from then on,
+    and always when `warmup_steps` is 0. Integer arithmetic: a pure function of the step."""
+    if step >= warmup_steps:
+        return block_size
+    grown = start + (block_size - start) * step // warmup_steps
+    return min(block_size, max(start, grown - grown % WINDOW_MULTIPLE))
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,8 @@ class RandomWindows:
         world_size: int = 1,
         *,
         split: str = "train",
+        warmup_steps: int = 0,
+        warmup_start: int = WINDOW_MULTIPLE,
     ) -> None:
         if tokens.ndim != 1:
             raise GptkitError(f"tokens of split {split!r} must be 1-D, got shape {tokens.shape}")
@@ -81,6 +100,12 @@ class RandomWindows:
             raise GptkitError(f"rank must be in [0, {world_size}) (got {rank})")
         if seed < 0:
             raise GptkitError(f"train.seed must be >= 0 (got {seed})")
+        if warmup_steps < 0 or (warmup_steps and not 1 <= warmup_start < block_size):
+            raise GptkitError(
+                f"sequence-length warmup needs steps >= 0 and a start in [1, block_size = "
+                f"{block_size}) (got {warmup_steps} steps from {warmup_start})")
+        self.warmup_steps = warmup_steps
+        self.warmup_start = warmup_start
         self.tokens = tokens
         self.block_size = block_size
         self.micro_batch_size = micro_batch_size
@@ -91,8 +116,13 @@ class RandomWindows:
         self.split = split
         self.position = 0  # the next step to draw; saved so a resumed run knows where it was
 
+    def window_length(self, step: int) -> int:
+        """The inputs per window at `step`: block_size, or less during sequence-length warmup."""
+        return window_length(step, self.block_size, self.warmup_steps, self.warmup_start)
+
     def epoch_size(self) -> EpochSize:
-        """An epoch is the split's tokens; a step's windows hold block_size inputs each."""
+        """An epoch is the split's tokens; a step's windows hold block_size inputs each
+        (steps of a sequence-length warmup hold fewer: epochs count full-length steps)."""
         per_step = self.micro_batch_size * self.block_size * self.accum_steps * self.world_size
         return EpochSize(len(self.tokens), per_step, "tokens")
 
@@ -108,15 +138,18 @@ class RandomWindows:
         """This process's `accum_steps` (x, y) int64 CPU pairs of (micro_batch, block) for `step`.
 
         Micro-batch m of rank r is chunk `m * world_size + r` of the step's global starts.
+        During sequence-length warmup the windows are the first `window_length(step)` inputs
+        from the same starts (as many sequences, fewer tokens).
         """
         if step < 0:
             raise GptkitError(f"step must be >= 0 (got {step})")
         starts = self.global_starts(step).reshape(-1, self.micro_batch_size)
+        length = self.window_length(step)
         batches = []
         for m in range(self.accum_steps):
             chunk = starts[m * self.world_size + self.rank]
-            # one gather reads each window once (x is its first block_size ids, y its last)
-            windows = read_windows(self.tokens, chunk, self.block_size + 1)
+            # one gather reads each window once (x is its first `length` ids, y its last)
+            windows = read_windows(self.tokens, chunk, length + 1)
             x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
             y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
             batches.append((x, y))

@@ -75,6 +75,7 @@ class LanguageModelling(Objective):
             self.data.tokens(cfg.data.train_split), block_size=cfg.model.block_size,
             micro_batch_size=cfg.train.micro_batch_size, accum_steps=accum_steps,
             seed=cfg.train.seed, rank=env.rank, world_size=env.world_size,
+            warmup_steps=cfg.train.seq_warmup_steps, warmup_start=cfg.train.seq_warmup_start,
         )
 
     def evaluate(self, model: nn.Module, cfg: RunConfig, precision: str,
