@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from gptkit.errors import GptkitError
+from gptkit.offline import hub_offline
 
 if TYPE_CHECKING:
     from gptkit.config import DataConfig
@@ -119,14 +120,6 @@ def _offline_switch(on: bool) -> Iterator[None]:
         yield
 
 
-def _hub_offline() -> bool:
-    from gptkit.data.sources import offline
-
-    flags = (os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE",
-                                                             "HF_DATASETS_OFFLINE"))
-    return offline() or any(f in ("1", "true", "yes", "on") for f in flags)
-
-
 def load_splits(spec: str, hf: HfOptions) -> dict[str, Any]:
     """Split name -> Dataset (or IterableDataset when streaming), all splits, lazily read."""
     try:
@@ -134,7 +127,7 @@ def load_splits(spec: str, hf: HfOptions) -> dict[str, Any]:
     except ImportError:
         raise GptkitError(f"data.source {spec} needs the `datasets` library; {INSTALL}") from None
     name, folder = _name(spec), _disk_folder(spec)
-    offline = _hub_offline()
+    offline = hub_offline("HF_DATASETS_OFFLINE")
     try:
         if folder is not None:
             loaded = datasets.load_from_disk(str(folder))

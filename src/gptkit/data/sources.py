@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from gptkit.config import SPLIT_PROTOCOLS
 from gptkit.data.hf_source import HfOptions, is_hf, local_files, texts
 from gptkit.errors import GptkitError
+from gptkit.offline import offline
 
 if TYPE_CHECKING:
     from gptkit.config import DataConfig
@@ -76,10 +77,6 @@ def _split_name(spec: str, split: str) -> str:
     raise GptkitError(
         f"source {spec!r} has no split {split!r}; available: {', '.join(available)}"
     )
-
-
-def offline() -> bool:
-    return os.environ.get("GPTKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def download(url: str, dest: Path, what: str) -> None:

@@ -16,7 +16,6 @@ the same way, its head and labels converted by `gptkit.interop.hf_classify`.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 from pathlib import Path
@@ -36,6 +35,7 @@ from gptkit.interop import hf_classify
 from gptkit.model import GPT
 from gptkit.model_card import CARD_FILE, hub_card
 from gptkit.model_card import render as render_card
+from gptkit.offline import hub_offline
 from gptkit.rundir import CONFIG_FILE, RunDir
 from gptkit.tokenizers import Tokenizer
 from gptkit.train.checkpoint import save_best
@@ -339,13 +339,6 @@ def write_hf_tokenizer(folder: Path, tokenizer: Tokenizer, max_length: int,
     _write_json(folder / "special_tokens_map.json", special_tokens(tokenizer))
 
 
-def _hub_offline() -> bool:
-    from gptkit.data.sources import offline
-
-    return offline() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true",
-                                                                                 "yes", "on")
-
-
 def hf_folder(source: str) -> Path:
     """`source` as a local folder: itself, or a hub id downloaded (needed files only)."""
     path = Path(source).expanduser()
@@ -365,7 +358,7 @@ def hf_folder(source: str) -> Path:
             f"{source!r} is not a local folder, and downloading it needs huggingface_hub: "
             f"pip install 'gptkit[hf]', or {fix}"
         ) from None
-    offline = _hub_offline()
+    offline = hub_offline()
     try:
         folder = Path(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=offline))
         if not (folder / "model.safetensors").is_file():

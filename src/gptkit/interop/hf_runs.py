@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gptkit.errors import GptkitError
 from gptkit.files import sha256
+from gptkit.offline import hub_offline
 from gptkit.rundir import CONFIG_FILE
 
 # Bump when import_hf writes runs differently, so older cached imports are not reused.
@@ -83,7 +84,7 @@ def _looks_like_hub_id(source: str) -> bool:
 
 def _hub_folder(repo_id: str) -> Path:
     """The cached snapshot of a hub id; downloaded only when downloads are on."""
-    from gptkit.interop.hf import HUB_FILES, _hub_offline, hf_folder
+    from gptkit.interop.hf import HUB_FILES, hf_folder
 
     missing = (f"run directory {repo_id} does not exist, and the hub id {repo_id!r} is not in "
                "the local Hugging Face cache")
@@ -103,7 +104,7 @@ def _hub_folder(repo_id: str) -> Path:
             return folder
     except Exception:  # huggingface_hub's "not in the cache" errors vary by version
         pass
-    if _hub_offline():
+    if hub_offline():
         raise GptkitError(
             f"{missing} and downloads are off (GPTKIT_OFFLINE or HF_HUB_OFFLINE); check the "
             f"path, or download it where there is a network (`hf download {repo_id}`) into "
