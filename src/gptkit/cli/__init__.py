@@ -11,6 +11,7 @@ into a one-line message and exit code 2.
     classify.py    finetune-classify, classify
     viz.py         viz attention
     serve.py       serve
+    sweep.py       sweep
     examples.py    examples
     options.py     the options several commands share, each declared once
 """
@@ -31,14 +32,15 @@ from gptkit.cli import (
     runs,
     sample,
     serve,
+    sweep,
 )
 from gptkit.cli import train as train_commands
 from gptkit.cli import viz as viz_commands
 from gptkit.errors import GptkitError
 
 # in the order `gptkit --help` lists them
-GROUPS = (train_commands, evaluation, sample, chat, runs, export, examples, classify, viz_commands,
-          serve)
+GROUPS = (train_commands, sweep, evaluation, sample, chat, runs, export, examples, classify,
+          viz_commands, serve)
 
 
 def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -36,6 +36,14 @@ InferencePrecision = Literal["auto", WeightDtype]
 Precision = Literal[InferencePrecision, "fp16"]  # training: fp16 adds a gradient scaler
 Strategy = Literal["auto", "ddp", "fsdp", "none"]  # how processes share a model (torchrun)
 
+# --- hyperparameter search (gptkit.sweep) -----------------------------------------------
+# Optuna's TPE | random search | every point of a grid (no CMA-ES: it pickles its state into
+# the study's storage, which gptkit never reads back)
+SweepSampler = Literal["tpe", "random", "grid"]
+# stop a trial whose validation loss is worse than the median of earlier trials at the same
+# step | successive halving (Hyperband's building block) | never
+SweepPruner = Literal["median", "halving", "none"]
+
 # --- fine-tuning (gptkit.finetune) ------------------------------------------------------
 ClassifyTask = Literal["sequence", "token"]  # text -> label | tokens -> tags (e.g. NER)
 Pooling = Literal["last", "mean"]  # sequence: the last token's hidden state, or the mean

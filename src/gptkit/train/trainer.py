@@ -22,7 +22,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -72,6 +72,14 @@ class TrainResult:
     tokens_per_s: float = 0.0
 
 
+class EvalCallback(Protocol):
+    """Called after each evaluation with the step, its held-out loss and the logged record;
+    a returned reason (text) ends the run there, as early stopping does (checkpoint saved,
+    `TrainResult.stopped_early`). How a hyperparameter search prunes a trial (gptkit.sweep)."""
+
+    def __call__(self, step: int, val_loss: float, record: dict[str, Any]) -> str | None: ...
+
+
 class Trainer:
     """Owns one run: its settled settings, model, optimizer, objective and the loop."""
 
@@ -87,8 +95,10 @@ class Trainer:
         data_dir: str | Path | None = None,
         progress: bool = True,
         objective: Objective | None = None,
+        on_eval: EvalCallback | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.on_eval = on_eval
         self.resume = resume
         self.progress = progress
         self.objective = objective_for(cfg) if objective is None else objective
@@ -446,6 +456,10 @@ class Trainer:
                         stop_early = True
                         self._say(f"early stopping: no improvement in {patience} evaluations")
                         last = True
+                    reason = self.on_eval(self.step, loss_now, last_eval) if self.on_eval else None
+                    if reason and not last:
+                        stop_early = last = True
+                        self._say(f"stopped: {reason}")
                 saving_step = self.step % budget.checkpoint_interval == 0 and self.step > 0
                 if (saving_step or last) and not resumed_here:
                     if loss is not None and checked_step != self.step:
@@ -520,9 +534,12 @@ def train(
     overwrite: bool = False,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    on_eval: EvalCallback | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run described by `cfg` into `run_dir`."""
+    """Train (or resume) the run described by `cfg` into `run_dir`; `on_eval` may end it
+    after an evaluation (`EvalCallback`)."""
     trainer = Trainer(
-        cfg, Path(run_dir), resume=resume, overwrite=overwrite, data_dir=data_dir, progress=progress
+        cfg, Path(run_dir), resume=resume, overwrite=overwrite, data_dir=data_dir,
+        progress=progress, on_eval=on_eval,
     )
     return trainer.fit()
