@@ -407,3 +407,19 @@ def test_lora_is_refused_under_fsdp(data_dir, tmp_path, monkeypatch):
     with pytest.raises(GptkitError, match=r"LoRA \(finetune.lora_r\) runs with dist.strategy=ddp"):
         train(cfg("finetune.lora_r=4"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_eval_callback_sees_every_evaluation_and_may_end_the_run(data_dir, tmp_path):
+    """`on_eval` (how gptkit sweep prunes) gets each evaluation's step and held-out loss; a
+    returned reason stops the run there, saved and marked stopped early."""
+    seen = []
+
+    def on_eval(step, val_loss, record):
+        seen.append((step, val_loss, record["val_loss"]))
+        return "enough" if step == 10 else None
+
+    result = train(cfg("log.sample_tokens=0"), tmp_path / "run", progress=False,
+                   on_eval=on_eval)
+    assert [s[0] for s in seen] == [0, 10] and all(s[1] == s[2] for s in seen)
+    assert result.step == 10 and result.stopped_early
+    assert (tmp_path / "run" / "checkpoints" / "step-000010").is_dir()
