@@ -291,12 +291,14 @@ LOGS = ["train.checkpoint_interval=2", "log.plots=false", "log.tensorboard=false
 TINY_STEPS = {"train": [*TINY, *LOGS, "train.eval_tokens=256", "log.sample_tokens=0"],
               "distill": [*TINY, *LOGS, "train.eval_tokens=256", "log.sample_tokens=0"],
               "finetune": [*TINY, *LOGS, "log.sample_tokens=0"],
-              "finetune-classify": TINY}
+              "finetune-classify": TINY,
+              "sweep": [*TINY, *LOGS, "train.eval_tokens=256", "log.sample_tokens=0"]}
 # what an interactive command reads on stdin
 STDIN = {"chat": "Hello!\n/settings\n"}
 # appended where the command has the flag, to keep generation short
 SHORT = {"sample": ["--max-new-tokens", "8"], "chat": ["--max-new-tokens", "8"],
-         "eval-generate": ["--limit", "4", "--max-new-tokens", "8"]}
+         "eval-generate": ["--limit", "4", "--max-new-tokens", "8"],
+         "sweep": ["--trials", "2"]}
 
 
 def _why_not_run(argv: list[str], torchrun: bool, folder: Path) -> str | None:
@@ -368,7 +370,7 @@ def test_the_cheap_documented_commands_run(tiny_runs, tmp_path, monkeypatch, dat
             if any(a.startswith("train.epochs=") for a in argv):  # a tiny budget of its own
                 tiny = [s for s in tiny if s.split("=")[0] not in ("train.max_steps",
                                                                    "train.eval_interval")]
-            argv = [*argv, "--no-progress", *_sets([*model, *tiny])]
+            argv = [*argv, *SHORT.get(argv[0], []), "--no-progress", *_sets([*model, *tiny])]
             out = argv[argv.index("--out") + 1] if "--out" in argv else None
             if out and not (tiny_runs / out).exists():  # made here, for the commands after it
                 _run(argv, tiny_runs, monkeypatch, where, capsys)
