@@ -31,6 +31,8 @@ from gptkit.config.choices import (
     SplitBy,
     SplitProtocol,
     Strategy,
+    SweepPruner,
+    SweepSampler,
     ThresholdMode,
     TokenizerKind,
     WeightDtype,
@@ -63,6 +65,7 @@ def test_the_runtime_registries_are_the_declared_choices():
     from gptkit import compress
     from gptkit.finetune import heads
     from gptkit.rundir import QUANTIZATIONS
+    from gptkit.sweep.study import PRUNERS, SAMPLERS
     from gptkit.train.optim import OPTIMIZERS
     from gptkit.train.schedule import SCHEDULES
 
@@ -73,6 +76,7 @@ def test_the_runtime_registries_are_the_declared_choices():
     assert names(Quantization) == QUANTIZATIONS
     assert names(Precision) == (*names(InferencePrecision), "fp16")
     assert names(InferencePrecision) == ("auto", *names(WeightDtype))
+    assert tuple(SAMPLERS) == names(SweepSampler) and tuple(PRUNERS) == names(SweepPruner)
 
 
 def _options(command: str) -> dict[str, argparse.Action]:
@@ -88,7 +92,8 @@ def _options(command: str) -> dict[str, argparse.Action]:
     ("prune", "--method", PruneMethod), ("sample", "--precision", Precision),
     ("sample", "--quantize", Quantization), ("eval", "--quantize", Quantization),
     ("export", "--quantize", Quantization), ("info", "--precision", WeightDtype),
-    ("export", "--format", ExportFormat),
+    ("export", "--format", ExportFormat), ("sweep", "--sampler", SweepSampler),
+    ("sweep", "--pruner", SweepPruner),
 ])
 def test_command_line_choices_are_the_declared_ones(capsys, command, flag, choice):
     assert tuple(_options(command)[flag].choices) == names(choice)

@@ -114,17 +114,6 @@ def test_cli_bad_arguments(tmp_path, capsys, argv, message):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_sampler_and_pruner_choices_come_from_the_choices_module(capsys):
-    from gptkit.cli import main
-    from gptkit.config.choices import SweepPruner, SweepSampler, names
-
-    with pytest.raises(SystemExit):
-        main(["sweep", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "{" + ",".join(names(SweepSampler)) + "}" in text
-    assert "{" + ",".join(names(SweepPruner)) + "}" in text
-
-
 def test_without_optuna_the_error_says_how_to_install_it(monkeypatch):
     from gptkit.sweep import run_sweep
 

@@ -126,6 +126,7 @@ def test_an_interrupted_sweep_resumes_and_retries_the_interrupted_values(
     assert (out / "trial-0001" / "config.yaml").is_file()  # the interrupted one, kept
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_a_killed_workers_trial_is_failed_and_retried_after_its_heartbeat_stops(
         data_dir, tmp_path):
     out, space = tmp_path / "sweep", write_space(tmp_path)

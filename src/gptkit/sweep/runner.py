@@ -93,7 +93,7 @@ def run_sweep(
         storage=storage or f"sqlite:///{folder.resolve() / 'study.db'}",
         study_name=study_name or folder.resolve().name, overrides=overrides, sampler=sampler,
         pruner=pruner, seed=seed, data_dir=None if data_dir is None else str(data_dir),
-        progress=progress, heartbeat_s=heartbeat_s)
+        progress=progress and jobs == 1, heartbeat_s=heartbeat_s)
     study = load_study(spec, parsed)
     check_trial_folders(folder, study)
     before = finished(study)

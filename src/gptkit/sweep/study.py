@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,27 +73,61 @@ def _redacted(url: str) -> str:
         return "(unreadable URL)"
 
 
-def make_sampler(kind: str, space: Space, seed: int | None) -> optuna.samplers.BaseSampler:
+def _tpe(space: Space, seed: int | None) -> optuna.samplers.BaseSampler:
     import optuna
 
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _random(space: Space, seed: int | None) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _grid(space: Space, seed: int | None) -> optuna.samplers.BaseSampler:
+    import optuna
+
     return optuna.samplers.GridSampler(space.grid(), seed=seed)
 
 
-def make_pruner(kind: str) -> optuna.pruners.BasePruner:
-    """median: prune a trial worse than the median of earlier trials at the same evaluation
-    step, once 2 trials have finished (Optuna's default waits for 5, too many for a small
-    sweep); halving: successive halving with Optuna's defaults; none: never prune."""
+# keyed by gptkit.config.choices.SweepSampler (tests/test_choices.py checks)
+SAMPLERS: dict[str, Callable[[Space, int | None], optuna.samplers.BaseSampler]] = {
+    "tpe": _tpe, "random": _random, "grid": _grid}
+
+
+def make_sampler(kind: str, space: Space, seed: int | None) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[kind](space, seed)
+
+
+def _median() -> optuna.pruners.BasePruner:
+    """A trial worse than the median of earlier trials at the same evaluation step, once 2
+    trials have finished (Optuna's default waits for 5, too many for a small sweep)."""
     import optuna
 
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2)
-    if kind == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2)
+
+
+def _halving() -> optuna.pruners.BasePruner:
+    """Successive halving with Optuna's defaults."""
+    import optuna
+
+    return optuna.pruners.SuccessiveHalvingPruner()
+
+
+def _none() -> optuna.pruners.BasePruner:
+    import optuna
+
     return optuna.pruners.NopPruner()
+
+
+# keyed by gptkit.config.choices.SweepPruner (tests/test_choices.py checks)
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": _median, "halving": _halving, "none": _none}
+
+
+def make_pruner(kind: str) -> optuna.pruners.BasePruner:
+    return PRUNERS[kind]()
 
 
 def worker_seed(seed: int | None, existing: int, worker: int) -> int | None:
