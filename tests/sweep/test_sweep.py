@@ -174,3 +174,13 @@ def test_trial_folders_of_another_study_are_not_mixed_up(data_dir, tmp_path):
     (out / "trial-0000").mkdir(parents=True)
     with pytest.raises(GptkitError, match="holds trial-0000, which is no trial of study"):
         run_sweep("shakespeare-char", write_space(tmp_path), 1, out=out, overrides=TINY)
+
+
+def test_a_study_continues_only_with_its_own_space(data_dir, tmp_path):
+    from gptkit.errors import GptkitError
+
+    out = tmp_path / "sweep"
+    run_sweep("shakespeare-char", write_space(tmp_path), 1, out=out, overrides=TINY)
+    other = write_space(tmp_path, "train.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    with pytest.raises(GptkitError, match="searched train.lr as .* continue it with the same"):
+        run_sweep("shakespeare-char", other, 2, out=out, overrides=TINY)

@@ -16,6 +16,7 @@ from gptkit.sweep.results import space_info, write_best, write_summary
 from gptkit.sweep.space import Choice, load_space
 from gptkit.sweep.study import (
     _redacted,
+    check_same_space,
     check_trial_folders,
     done_message,
     finished,
@@ -96,6 +97,7 @@ def run_sweep(
         progress=progress and jobs == 1, heartbeat_s=heartbeat_s)
     study = load_study(spec, parsed)
     check_trial_folders(folder, study)
+    check_same_space(study, parsed)
     before = finished(study)
     if before:
         print(f"continuing {done_message(study, trials)}")

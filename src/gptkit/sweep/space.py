@@ -114,6 +114,27 @@ class Space(BaseModel):
                                                   step=p.step, log=p.log)
         return values
 
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """What Optuna stores of each key, to compare a study's earlier trials with."""
+        from optuna.distributions import (
+            BaseDistribution,
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        found: dict[str, BaseDistribution] = {}
+        for key, p in self.params.items():
+            if isinstance(p, Choices):
+                found[key] = CategoricalDistribution(p.choices)
+            elif p.is_int:
+                found[key] = IntDistribution(int(p.low), int(p.high), log=p.log,
+                                             step=int(p.step or 1))
+            else:
+                found[key] = FloatDistribution(float(p.low), float(p.high), log=p.log,
+                                               step=p.step)
+        return found
+
     def grid(self) -> dict[str, list[Choice]]:
         """Every point to try, for Optuna's GridSampler; a continuous range has none."""
         grid: dict[str, list[Choice]] = {}

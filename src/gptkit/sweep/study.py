@@ -214,6 +214,19 @@ def check_trial_folders(out: Path, study: optuna.Study) -> None:
             "or remove the trial folders")
 
 
+def check_same_space(study: optuna.Study, space: Space) -> None:
+    """A study continued with another range for a key would mix two searches (and Optuna
+    refuses a retried trial's values under a changed range in the middle of the sweep)."""
+    wanted = space.distributions()
+    for trial in study.get_trials(deepcopy=False):
+        for key, had in trial.distributions.items():
+            if wanted.get(key) != had:
+                raise GptkitError(
+                    f"study {study.study_name!r} searched {key} as {had}, which the space now "
+                    f"{'sets as ' + str(wanted[key]) if key in wanted else 'leaves out'}: "
+                    "continue it with the same space, or use another --out or --study-name")
+
+
 def run_workers(spec: SweepSpec, jobs: int) -> None:
     """`jobs` processes on this machine, each optimizing the same study (torch training does
     not share a process well: separate processes, each with its share of the cores)."""
