@@ -58,6 +58,7 @@ TITLES = {
     "serve_speculative": "Speculative decoding in the server's engine, batch 1 and 4",
     "speculative": "Speculative decoding with a distilled draft, batch 1",
     "suite": "The speed suite",
+    "sweep_optimizer": "Hyperparameter search of learning rate, warmup and weight decay",
     "train_speed": "Training and evaluation speed against transformers",
     "train_vs_nanogpt": "Training against nanoGPT",
 }
