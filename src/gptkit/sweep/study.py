@@ -232,8 +232,9 @@ def run_workers(spec: SweepSpec, jobs: int) -> None:
     not share a process well: separate processes, each with its share of the cores)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if "PYTHONPATH" not in env:  # the worker imports this very gptkit, even from a checkout
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    # the workers import this very gptkit (a checkout's too), then what the path had
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     processes = [subprocess.Popen([sys.executable, "-m", WORKER_MODULE, spec.to_json(),
                                    str(worker), str(threads)], env=env)
                  for worker in range(jobs)]
@@ -254,5 +255,10 @@ def grid_trials(space: Space, trials: int) -> tuple[int, str | None]:
 def done_message(study: optuna.Study, trials: int) -> str:
     c = counts(study)
     parts = [f"{c[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING") if c.get(s)]
-    return f"study {study.study_name!r}: {finished(study)}/{trials} trials finished " \
+    text = f"study {study.study_name!r}: {finished(study)}/{trials} trials finished " \
         f"({', '.join(parts) or 'none'})"
+    if c.get("RUNNING"):
+        text += ("; running ones belong to another worker, or to a sweep that was killed: "
+                 "those are failed and retried once their heartbeat is 3 intervals old (run "
+                 "the command again then)")
+    return text
