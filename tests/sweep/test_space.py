@@ -105,6 +105,7 @@ def test_cli_bad_space_exits_2_with_one_line(tmp_path, capsys):
     (["--trials", "0"], "--trials must be >= 1"),
     (["--trials", "2", "--jobs", "0"], "--jobs must be >= 1"),
     (["--trials", "2", "--set", "train.lrr=1"], "unknown setting 'train.lrr'"),
+    (["--trials", "2", "--storage", "nosuchdb://x"], "--storage nosuchdb://x is no database"),
 ])
 def test_cli_bad_arguments(tmp_path, capsys, argv, message):
     from gptkit.cli import main
