@@ -6,6 +6,7 @@ the folder holds, and which weights file `which=best|last` means.
                       chat model: chat fine-tuning runs, imported chat models
     metrics.jsonl     train and eval records          samples.txt, tb/, plots/  logs
     data.json         statistics of the data          environment.json  where it trained
+    epochs.json       how train.epochs and intervals given in epochs became steps
     best/             model.safetensors + config.json (+ README.md, adapter/): best weights
     checkpoints/      step-N/ (model.safetensors, optimizer.pt | sharded/), state.json
     labels.json       a classifier run (gptkit finetune-classify): {"task", "labels"}
@@ -41,6 +42,7 @@ TB_DIR = "tb"
 PLOTS_DIR = "plots"
 DATA_FILE = "data.json"
 ENVIRONMENT_FILE = "environment.json"
+EPOCHS_FILE = "epochs.json"
 # what a copy of a run (export --quantize, prune) takes over from the run it came from
 RECORD_FILES = (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, DATA_FILE, ENVIRONMENT_FILE)
 
@@ -105,6 +107,10 @@ class RunDir:
     @property
     def environment_file(self) -> Path:
         return self.path / ENVIRONMENT_FILE
+
+    @property
+    def epochs_file(self) -> Path:
+        return self.path / EPOCHS_FILE
 
     @property
     def plots(self) -> Path:
@@ -173,6 +179,11 @@ class RunDir:
 
     def environment(self) -> dict[str, Any] | None:
         return read_json(self.environment_file)
+
+    def epochs(self) -> dict[str, Any] | None:
+        """epochs.json: how settings given in epochs were turned into steps (None: none were)."""
+        record = read_json(self.epochs_file)
+        return record if isinstance(record, dict) else None
 
     @property
     def quantization(self) -> str | None:
