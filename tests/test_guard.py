@@ -136,18 +136,20 @@ def test_sample_regenerates_then_withholds_and_says_so(capsys, tiny_run, guard_r
 
 def test_sample_shows_the_regenerated_text_when_it_passes(capsys, tiny_run, guard_run, guard):
     """Seeds s (the sample) and s + 1 (its first regeneration) whose scores differ: with a
-    threshold between them the first crosses and the second is shown."""
+    threshold between them the first crosses and the second is shown. --bad-words still
+    bans its exact sequences, in the regenerated text too."""
     for seed in range(1, 20):
-        first, second = (sample(capsys, tiny_run, "--seed", str(s))[1].rstrip("\n")
-                         for s in (seed, seed + 1))
+        first, second = (sample(capsys, tiny_run, "--seed", str(s), "--bad-words", "e")[1]
+                         .rstrip("\n") for s in (seed, seed + 1))
         a, b = (guard.check(t[len("ROMEO:"):]).score for t in (first, second))
         if a > b:
             break
     else:
         pytest.fail("no seed whose regeneration scores lower")
     code, out, err = sample(capsys, tiny_run, "--seed", str(seed), "--guard", str(guard_run),
-                            "--guard-label", "flagged", "--threshold", str((a + b) / 2))
-    assert out.rstrip("\n") == second
+                            "--guard-label", "flagged", "--threshold", str((a + b) / 2),
+                            "--bad-words", "e")
+    assert out.rstrip("\n") == second and "e" not in second[len("ROMEO:"):]
     assert "sample 1 regenerated once" in err
 
 

@@ -181,3 +181,20 @@ def test_bad_guards_are_refused_before_the_server_starts(capsys, tiny_run, guard
 def test_a_classifier_run_takes_no_guard(capsys, guard_run):
     expect_error(capsys, "serve", str(guard_run), "--port", "0", "--guard", str(guard_run),
                  "--guard-label", "flagged", match="--guard checks generated text only")
+
+
+def test_gptkit_serve_guards_its_answers(tiny_run, guard_run, tmp_path):
+    """The command itself: --guard reaches the engine, /health shows it."""
+    import httpx
+
+    from tests.serve.conftest import health, serve_cli
+
+    with serve_cli(tiny_run, tmp_path / "log.txt", "--guard", str(guard_run), "--guard-label",
+                   "flagged", "--threshold", "0") as url:
+        assert health(url)["guard"] == {"run": str(guard_run), "label": "flagged",
+                                        "threshold": 0.0}
+        r = httpx.post(url + "/v1/completions", json={"prompt": "ROMEO:", **SAMPLED},
+                       timeout=60)
+        assert r.status_code == 200
+        assert (r.json()["choices"][0]["text"], r.json()["choices"][0]["finish_reason"]) == \
+            ("", "content_filter")

@@ -81,6 +81,9 @@ def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = 
                      "tokens per step (--draft-tokens), prefix cache off with --draft")
         print(f"KV pool: {pool['rows']} rows x {pool['positions_per_row']} positions "
               f"({human_bytes(pool['bytes'])}, --max-batch-size), {cache}", flush=True)
+    if guard is not None:
+        print(f"guard: {guard.name} withholds answers with P({guard.label}) >= "
+              f"{guard.threshold:g} (finish_reason content_filter)", flush=True)
     if not settings.is_loopback and settings.api_key is None:
         print(f"gptkit: warning: {settings.host} may be reachable from other machines and no "
               "--api-key is set: anyone who can connect can use the model", file=sys.stderr)
