@@ -59,6 +59,7 @@ def register(commands: Any) -> None:
                    help="largest request body (default 1000000; larger: 413)")
     options.add_inference(p, quantize=f"{options.INT8_HELP}, as for gptkit sample")
     options.add_draft(p)
+    options.add_guard(p, retries=False)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="info", help="server log detail; info shows each request "
                    "(default: info)")
@@ -89,5 +90,10 @@ def serve(args: argparse.Namespace) -> None:
     if run.classifier is not None and args.draft is not None:
         raise GptkitError(f"{args.run} is a classifier run; --draft speeds up generation "
                           "only: leave it out")
+    if run.classifier is not None and args.guard is not None:
+        raise GptkitError(f"{args.run} is a classifier run; --guard checks generated text "
+                          "only: leave it out")
     draft = options.load_draft(args, run)
-    server.serve(run.classifier or run, settings, log_level=args.log_level, draft=draft)
+    guard = options.load_guard(args)
+    server.serve(run.classifier or run, settings, log_level=args.log_level, draft=draft,
+                 guard=guard)

@@ -29,6 +29,7 @@ from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.speculative import Speculative
+from gptkit.guard import OutputGuard
 from gptkit.run import Run
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
 from gptkit.serve.engine import Engine, Event, Job
@@ -64,19 +65,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None = None,
-               *, name: str | None = None, draft: Speculative | None = None) -> FastAPI:
+               *, name: str | None = None, draft: Speculative | None = None,
+               guard: OutputGuard | None = None) -> FastAPI:
     """The API for one loaded run (`load_run`; a classifier run's `Run.classifier`); `name`
     is its model id (default: the run folder's name); `draft`: decode speculatively with
-    this draft model (same tokenizer; `gptkit.serve.speculate`)."""
+    this draft model (same tokenizer; `gptkit.serve.speculate`); `guard`: withhold answers
+    that cross its threshold (finish_reason content_filter; `gptkit.guard`)."""
     settings = settings or ServeSettings()
     settings.check()
     engine = model if isinstance(model, Engine) else Engine(
         model, name=name, max_batch_size=settings.max_batch_size,
         prefill_chunk=settings.prefill_chunk, prefix_cache_mb=settings.prefix_cache_mb,
-        draft=draft)
-    if draft is not None and engine is model:
-        raise GptkitError("create_app(engine, draft=...): give the draft to Engine(..., "
-                          "draft=) instead")
+        draft=draft, guard=guard)
+    if (draft is not None or guard is not None) and engine is model:
+        raise GptkitError("create_app(engine, draft=..., guard=...): give them to "
+                          "Engine(..., draft=, guard=) instead")
     scheduler = Scheduler(engine)
     gate = Gate(settings.max_concurrent)
     readiness = Readiness()
@@ -176,6 +179,9 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             "queued": scheduler.queued, "stats": asdict(engine.stats),
             "kv_pool": engine.pool_info(),
             "defaults": defaults if engine.task == "generate" else None,
+            "guard": None if engine.guard is None else {
+                "run": engine.guard.name, "label": engine.guard.label,
+                "threshold": engine.guard.threshold},
             "limits": {"max_tokens": settings.max_tokens,
                        "max_prompt_tokens": settings.max_prompt_tokens,
                        "max_concurrent": settings.max_concurrent,

@@ -14,6 +14,11 @@ carries those of the tokens whose text it carries, a Finish those of the whole c
 the text kept before a stop string), a Prompt those of an echoed prompt (the raw model's).
 `Job.keep` < n ranks the candidates (OpenAI's `best_of`) by mean token log-probability and
 returns the best.
+
+A guard (`gptkit.guard`, `gptkit serve --guard`) scores each finished choice, and a streamed
+one a sentence at a time as it completes, its text held back until then: a choice that
+crosses ends with finish_reason "content_filter", as OpenAI's, and keeps only the text
+already streamed (none, unstreamed).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from gptkit.generation.logprobs import (
 )
 from gptkit.generation.speculative import Speculative
 from gptkit.generation.text import first_stop, showable
+from gptkit.guard import OutputGuard, SentenceGate
 from gptkit.model import GPT
 from gptkit.run import Run
 from gptkit.serve.prefix import PrefixStore
@@ -78,7 +84,9 @@ class Delta:
 class Finish:
     index: int
     text: str  # the choice's whole text
-    reason: str  # "stop" (end-of-text or a stop string) or "length" (max_tokens reached)
+    # "stop" (end-of-text or a stop string), "length" (max_tokens reached) or
+    # "content_filter" (the guard withheld the rest: `text` is what was streamed before it)
+    reason: str
     tokens: list[TokenLogprob] | None = None  # every token of `text` (when logprobs asked)
 
 
@@ -153,6 +161,7 @@ class _Row:
     end_logprob: float | None = None  # of the end-of-text token that ended it
     sent: int = 0  # tokens whose records have been streamed
     finish: Finish | None = None  # held back while candidates are ranked
+    gate: SentenceGate | None = None  # the guard's, when there is one
 
     def score(self) -> float:
         """best_of's ranking: mean log-probability of the kept tokens (and of the
@@ -185,6 +194,7 @@ class Stats:
     prefix_cache_evictions: int = 0
     draft_tokens: int = 0  # tokens a draft model proposed (speculative decoding, --draft)
     accepted_tokens: int = 0  # of those, kept by the model (each row's own count)
+    withheld: int = 0  # choices the guard ended with finish_reason content_filter
 
 
 class Engine:
@@ -192,13 +202,14 @@ class Engine:
 
     def __init__(self, run: Run | Classifier, name: str | None = None, *,
                  max_batch_size: int = 16, prefill_chunk: int = 64,
-                 prefix_cache_mb: float | None = None, draft: Speculative | None = None
-                 ) -> None:
+                 prefix_cache_mb: float | None = None, draft: Speculative | None = None,
+                 guard: OutputGuard | None = None) -> None:
         """`max_batch_size`: rows (prompts x n) decoding together, the KV pool's slots;
         `prefill_chunk`: prompt tokens prefilled per step; `prefix_cache_mb`: the prefix
         store's budget (0: no prefix reuse; None: 256 MB, none with a draft); `draft`: decode
         speculatively with this draft model (`gptkit.serve.speculate`; it must share the
-        run's tokenizer, and there is no prefix reuse with it: a budget is then an error)."""
+        run's tokenizer, and there is no prefix reuse with it: a budget is then an error);
+        `guard`: withhold what crosses its threshold (`gptkit.guard`)."""
         if draft is not None and prefix_cache_mb:
             raise GptkitError("--prefix-cache-mb does nothing with --draft (speculative "
                               "decoding runs without prefix reuse): leave one of them out")
@@ -209,6 +220,7 @@ class Engine:
         weights = Path(run.weights) if isinstance(run, Run) else Path(run.path)
         self.created = int(weights.stat().st_mtime) if weights.exists() else int(time.time())
         self.stats = Stats()
+        self.guard = guard
         self._rows: dict[Job, list[_Row]] = {}
         self._stepper: Stepper | None = None
         if isinstance(run, Run):
@@ -225,9 +237,9 @@ class Engine:
                 self._stepper = Stepper(model, max_batch_size, eot_id=eot, stats=self.stats,
                                         prefill_chunk=prefill_chunk, listener=listener,
                                         store=store)
-        elif draft is not None:
-            raise GptkitError(f"{self.name} is a classifier run; a draft model speeds up "
-                              "generation only: leave out --draft")
+        elif draft is not None or guard is not None:
+            raise GptkitError(f"{self.name} is a classifier run; a draft model or a guard acts "
+                              "on generated text only: leave out --draft and --guard")
 
     @property
     def task(self) -> Literal["generate", "classify"]:
@@ -400,9 +412,22 @@ class Engine:
                 self._finish(row, "stop")
                 return
             if job.stream:
-                self._show(row, text[: showable(text, job.stops)])
+                shown = self._released(row, text[: showable(text, job.stops)])
+                if shown is None:
+                    self._finish(row, "content_filter")
+                    return
+                self._show(row, shown)
         if step >= job.max_tokens:
             self._finish(row, "length")
+
+    def _released(self, row: _Row, text: str) -> str | None:
+        """What of a streamed choice's `text` may be sent: all of it, or under a guard its
+        complete sentences that passed; None once one has crossed."""
+        if self.guard is None:
+            return text
+        row.gate = row.gate or self.guard.gate()
+        end = row.gate.release(text)
+        return None if end is None else text[:end]
 
     def _show(self, row: _Row, text: str, final: bool = False) -> None:
         """Stream `text` (the choice's text so far) and the records of the tokens it now
@@ -439,6 +464,10 @@ class Engine:
             at = first_stop(text, row.job.stops)
             row.text = text if at is None else text[:at]
         job = row.job
+        if self.guard is not None and (reason == "content_filter" or not (
+                row.gate or self.guard.gate()).finish(row.text)):
+            row.text, reason = row.shown, "content_filter"  # withheld: what was sent stays
+            self.stats.withheld += 1
         if job.stream and not job.ranks:
             self._show(row, row.text, final=True)
         row.reason = reason

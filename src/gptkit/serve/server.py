@@ -18,6 +18,7 @@ from typing import Any
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.speculative import Speculative
+from gptkit.guard import OutputGuard
 from gptkit.memory import human_bytes
 from gptkit.run import Run
 from gptkit.serve.settings import ServeSettings
@@ -57,13 +58,13 @@ def base_url(sock: socket.socket) -> str:
 
 
 def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = "info",
-          draft: Speculative | None = None) -> None:
+          draft: Speculative | None = None, guard: OutputGuard | None = None) -> None:
     """Serve until Ctrl-C (uvicorn then lets open requests finish for up to 3 seconds);
-    `draft`: decode speculatively with it."""
+    `draft`: decode speculatively with it; `guard`: withhold what crosses its threshold."""
     from gptkit.serve.app import create_app
 
     settings.check()
-    app = create_app(model, settings, draft=draft)
+    app = create_app(model, settings, draft=draft, guard=guard)
     sock = bind(settings.host, settings.port)
     url = base_url(sock)
     engine = app.state.engine
@@ -80,6 +81,9 @@ def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = 
                      "tokens per step (--draft-tokens), prefix cache off with --draft")
         print(f"KV pool: {pool['rows']} rows x {pool['positions_per_row']} positions "
               f"({human_bytes(pool['bytes'])}, --max-batch-size), {cache}", flush=True)
+    if guard is not None:
+        print(f"guard: {guard.name} withholds answers with P({guard.label}) >= "
+              f"{guard.threshold:g} (finish_reason content_filter)", flush=True)
     if not settings.is_loopback and settings.api_key is None:
         print(f"gptkit: warning: {settings.host} may be reachable from other machines and no "
               "--api-key is set: anyone who can connect can use the model", file=sys.stderr)
