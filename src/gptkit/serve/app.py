@@ -30,6 +30,7 @@ from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.speculative import Speculative
 from gptkit.run import Run
+from gptkit.serve.arena import Arena
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
 from gptkit.serve.engine import Engine, Event, Job
 from gptkit.serve.errors import APIError, install_handlers
@@ -64,10 +65,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None = None,
-               *, name: str | None = None, draft: Speculative | None = None) -> FastAPI:
+               *, name: str | None = None, draft: Speculative | None = None,
+               arena: Arena | None = None) -> FastAPI:
     """The API for one loaded run (`load_run`; a classifier run's `Run.classifier`); `name`
     is its model id (default: the run folder's name); `draft`: decode speculatively with
-    this draft model (same tokenizer; `gptkit.serve.speculate`)."""
+    this draft model (same tokenizer; `gptkit.serve.speculate`); `arena`: also serve a blind
+    comparison of this run and the arena's (`gptkit.serve.arena`, /v1/arena/*)."""
     settings = settings or ServeSettings()
     settings.check()
     engine = model if isinstance(model, Engine) else Engine(
@@ -104,11 +107,15 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         readiness.begin()
         executor.submit(warm_up, engine).add_done_callback(readiness.warmed_by)
         scheduler.start(executor)
+        if arena is not None:
+            arena.start()
         try:
             yield
         finally:
             readiness.stop()
             await scheduler.stop()
+            if arena is not None:
+                await arena.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptkit", summary=f"serving {engine.name}", lifespan=lifespan,
@@ -120,6 +127,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     # outermost: counts the answers Guard gives too (401, 413)
     app.add_middleware(RequestCounter, metrics=metrics, routes=lambda: app.routes)
     install_handlers(app)
+    if arena is not None:
+        app.include_router(arena.router(engine, scheduler, gate, settings, metrics))
 
     def check_model(requested: str | None, task: str) -> None:
         if requested is not None and requested != engine.name:
