@@ -79,9 +79,13 @@ def test_a_battle_hides_the_models_until_the_vote(client):
         assert texts[0] and reasons[0] in ("stop", "length")
         assert {e["model"] for e in events[:-1]} == {f"arena-{side}"}
         assert "tiny" not in str(events)
-    whole = client.post(f"/v1/arena/battles/{battle['id']}/answers/b",
-                        json={"max_tokens": 4, "stream": False}).json()
-    assert whole["model"] == "arena-b" and whole["choices"][0]["text"]
+    wholes = [client.post(f"/v1/arena/battles/{battle['id']}/answers/b", json={
+        "max_tokens": 24, "stream": False, "temperature": 1.0, **seed}).json()
+        for seed in ({}, {}, {"seed": 5}, {"seed": 5})]
+    assert {w["model"] for w in wholes} == {"arena-b"}
+    texts = [w["choices"][0]["text"] for w in wholes]
+    assert texts[0] != texts[1]  # no seed: fresh randomness for every answer
+    assert texts[2] == texts[3]  # a seed: the same answer
     result = client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "b"})
     assert result.status_code == 200
     revealed = result.json()

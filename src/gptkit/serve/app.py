@@ -184,6 +184,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             "context_length": engine.block_size, "in_progress": gate.active,
             "queued": scheduler.queued, "stats": asdict(engine.stats),
             "kv_pool": engine.pool_info(),
+            "arena": arena is not None,  # the playground's Compare tab (/v1/arena/*)
             "defaults": defaults if engine.task == "generate" else None,
             "limits": {"max_tokens": settings.max_tokens,
                        "max_prompt_tokens": settings.max_prompt_tokens,

@@ -43,7 +43,7 @@ from gptkit.serve.limits import Gate
 from gptkit.serve.metrics import Metrics
 from gptkit.serve.replies import EventStream, Shape, collect, meta, stream
 from gptkit.serve.scheduler import Scheduler
-from gptkit.serve.schemas import Strict
+from gptkit.serve.schemas import SEED_MAX, SEED_MIN, Strict
 from gptkit.serve.settings import ServeSettings
 
 MAX_PROMPT_CHARS = 20_000
@@ -71,6 +71,8 @@ class AnswerRequest(Strict):
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0, description="0 = all tokens")
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX,
+                             description="same seed, same answer; none: fresh randomness")
     stream: bool = Field(True, description="server-sent events, as /v1/completions streams")
 
 
@@ -246,7 +248,8 @@ class Arena:
                 max_new_tokens=max_tokens,
                 temperature=sample.temperature if body.temperature is None
                 else body.temperature,
-                top_k=top_k or None, top_p=sample.top_p if body.top_p is None else body.top_p)
+                top_k=top_k or None, top_p=sample.top_p if body.top_p is None else body.top_p,
+                seed=body.seed)
             return await self._generate(seat, ids, config, body.stream, side, gate, metrics,
                                         request)
 
