@@ -42,7 +42,7 @@ def table(records: Sequence[Record]) -> str:
     rows = [(str(i), r.model, f"{r.rating:.0f}", str(r.battles), str(r.wins),
              str(r.ties), str(r.losses), _interval(r)) for i, r in enumerate(records, 1)]
     widths = [max(len(row[c]) for row in [head, *rows]) for c in range(len(head))]
-    left = {1}  # the model's name; numbers are right-aligned
+    left = {1, 7}  # the name and the interval; numbers are right-aligned
     lines = ["  ".join(cell.ljust(w) if c in left else cell.rjust(w)
                        for c, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in [head, *rows]]
@@ -86,7 +86,8 @@ def draw(records: Sequence[Record], out: str | Path) -> Path:
                        textcoords="offset points", va="center", fontsize=9)
     right.axvline(0.5, color="0.4", linewidth=0.8, linestyle="--")
     right.set_xlim(0, 1.15)
-    right.set_xlabel("win rate of decided battles, Wilson 95% interval (wins-ties-losses)")
+    right.set_xlabel("win rate of decided battles, Wilson 95% interval\n"
+                     "(beside each: wins-ties-losses)")
     for ax in (left, right):
         ax.grid(True, axis="x", alpha=0.3)
     total = sum(r.battles for r in records) // 2
