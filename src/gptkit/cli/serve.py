@@ -21,7 +21,9 @@ def register(commands: Any) -> None:
         "GET /health, POST /v1/classify for finetune-classify runs, and a playground page at "
         "/. Requests decode together, joining and leaving at every step (continuous batching, "
         "shared prompt prefixes computed once; --draft RUN: speculative decoding with a small "
-        "model of the same tokenizer). Listens on 127.0.0.1 "
+        "model of the same tokenizer; --compare RUN2 --votes FOLDER: a blind comparison of runs "
+        "or checkpoints, the playground's Compare tab and POST /v1/arena/battles, ranked by "
+        "gptkit arena FOLDER). Listens on 127.0.0.1 "
         "(this machine only) unless --host says otherwise.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
