@@ -141,6 +141,13 @@ def test_a_vote_after_a_restart_counts_and_no_prompt_file_is_a_422(tiny_run, ste
                            json={"winner": "both_bad"}).status_code == 200
     (vote,) = VoteStore.open(votes).votes()
     assert vote.winner == "both_bad"
+    # a server of other models still takes votes, but cannot answer for a model it lacks
+    other = str(tiny_run / "checkpoints" / "step-000020")
+    with arena_client(tiny_run, votes, other) as third:
+        statuses = {third.post(f"/v1/arena/battles/{battle}/answers/{side}",
+                               json={"max_tokens": 2, "stream": False}).status_code
+                    for side in "ab"}
+        assert statuses == {200, 409}
 
 
 @pytest.mark.parametrize("extra,message", [

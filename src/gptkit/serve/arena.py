@@ -89,8 +89,7 @@ class VoteResult(Strict):
 
 class ArenaInfo(Strict):
     models: list[str]
-    prompts: int
-    votes_folder: str
+    prompts: int  # how many the --prompts file holds
 
 
 # --- contestants ------------------------------------------------------------------------------
@@ -202,8 +201,7 @@ class Arena:
         @router.get("", response_model=ArenaInfo)
         async def info() -> ArenaInfo:
             """The contestants (which one answers which battle stays hidden)."""
-            return ArenaInfo(models=sorted(self.seats), prompts=len(self.prompts),
-                             votes_folder=str(self.store.folder))
+            return ArenaInfo(models=sorted(self.seats), prompts=len(self.prompts))
 
         @router.post("/battles", response_model=BattleInfo)
         async def new_battle(body: BattleRequest) -> BattleInfo:
