@@ -225,7 +225,11 @@ class RunDir:
         """The weights `which` means: best/ (or a classifier run's own file), falling back to
         the newest valid checkpoint when there is none; `last` the newest valid checkpoint,
         falling back to best/ in a run without checkpoints (an imported one). A sharded
-        checkpoint's weights are its `sharded/` folder."""
+        checkpoint's weights are its `sharded/` folder. `step-N`: that checkpoint's weights
+        (verified against its checksums), as `gptkit serve --compare RUN/checkpoints/step-N`
+        names one."""
+        if which.startswith("step-"):
+            return self.checkpoint_weights(which)
         if which not in ("best", "last"):
             raise GptkitError(f"checkpoint choice must be best or last, got {which!r}")
         best = self.best_weights
@@ -237,6 +241,16 @@ class RunDir:
         if not has_checkpoints and self.is_classifier:
             raise GptkitError(f"{best} is missing; train the classifier again")
         ckpt, _ = checkpoint.latest_valid_checkpoint(self.path)
+        return ckpt / (checkpoint.SHARDED_DIR if checkpoint.is_sharded(ckpt) else MODEL_FILE)
+
+    def checkpoint_weights(self, name: str) -> Path:
+        """The weights of the checkpoint `name` (step-N), once it verifies."""
+        ckpt = self.checkpoints / name
+        if not ckpt.is_dir():
+            steps = ", ".join(p.name for p in checkpoint.list_checkpoints(self.path)) or "none"
+            raise GptkitError(f"{ckpt} does not exist; the run's checkpoints: {steps}")
+        if problem := checkpoint.verify_checkpoint(ckpt):
+            raise GptkitError(f"checkpoint {ckpt} is damaged ({problem}); name another")
         return ckpt / (checkpoint.SHARDED_DIR if checkpoint.is_sharded(ckpt) else MODEL_FILE)
 
     def is_checkpoint(self, weights: Path) -> bool:

@@ -184,13 +184,22 @@ def test_a_classifier_run_takes_no_guard(capsys, guard_run):
 
 
 def test_gptkit_serve_guards_its_answers(tiny_run, guard_run, tmp_path):
-    """The command itself: --guard reaches the engine, /health shows it."""
+    """The command itself: --guard reaches the engine, /health shows it, and it guards the
+    arena's contestants (--compare) as it guards RUN."""
     import httpx
 
     from tests.serve.conftest import health, serve_cli
 
+    step10 = tiny_run / "checkpoints" / "step-000010"
     with serve_cli(tiny_run, tmp_path / "log.txt", "--guard", str(guard_run), "--guard-label",
-                   "flagged", "--threshold", "0") as url:
+                   "flagged", "--threshold", "0", "--compare", str(step10), "--votes",
+                   str(tmp_path / "votes")) as url:
+        battle = httpx.post(url + "/v1/arena/battles", json={"prompt": "ROMEO:"},
+                            timeout=60).json()
+        for side in ("a", "b"):
+            r = httpx.post(f"{url}/v1/arena/battles/{battle['id']}/answers/{side}",
+                           json={"stream": False, "max_tokens": 8}, timeout=60)
+            assert r.json()["choices"][0]["finish_reason"] == "content_filter", side
         assert health(url)["guard"] == {"run": str(guard_run), "label": "flagged",
                                         "threshold": 0.0}
         r = httpx.post(url + "/v1/completions", json={"prompt": "ROMEO:", **SAMPLED},

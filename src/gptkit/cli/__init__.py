@@ -11,6 +11,7 @@ into a one-line message and exit code 2.
     classify.py    finetune-classify, classify
     viz.py         viz attention
     serve.py       serve
+    arena.py       arena
     examples.py    examples
     options.py     the options several commands share, each declared once
 """
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from gptkit.cli import (
+    arena,
     chat,
     classify,
     evaluation,
@@ -38,7 +40,7 @@ from gptkit.errors import GptkitError
 
 # in the order `gptkit --help` lists them
 GROUPS = (train_commands, evaluation, sample, chat, runs, export, examples, classify, viz_commands,
-          serve)
+          serve, arena)
 
 
 def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -21,6 +21,7 @@ from gptkit.generation.speculative import Speculative
 from gptkit.guard import OutputGuard
 from gptkit.memory import human_bytes
 from gptkit.run import Run
+from gptkit.serve.arena import Arena
 from gptkit.serve.settings import ServeSettings
 
 
@@ -58,19 +59,24 @@ def base_url(sock: socket.socket) -> str:
 
 
 def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = "info",
-          draft: Speculative | None = None, guard: OutputGuard | None = None) -> None:
+          draft: Speculative | None = None, guard: OutputGuard | None = None,
+          arena: Arena | None = None) -> None:
     """Serve until Ctrl-C (uvicorn then lets open requests finish for up to 3 seconds);
-    `draft`: decode speculatively with it; `guard`: withhold what crosses its threshold."""
+    `draft`: decode speculatively with it; `guard`: withhold what crosses its threshold;
+    `arena`: also serve a blind comparison."""
     from gptkit.serve.app import create_app
 
     settings.check()
-    app = create_app(model, settings, draft=draft, guard=guard)
+    app = create_app(model, settings, draft=draft, guard=guard, arena=arena)
     sock = bind(settings.host, settings.port)
     url = base_url(sock)
     engine = app.state.engine
     print(f"serving {engine.name} ({engine.task}) on {url}: playground {url}/, API "
           f"{url}/v1/{'classify' if engine.task == 'classify' else 'completions'}, "
           f"docs {url}/docs; Ctrl-C stops", flush=True)
+    if arena is not None:
+        print(f"arena: {', '.join(sorted(arena.seats))}; votes in {arena.store.file}; "
+              f"Compare tab {url}/", flush=True)
     pool = engine.pool_info()
     if pool is not None:
         cache = (f"prefix cache up to {human_bytes(pool['prefix_cache_bytes'])} "
