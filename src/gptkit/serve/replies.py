@@ -23,8 +23,8 @@ from starlette.types import Receive, Scope, Send
 
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.logprobs import TokenLogprob
-from gptkit.serve.engine import Delta, End, Event, Failure, Finish, Job, Prompt
 from gptkit.serve.errors import APIError, error_body
+from gptkit.serve.jobs import Delta, End, Event, Failure, Finish, Job, Prompt
 from gptkit.serve.limits import Gate
 from gptkit.serve.metrics import Metrics, ReplyClock
 from gptkit.serve.scheduler import Scheduler
