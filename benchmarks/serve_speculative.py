@@ -27,7 +27,8 @@ from benchmarks.common import made_by, write_results
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.speculative import Speculative
 from gptkit.run import Run
-from gptkit.serve.engine import Engine, Event, Finish, Job
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Event, Finish, Job
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "First Citizen:\n", "KING RICHARD III:\nNow is the"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -53,3 +54,35 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(load_config("shakespeare-char", [*TINY, "log.plots=true"]), run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def guard_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sequence classifier (labels `flagged`, `ok`) trained for a few steps on texts that
+    do or do not hold "love": a guard for the generation tests (`gptkit.guard`); its scores
+    are those of 30 steps, so tests pick thresholds from measured scores."""
+    import random
+
+    from gptkit.config import build_config
+    from gptkit.train.objectives.classify import finetune_classifier
+
+    rng = random.Random(0)
+    words = ["thou", "art", "the", "king", "of", "night", "and", "my", "lord", "speak"]
+    rows = []
+    for i in range(120):
+        text = " ".join(rng.sample(words, 5))
+        rows.append({"text": f"{text} love" if i % 2 else text,
+                     "label": "flagged" if i % 2 else "ok"})
+    folder = tmp_path_factory.mktemp("guard")
+    source = folder / "guard.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    cfg = build_config({
+        "name": "guard",
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
+        "data": {"source": str(source), "tokenizer": "bpe", "vocab_size": 300,
+                 "val_fraction": 0.2},
+        "train": {"max_steps": 30, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5,
+                  "eval_interval": 30, "log_interval": 10, "seed": 1},
+        "classify": {"task": "sequence"}})
+    finetune_classifier(cfg, folder / "run", progress=False)
+    return folder / "run"

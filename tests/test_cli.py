@@ -42,7 +42,8 @@ def test_help_explains_every_command():
     top = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True,
                          text=True, check=True).stdout
     leaves = [leaf.prog.split()[1:] for leaf in leaf_parsers(build_parser())]
-    assert len(leaves) == 20 and ["viz", "attention"] in leaves
+    assert len(leaves) == 21 and ["viz", "attention"] in leaves and ["arena"] in leaves
+    assert ["sweep"] in leaves
     for command in leaves:
         assert command[0] in top
         text = subprocess.run([sys.executable, "-m", "gptkit", *command, "--help"],

@@ -45,6 +45,14 @@ def test_components_add_up_with_the_architecture_options():
     assert describe(load_config("shakespeare-char"), 65)["model"]["options"] == []
 
 
+def test_options_name_the_rotary_scaling_of_an_extended_context():
+    cfg = load_config("shakespeare-char", [
+        "model.pos_embedding=rope", "model.rope_scale=0.5", "model.rope_base=20000",
+        "model.context_extension=interpolate"])
+    assert describe(cfg, 65)["model"]["options"] == [
+        "rotary positions (base 20000, scale 0.5)", "context extended (interpolate)"]
+
+
 def test_describe_reports_memory_for_the_precision():
     cfg = load_config("shakespeare-char")
     fp32, bf16 = describe(cfg, 65), describe(cfg, 65, "bf16")

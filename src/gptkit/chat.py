@@ -20,6 +20,7 @@ from gptkit.generation.config import GenerationConfig
 from gptkit.generation.sampling import generate_tokens
 from gptkit.generation.speculative import Speculative, speculative_tokens
 from gptkit.generation.text import bad_words_ids, first_stop, showable
+from gptkit.guard import OutputGuard, SentenceGate, Verdict
 from gptkit.model import GPT
 from gptkit.tokenizers import Tokenizer
 
@@ -37,10 +38,13 @@ class Prompt:
 @dataclass(frozen=True)
 class Reply:
     """The assistant's answer as kept in the history; `interrupted`: stopped by Ctrl-C (the
-    text shown until then is kept)."""
+    text shown until then is kept); `regenerated`: answers the guard refused before this one;
+    `withheld`: the guard's verdict when it stopped the answer (`text` is what was shown)."""
 
     text: str
     interrupted: bool = False
+    regenerated: int = 0
+    withheld: Verdict | None = None
 
 
 class ChatSession:
@@ -50,11 +54,16 @@ class ChatSession:
     token by token (no beams, one sample), since replies stream. The template's end-of-turn
     text joins their stop strings (`settings` holds them all: what `/settings` shows).
     `speculative`: a draft model proposes the reply's tokens (`gptkit.generation.speculative`).
+    `guard`: a classifier that checks each reply a sentence at a time (`gptkit.guard`); a reply
+    that crosses before any of it was shown is regenerated up to `retries` times (when
+    sampling: greedy decoding would give it again), else it ends before the sentence that
+    crossed.
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, template: ChatTemplate,
                  settings: GenerationConfig, system: str | None = None,
-                 speculative: Speculative | None = None) -> None:
+                 speculative: Speculative | None = None, guard: OutputGuard | None = None,
+                 retries: int = 0) -> None:
         if settings.num_beams > 1 or settings.num_samples > 1:
             raise GptkitError(
                 f"a chat reply is one text streamed token by token: num_beams "
@@ -73,6 +82,8 @@ class ChatSession:
         self.settings = settings.replace(stop=stops)
         self.system = system or None
         self.speculative = speculative  # a draft model proposing tokens, or None
+        self.guard = guard
+        self.retries = retries
         self.history: list[Message] = []  # user, assistant, user, assistant, ...
         self.replies = 0  # replies generated so far: reply n samples with seed + n
         banned = bad_words_ids(tokenizer, settings.bad_words) + list(settings.bad_words_ids or [])
@@ -126,8 +137,26 @@ class ChatSession:
         """Generate the reply to a prepared prompt, drop the turns it left out and add the
         message and the reply to the history. `stream(piece)` receives the reply as it is
         generated (the pieces join to `Reply.text`); text that may be the start of a stop
-        string is held back until it is known not to be one. Ctrl-C (KeyboardInterrupt)
-        stops the reply, which keeps the text shown so far."""
+        string is held back until it is known not to be one (under a guard, until its
+        sentence is complete and scored). Ctrl-C (KeyboardInterrupt) stops the reply, which
+        keeps the text shown so far."""
+        regenerated = 0
+        while True:
+            gate = None if self.guard is None else self.guard.gate()
+            text, interrupted, shown = self._attempt(prompt, stream, gate)
+            if gate is None or gate.verdict is None or interrupted or shown \
+                    or not self.settings.do_sample or regenerated >= self.retries:
+                break
+            regenerated += 1
+        del self.history[: 2 * prompt.dropped]
+        self.history += [{"role": "user", "content": prompt.message},
+                         {"role": "assistant", "content": text}]
+        return Reply(text, interrupted, regenerated, None if gate is None else gate.verdict)
+
+    def _attempt(self, prompt: Prompt, stream: Callable[[str], None] | None,
+                 gate: SentenceGate | None) -> tuple[str, bool, str]:
+        """One generated reply: (its text, interrupted, the part streamed). Under a guard
+        that it crosses, the text is what was streamed before the crossing."""
         eot_id, stops = self.tokenizer.eot_id, self.settings.stop
         seed = self.settings.seed
         # one seed gives the same conversation, yet each reply draws its own randomness
@@ -153,6 +182,11 @@ class ChatSession:
                 if first_stop(text, stops) is not None:
                     break
                 visible = text[: showable(text, stops)]
+                if gate is not None:
+                    allowed = gate.release(visible)
+                    if allowed is None:
+                        return shown, False, shown  # crossed: its sentence is never shown
+                    visible = visible[:allowed]
                 if stream is not None and len(visible) > len(shown) \
                         and visible.startswith(shown):
                     piece, shown = visible[len(shown) :], visible
@@ -160,17 +194,15 @@ class ChatSession:
         except KeyboardInterrupt:
             interrupted = True
         if interrupted:
-            reply = shown
-        else:
-            text = self.tokenizer.decode(new)
-            at = first_stop(text, stops)
-            reply = text if at is None else text[:at]
-            if stream is not None and len(reply) > len(shown) and reply.startswith(shown):
-                stream(reply[len(shown) :])
-        del self.history[: 2 * prompt.dropped]
-        self.history += [{"role": "user", "content": prompt.message},
-                         {"role": "assistant", "content": reply}]
-        return Reply(reply, interrupted)
+            return shown, True, shown
+        text = self.tokenizer.decode(new)
+        at = first_stop(text, stops)
+        reply = text if at is None else text[:at]
+        if gate is not None and not gate.finish(reply):
+            return shown, False, shown
+        if stream is not None and len(reply) > len(shown) and reply.startswith(shown):
+            stream(reply[len(shown) :])
+        return reply, False, shown
 
     def reply(self, message: str, stream: Callable[[str], None] | None = None) -> Reply:
         """`respond(prepare(message))`: the next reply, in one call."""

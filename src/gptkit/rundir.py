@@ -6,6 +6,7 @@ the folder holds, and which weights file `which=best|last` means.
                       chat model: chat fine-tuning runs, imported chat models
     metrics.jsonl     train and eval records          samples.txt, tb/, plots/  logs
     data.json         statistics of the data          environment.json  where it trained
+    epochs.json       how train.epochs and intervals given in epochs became steps
     best/             model.safetensors + config.json (+ README.md, adapter/): best weights
     checkpoints/      step-N/ (model.safetensors, optimizer.pt | sharded/), state.json
     labels.json       a classifier run (gptkit finetune-classify): {"task", "labels"}
@@ -41,6 +42,7 @@ TB_DIR = "tb"
 PLOTS_DIR = "plots"
 DATA_FILE = "data.json"
 ENVIRONMENT_FILE = "environment.json"
+EPOCHS_FILE = "epochs.json"
 # what a copy of a run (export --quantize, prune) takes over from the run it came from
 RECORD_FILES = (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, DATA_FILE, ENVIRONMENT_FILE)
 
@@ -105,6 +107,10 @@ class RunDir:
     @property
     def environment_file(self) -> Path:
         return self.path / ENVIRONMENT_FILE
+
+    @property
+    def epochs_file(self) -> Path:
+        return self.path / EPOCHS_FILE
 
     @property
     def plots(self) -> Path:
@@ -174,6 +180,11 @@ class RunDir:
     def environment(self) -> dict[str, Any] | None:
         return read_json(self.environment_file)
 
+    def epochs(self) -> dict[str, Any] | None:
+        """epochs.json: how settings given in epochs were turned into steps (None: none were)."""
+        record = read_json(self.epochs_file)
+        return record if isinstance(record, dict) else None
+
     @property
     def quantization(self) -> str | None:
         """"int8" when best/ holds an int8 export (gptkit export --quantize int8), else None."""
@@ -214,7 +225,11 @@ class RunDir:
         """The weights `which` means: best/ (or a classifier run's own file), falling back to
         the newest valid checkpoint when there is none; `last` the newest valid checkpoint,
         falling back to best/ in a run without checkpoints (an imported one). A sharded
-        checkpoint's weights are its `sharded/` folder."""
+        checkpoint's weights are its `sharded/` folder. `step-N`: that checkpoint's weights
+        (verified against its checksums), as `gptkit serve --compare RUN/checkpoints/step-N`
+        names one."""
+        if which.startswith("step-"):
+            return self.checkpoint_weights(which)
         if which not in ("best", "last"):
             raise GptkitError(f"checkpoint choice must be best or last, got {which!r}")
         best = self.best_weights
@@ -226,6 +241,16 @@ class RunDir:
         if not has_checkpoints and self.is_classifier:
             raise GptkitError(f"{best} is missing; train the classifier again")
         ckpt, _ = checkpoint.latest_valid_checkpoint(self.path)
+        return ckpt / (checkpoint.SHARDED_DIR if checkpoint.is_sharded(ckpt) else MODEL_FILE)
+
+    def checkpoint_weights(self, name: str) -> Path:
+        """The weights of the checkpoint `name` (step-N), once it verifies."""
+        ckpt = self.checkpoints / name
+        if not ckpt.is_dir():
+            steps = ", ".join(p.name for p in checkpoint.list_checkpoints(self.path)) or "none"
+            raise GptkitError(f"{ckpt} does not exist; the run's checkpoints: {steps}")
+        if problem := checkpoint.verify_checkpoint(ckpt):
+            raise GptkitError(f"checkpoint {ckpt} is damaged ({problem}); name another")
         return ckpt / (checkpoint.SHARDED_DIR if checkpoint.is_sharded(ckpt) else MODEL_FILE)
 
     def is_checkpoint(self, weights: Path) -> bool:

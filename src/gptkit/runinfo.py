@@ -39,8 +39,18 @@ _OPTIONS = (
 
 
 def architecture_options(model: ModelConfig) -> list[str]:
-    """The options beyond GPT-2 a model uses, by name (empty: GPT-2 exactly)."""
-    return [name for key, value, name in _OPTIONS if getattr(model, key) == value]
+    """The options beyond GPT-2 a model uses, by name (empty: GPT-2 exactly), with the
+    rotary scaling of a context extension (model.rope_base, model.rope_scale) where it is
+    not the default, since it changes what every position means."""
+    names = [name for key, value, name in _OPTIONS if getattr(model, key) == value]
+    scaling = [f"{label} {value:g}" for label, value, default in (
+        ("base", model.rope_base, 10_000.0), ("scale", model.rope_scale, 1.0))
+        if model.pos_embedding == "rope" and value != default]
+    if scaling:
+        names[names.index("rotary positions")] += f" ({', '.join(scaling)})"
+    if model.context_extension is not None:
+        names.append(f"context extended ({model.context_extension})")
+    return names
 
 
 def parameter_breakdown(model: GPT) -> dict[str, int]:
@@ -124,7 +134,7 @@ def run_info(run_dir: str | Path, precision: str | None = None,
                     memory_precision(precision or environment.get("precision")), world_size)
     info["run"] = str(run_dir)
     for key, value in (("data", run.data()), ("best", run.best_info()),
-                       ("environment", environment or None)):
+                       ("epochs", run.epochs()), ("environment", environment or None)):
         if value is not None:
             info[key] = value
     return info
@@ -171,6 +181,8 @@ def format_info(info: dict[str, Any]) -> str:
             counts = [f"{split['tokens']:>11,} tokens"] + [
                 f"{split[k]:>11,} {k}" for k in ("examples", "words", "bytes") if k in split]
             lines.append(f"    {name:>6}: " + " ".join(counts))
+    for line in (info.get("epochs") or {}).get("lines", []):
+        lines.append(f"  epochs       {line}")
     best = info.get("best")
     if best and best.get("val_loss") is None:
         lines.append(f"  imported     from {best.get('imported_from')}")

@@ -66,11 +66,12 @@ def client(run: Run) -> Iterator[Any]:
 
 
 @contextmanager
-def live_server(model: Any, **settings: Any) -> Iterator[tuple[str, Any]]:
-    """(base URL, app) of a real uvicorn server on a free loopback port."""
+def live_server(model: Any, guard: Any = None, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """(base URL, app) of a real uvicorn server on a free loopback port (`guard`: an
+    `OutputGuard`)."""
     from gptkit.serve import background, create_app
 
-    app = create_app(model, ServeSettings(**settings))
+    app = create_app(model, ServeSettings(**settings), guard=guard)
     with background(app) as url:
         yield url, app
 

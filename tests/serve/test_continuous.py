@@ -20,17 +20,8 @@ from gptkit.generation.text import sample_text
 from gptkit.memory import inference_memory
 from gptkit.model import GPT
 from gptkit.run import Run
-from gptkit.serve.engine import (
-    Delta,
-    End,
-    Engine,
-    Event,
-    Failure,
-    Finish,
-    FirstToken,
-    Job,
-    Stats,
-)
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Delta, End, Event, Failure, Finish, FirstToken, Job, Stats
 from gptkit.serve.kvpool import KVPool
 from gptkit.serve.prefix import PrefixStore
 from gptkit.serve.stepper import Listener, Stepper

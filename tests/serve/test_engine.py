@@ -11,7 +11,8 @@ from typing import Any
 
 from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
-from gptkit.serve.engine import Delta, End, Engine, Event, Failure, Finish, Job
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Delta, End, Event, Failure, Finish, Job
 
 
 def job(run: Run, prompts: list[str], stream: bool = False, **settings: Any

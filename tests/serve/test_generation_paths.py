@@ -14,7 +14,8 @@ from gptkit.cli import build_parser
 from gptkit.cli.sample import settings_from_flags
 from gptkit.errors import GptkitError
 from gptkit.generation.text import sample_text
-from gptkit.serve.engine import Engine, Finish, Job
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Finish, Job
 from gptkit.serve.schemas import CompletionRequest
 
 PROMPT = "ROMEO:"

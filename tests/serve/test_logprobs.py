@@ -17,7 +17,8 @@ import torch
 from gptkit.generation.config import GenerationConfig
 from gptkit.run import Run
 from gptkit.serve import ServeSettings
-from gptkit.serve.engine import Engine, Event, Finish, Job, Prompt
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Event, Finish, Job, Prompt
 from tests.serve.conftest import sse_events
 from tests.serve.test_limits import error
 

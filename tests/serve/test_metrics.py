@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gptkit.serve import ServeSettings, create_app
-from gptkit.serve.engine import Engine, Stats
+from gptkit.serve.engine import Engine
 from gptkit.serve.health import warm_up
+from gptkit.serve.jobs import Stats
 from tests.serve.conftest import live_server, sse_events, wait_until, worker_blocked
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -196,3 +196,52 @@ def test_the_chat_tab_streams_replies_keeps_the_history_and_stops(browser, chat_
         assert sent["messages"][1:] == [{"role": "user", "content": "Fresh start"}]
         assert [e for e in browser.get_log("browser")
                 if "chat/completions" not in e["message"]] == []
+
+
+def test_the_compare_tab_streams_two_hidden_answers_and_reveals_them_after_the_vote(
+        browser, cli_server, tiny_run, tmp_path):
+    """`gptkit serve RUN --compare RUN/checkpoints/step-N --votes DIR --prompts FILE`: the
+    Compare tab streams both sides, shows no model name until the vote, stores the vote."""
+    from selenium.webdriver.common.by import By
+
+    from gptkit.arena.store import VoteStore
+    from tests.serve.conftest import serve_cli
+
+    browser.get(cli_server + "/")  # a server without --compare has no Compare tab
+    wait_for(browser, "document.body.dataset.ready === '1'", "the page has read /health")
+    assert not browser.find_element(By.ID, "tab-compare").is_displayed()
+
+    (tmp_path / "prompts.txt").write_text("JULIET:\nKING HENRY:\n")
+    step = tiny_run / "checkpoints" / "step-000010"
+    with serve_cli(tiny_run, tmp_path / "log.txt", "--compare", str(step), "--votes",
+                   str(tmp_path / "votes"), "--prompts", str(tmp_path / "prompts.txt")) as url:
+        browser.get(url + "/")
+        wait_for(browser, "document.body.dataset.ready === '1'", "the page has read /health")
+        browser.find_element(By.ID, "tab-compare").click()
+        assert browser.find_element(By.ID, "panel-compare").is_displayed()
+        assert browser.find_element(By.ID, "arena-models").text == "(2 models)"
+        set_value(browser, "arena-max-tokens", "60")
+        browser.execute_script(
+            "window.updates = {a: 0, b: 0}; for (const s of ['a', 'b']) new MutationObserver("
+            "(m) => window.updates[s] += m.length).observe(document.getElementById("
+            "'arena-text-' + s), {childList: true, characterData: true, subtree: true});")
+        browser.find_element(By.ID, "arena-next").click()  # a prompt of the --prompts file
+        wait_for(browser, "document.body.dataset.arena === 'voting'", "both answers ended")
+        prompt = browser.find_element(By.ID, "arena-prompt").get_attribute("value")
+        assert prompt in ("JULIET:", "KING HENRY:")
+        texts = [browser.find_element(By.ID, f"arena-text-{s}").text for s in "ab"]
+        assert all(texts)
+        updates = browser.execute_script("return window.updates")
+        assert updates["a"] > 3 and updates["b"] > 3  # streamed, piece by piece
+        assert "tiny" not in browser.find_element(By.ID, "panel-compare").text
+        assert browser.find_element(By.ID, "vote-b").is_enabled()
+        browser.find_element(By.ID, "vote-b").click()
+        wait_for(browser, "document.body.dataset.arena === 'voted'", "the vote is stored")
+        names = [browser.find_element(By.ID, f"arena-name-{s}").text for s in "ab"]
+        assert sorted(names) == ["tiny", "tiny@step-000010"]
+        assert not browser.find_element(By.ID, "vote-a").is_enabled()  # one vote a battle
+        (vote,) = VoteStore.open(tmp_path / "votes").votes()
+        assert (vote.model_a, vote.model_b, vote.winner) == (names[0], names[1], "b")
+        keep = os.environ.get("GPTKIT_PLAYGROUND_COMPARE_SCREENSHOT")
+        browser.save_screenshot(str(keep and Path(keep) or tmp_path / "compare.png"))
+        assert browser.get_log("browser") == []

@@ -28,7 +28,8 @@ from gptkit.generation.speculative import Speculative
 from gptkit.model import GPT
 from gptkit.run import Run
 from gptkit.serve import ServeSettings, create_app, speculate
-from gptkit.serve.engine import Engine, Event, Finish, Job, Stats
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Event, Finish, Job, Stats
 from tests.serve.conftest import health, live_server, serve_cli, sse_events
 from tests.serve.test_metrics import scrape, value
 from tests.test_chat_cli import write_run

@@ -11,6 +11,7 @@ import pytest
 from gptkit.config import build_config, load_config
 from gptkit.data.loader import EpochSize, RandomWindows, SeededEpochs
 from gptkit.errors import GptkitError
+from gptkit.runinfo import format_info, run_info
 from gptkit.train.epochs import Budget, settle_epochs
 from gptkit.train.resolve import resume_config
 from gptkit.train.trainer import train
@@ -83,6 +84,7 @@ def test_a_run_by_epochs_trains_the_converted_steps_and_resumes_with_them(data_d
     assert record["settings"]["train.checkpoint_interval"] == {"epochs": 0.002, "steps": 8}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "step-000008", "step-000016"]
+    assert f"  epochs       {record['lines'][0]}" in format_info(run_info(run))
     saved = resume_config(run, [])
     assert (saved.train.max_steps, saved.train.epochs) == (16, None)
     assert saved.train.checkpoint_interval == 8

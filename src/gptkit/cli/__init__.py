@@ -11,6 +11,7 @@ into a one-line message and exit code 2.
     classify.py    finetune-classify, classify
     viz.py         viz attention
     serve.py       serve
+    arena.py       arena
     sweep.py       sweep
     examples.py    examples
     options.py     the options several commands share, each declared once
@@ -23,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from gptkit.cli import (
+    arena,
     chat,
     classify,
     evaluation,
@@ -40,7 +42,7 @@ from gptkit.errors import GptkitError
 
 # in the order `gptkit --help` lists them
 GROUPS = (train_commands, sweep, evaluation, sample, chat, runs, export, examples, classify,
-          viz_commands, serve)
+          viz_commands, serve, arena)
 
 
 def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

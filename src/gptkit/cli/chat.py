@@ -69,6 +69,7 @@ def register(commands: Any) -> None:
     p.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     options.add_inference(p, quantize=QUANTIZE_HELP, precision=PRECISION_HELP)
     options.add_draft(p)
+    options.add_guard(p)
     p.set_defaults(handler=chat)
 
 
@@ -160,6 +161,16 @@ def converse(session: ChatSession, lines: Iterable[str], out: TextIO, err: TextI
         out.flush()
         if reply.interrupted:
             print("(reply stopped)", file=err)
+        if session.guard is not None:
+            from gptkit.guard import Outcome, note
+
+            said = note(session.guard, Outcome(reply.text, reply.regenerated, reply.withheld),
+                        "the reply" if reply.withheld is None or not reply.text
+                        else "the rest of the reply",
+                        deterministic=(not session.settings.do_sample and session.retries > 0
+                                       and not reply.text))
+            if said:
+                print(said, file=err)
     if interactive:
         out.write("\n")
 
@@ -182,8 +193,10 @@ def chat(args: argparse.Namespace) -> None:
     run = options.load_for_inference(args, precision="auto")
     settings = chat_settings(args, run.config.sample)
     speculative = options.load_draft(args, run)
+    guard = options.load_guard(args)
+    retries = 2 if args.guard_retries is None else args.guard_retries
     session = ChatSession(run.model, run.tokenizer, template, settings, system=args.system,
-                          speculative=speculative)
+                          speculative=speculative, guard=guard, retries=retries)
     if args.system:
         warning = unknown_warning(run.tokenizer.unknown_characters([args.system]),
                                   "the system prompt", fix="the model has never seen them")

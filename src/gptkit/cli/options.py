@@ -21,6 +21,7 @@ from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
     from gptkit.generation.speculative import Speculative
+    from gptkit.guard import OutputGuard
     from gptkit.run import Run
 
 DEFAULT_RECIPE = "shakespeare-char"
@@ -198,3 +199,46 @@ def load_draft(args: argparse.Namespace, run: Run) -> Speculative | None:
                      precision=args.precision or "auto", quantize=args.quantize)
     check_draft(run.tokenizer, draft.tokenizer, args.draft)
     return Speculative(draft.model, args.draft_tokens or DEFAULT_DRAFT_TOKENS)
+
+
+def add_guard(parser: argparse.ArgumentParser, retries: bool = True) -> None:
+    """--guard RUN, --guard-label, --threshold (and --guard-retries where an answer can be
+    regenerated): a classifier run guards the generated text (`gptkit.guard`)."""
+    parser.add_argument(
+        "--guard", metavar="RUN",
+        help="a sequence classifier run (gptkit finetune-classify) that scores each answer "
+        "(streamed: each sentence as it completes) and regenerates or withholds what reaches "
+        "--threshold for --guard-label")
+    parser.add_argument("--guard-label", metavar="LABEL",
+                        help="with --guard: the label whose probability is checked")
+    parser.add_argument("--threshold", type=float, metavar="P",
+                        help="with --guard: withhold (or regenerate) an answer whose "
+                        "probability of --guard-label is at least P, in [0, 1] (default 0.5)")
+    if retries:
+        parser.add_argument("--guard-retries", type=int, metavar="K",
+                            help="with --guard: regenerate an answer that crosses the "
+                            "threshold up to K times before withholding it (default 2; "
+                            "greedy decoding is never retried: it would give the same text)")
+
+
+def load_guard(args: argparse.Namespace) -> OutputGuard | None:
+    """The --guard classifier, loaded once on the command's --device; None without --guard
+    (then its other options are an error)."""
+    from gptkit.guard import OutputGuard
+
+    retries = getattr(args, "guard_retries", None)
+    if args.guard is None:
+        given = [flag for flag, value in (("--guard-label", args.guard_label),
+                                          ("--threshold", args.threshold),
+                                          ("--guard-retries", retries)) if value is not None]
+        if given:
+            raise GptkitError(f"{given[0]} needs --guard RUN, the classifier run that guards "
+                              "the answers")
+        return None
+    if args.guard_label is None:
+        raise GptkitError("--guard needs --guard-label LABEL, the label to keep out (gptkit "
+                          "classify RUN --text ... shows a run's labels)")
+    if retries is not None and retries < 0:
+        raise GptkitError(f"--guard-retries must be >= 0 (got {retries})")
+    threshold = 0.5 if args.threshold is None else args.threshold
+    return OutputGuard.load(args.guard, args.guard_label, threshold, device=args.device)

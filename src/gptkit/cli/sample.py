@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptkit.cli import options
 from gptkit.errors import GptkitError
 from gptkit.generation.config import GenerationConfig
+
+if TYPE_CHECKING:
+    from gptkit.generation.speculative import Speculative
+    from gptkit.guard import OutputGuard
+    from gptkit.run import Run
 
 # the help of --quantize and --precision, which `gptkit chat` shares
 QUANTIZE_HELP = (
@@ -41,6 +47,7 @@ def register(commands: Any) -> None:
                    "(beam search: when the search ends)")
     options.add_inference(p, quantize=QUANTIZE_HELP, precision=PRECISION_HELP)
     options.add_draft(p)
+    options.add_guard(p)
     p.set_defaults(handler=sample)
 
 
@@ -172,6 +179,7 @@ def sample(args: argparse.Namespace) -> None:
         raise GptkitError(f"--draft cannot be used with beam search (--num-beams "
                           f"{settings.num_beams}); leave out one of them")
     prompt: str | None | list[str] = prompts if len(prompts) > 1 else settings.prompt
+    guard = options.load_guard(args)
     separator = "\n" + "-" * 40 + "\n"
     if args.stream:
         # samples advance together; the first is shown live, the others once it is done
@@ -184,13 +192,97 @@ def sample(args: argparse.Namespace) -> None:
             else:
                 later.setdefault(index, []).append(piece)
 
-        sample_text(run.model, run.tokenizer, prompt, settings, stream=show,
-                    speculative=speculative)
+        gated = None if guard is None else _GatedStream(guard, _heads(prompt, settings), show)
+        texts = sample_text(run.model, run.tokenizer, prompt, settings,
+                            stream=show if gated is None else gated.piece,
+                            speculative=speculative)
+        notes = [] if gated is None else gated.finish(texts)
         for index in sorted(later):
             sys.stdout.write(separator + "".join(later[index]))
         sys.stdout.write("\n")
     else:
         texts = sample_text(run.model, run.tokenizer, prompt, settings, speculative=speculative)
+        notes = [] if guard is None else _guard_texts(
+            guard, texts, args, run, prompt, settings, speculative)
         print(separator.join(texts))
+    for line in notes:
+        print(line, file=sys.stderr)
     if speculative is not None:
         print(speculative.stats.summary(), file=sys.stderr)
+
+
+def _heads(prompt: str | None | list[str], settings: GenerationConfig) -> list[str]:
+    """The prompt each sample starts with (`sample_text`'s rows)."""
+    prompts = [prompt] if prompt is None or isinstance(prompt, str) else prompt
+    return [p or "" for p in prompts for _ in range(settings.num_samples)]
+
+
+def _guard_texts(guard: OutputGuard, texts: list[str], args: argparse.Namespace, run: Run,
+                 prompt: str | None | list[str], settings: GenerationConfig,
+                 speculative: Speculative | None) -> list[str]:
+    """OutputGuard finished samples in place (each continuation scored; one that crosses is
+    regenerated up to --guard-retries times, then withheld); the notes of what happened."""
+    from gptkit.generation.text import sample_text
+    from gptkit.guard import guarded, note
+
+    heads = _heads(prompt, settings)
+    retries = 2 if args.guard_retries is None else args.guard_retries
+    deterministic = not settings.do_sample
+    notes = []
+    for i, (head, text) in enumerate(zip(heads, texts, strict=True)):
+        def again(attempt: int, i: int = i, head: str = head) -> str:
+            seed = None if settings.seed is None else settings.seed + attempt * len(heads) + i
+            one = settings.replace(num_samples=1, seed=seed)
+            new = sample_text(run.model, run.tokenizer, head or None, one,
+                              speculative=speculative)[0]
+            return new[len(head):]
+
+        outcome = guarded(guard, text[len(head):], None if deterministic else again, retries)
+        texts[i] = head + outcome.text
+        line = note(guard, outcome, f"sample {i + 1}", deterministic and retries > 0)
+        if line:
+            notes.append(line)
+    return notes
+
+
+class _GatedStream:
+    """`gptkit sample --stream` under a guard: each sample's prompt is shown at once, its
+    continuation a scored sentence at a time (`gptkit.guard.SentenceGate`); a sample whose
+    next sentence crosses the threshold stops before it (too late to regenerate it)."""
+
+    def __init__(self, guard: OutputGuard, heads: list[str], show: Callable[[int, str], None]
+                 ) -> None:
+        self.guard, self.heads, self.show = guard, heads, show
+        self.gates = [guard.gate() for _ in heads]
+        self.text = ["" for _ in heads]  # streamed to us
+        self.out = [0 for _ in heads]  # characters passed on
+
+    def piece(self, index: int, piece: str) -> None:
+        self.text[index] += piece
+        head = self.heads[index]
+        allowed = len(self.text[index]) if len(self.text[index]) <= len(head) else None
+        if allowed is None:
+            released = self.gates[index].release(self.text[index][len(head):])
+            allowed = None if released is None else len(head) + released
+        self._pass(index, self.text[index], allowed)
+
+    def _pass(self, index: int, text: str, upto: int | None) -> None:
+        if upto is not None and upto > self.out[index]:
+            self.show(index, text[self.out[index]:upto])
+            self.out[index] = upto
+
+    def finish(self, texts: list[str]) -> list[str]:
+        """Score each whole sample, show the rest of those that pass; the notes."""
+        from gptkit.guard import Outcome, note
+
+        notes = []
+        for i, (head, text) in enumerate(zip(self.heads, texts, strict=True)):
+            gate = self.gates[i]
+            if gate.finish(text[len(head):]):
+                self._pass(i, text, len(text))
+                continue
+            line = note(self.guard, Outcome(text[len(head):self.out[i]], 0, gate.verdict),
+                        f"the rest of sample {i + 1}")
+            if line:
+                notes.append(line)
+        return notes

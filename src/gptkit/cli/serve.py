@@ -21,7 +21,9 @@ def register(commands: Any) -> None:
         "GET /health, POST /v1/classify for finetune-classify runs, and a playground page at "
         "/. Requests decode together, joining and leaving at every step (continuous batching, "
         "shared prompt prefixes computed once; --draft RUN: speculative decoding with a small "
-        "model of the same tokenizer). Listens on 127.0.0.1 "
+        "model of the same tokenizer; --compare RUN2 --votes FOLDER: a blind comparison of runs "
+        "or checkpoints, the playground's Compare tab and POST /v1/arena/battles, ranked by "
+        "gptkit arena FOLDER). Listens on 127.0.0.1 "
         "(this machine only) unless --host says otherwise.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (a language model or a "
@@ -58,7 +60,9 @@ def register(commands: Any) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
                    help="largest request body (default 1000000; larger: 413)")
     options.add_inference(p, quantize=f"{options.INT8_HELP}, as for gptkit sample")
+    add_arena(p)
     options.add_draft(p)
+    options.add_guard(p, retries=False)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="info", help="server log detail; info shows each request "
                    "(default: info)")
@@ -89,5 +93,57 @@ def serve(args: argparse.Namespace) -> None:
     if run.classifier is not None and args.draft is not None:
         raise GptkitError(f"{args.run} is a classifier run; --draft speeds up generation "
                           "only: leave it out")
+    if run.classifier is not None and args.guard is not None:
+        raise GptkitError(f"{args.run} is a classifier run; --guard checks generated text "
+                          "only: leave it out")
     draft = options.load_draft(args, run)
-    server.serve(run.classifier or run, settings, log_level=args.log_level, draft=draft)
+    guard = options.load_guard(args)
+    arena = load_arena(args, settings, guard)
+    server.serve(run.classifier or run, settings, log_level=args.log_level, draft=draft,
+                 guard=guard, arena=arena)
+
+
+def add_arena(p: argparse.ArgumentParser) -> None:
+    """--compare, --votes and --prompts: a blind comparison (`gptkit.serve.arena`)."""
+    p.add_argument("--compare", action="append", metavar="RUN2",
+                   help="also serve this run, or one checkpoint RUN/checkpoints/step-N, for "
+                   "a blind comparison with RUN (the playground's Compare tab, POST "
+                   "/v1/arena/battles); repeat for more models; needs --votes")
+    p.add_argument("--votes", metavar="FOLDER",
+                   help="folder keeping the comparison's battles and votes (SQLite, made if "
+                   "missing; several servers may share one); gptkit arena FOLDER ranks them")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="prompts a battle may be given when it names none: one a line, or a "
+                   ".jsonl file of JSON strings or {\"prompt\": ...} objects")
+
+
+def load_arena(args: argparse.Namespace, settings: Any, guard: Any = None) -> Any:
+    """The --compare runs, each behind an engine of its own (guarded by --guard like RUN's),
+    with the --votes store and the --prompts; None without --compare."""
+    if not args.compare:
+        for flag, value in (("--votes", args.votes), ("--prompts", args.prompts)):
+            if value is not None:
+                raise GptkitError(f"{flag} belongs to a comparison, which needs at least 2 "
+                                  "models: add --compare RUN2")
+        return None
+    if args.votes is None:
+        raise GptkitError("--compare needs --votes FOLDER, where the votes are kept")
+    from gptkit.arena.store import VoteStore
+    from gptkit.run import load_run
+    from gptkit.serve.arena import Arena, contestant, read_prompts
+    from gptkit.serve.engine import Engine
+
+    store = VoteStore.create(args.votes)
+    prompts = read_prompts(args.prompts) if args.prompts else []
+    engines = []
+    for spec in args.compare:
+        path, which, name = contestant(spec)
+        run = load_run(path, which=which or args.checkpoint, device=args.device,
+                       precision=args.precision or "fp32", quantize=args.quantize)
+        if run.classifier is not None:
+            raise GptkitError(f"--compare {spec} is a classifier run; only language models "
+                              "can answer prompts in the arena")
+        engines.append(Engine(run, name, max_batch_size=settings.max_batch_size,
+                              prefill_chunk=settings.prefill_chunk,
+                              prefix_cache_mb=settings.prefix_cache_mb, guard=guard))
+    return Arena(engines, store, prompts)

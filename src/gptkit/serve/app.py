@@ -12,7 +12,6 @@ at every step (`scheduler`, `stepper`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -29,14 +28,16 @@ from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.config import GenerationConfig
 from gptkit.generation.speculative import Speculative
+from gptkit.guard import OutputGuard
 from gptkit.run import Run
+from gptkit.serve.arena import Arena
 from gptkit.serve.chat import ChatCompletion, ChatRequest, chat_prompt
-from gptkit.serve.engine import Engine, Event, Job
+from gptkit.serve.engine import Engine
 from gptkit.serve.errors import APIError, install_handlers
 from gptkit.serve.health import Readiness, warm_up
 from gptkit.serve.limits import Gate, Guard
 from gptkit.serve.metrics import EngineReadings, Metrics, RequestCounter
-from gptkit.serve.replies import ChatShape, EventStream, Shape, collect, meta, stream
+from gptkit.serve.replies import ChatShape, Shape, answer
 from gptkit.serve.scheduler import Scheduler
 from gptkit.serve.schemas import (
     AttentionRequest,
@@ -64,19 +65,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None = None,
-               *, name: str | None = None, draft: Speculative | None = None) -> FastAPI:
+               *, name: str | None = None, draft: Speculative | None = None,
+               guard: OutputGuard | None = None, arena: Arena | None = None) -> FastAPI:
     """The API for one loaded run (`load_run`; a classifier run's `Run.classifier`); `name`
     is its model id (default: the run folder's name); `draft`: decode speculatively with
-    this draft model (same tokenizer; `gptkit.serve.speculate`)."""
+    this draft model (same tokenizer; `gptkit.serve.speculate`); `guard`: withhold answers
+    that cross its threshold (finish_reason content_filter; `gptkit.guard`); `arena`: also
+    serve a blind comparison of this run and the arena's (`gptkit.serve.arena`, /v1/arena/*)."""
     settings = settings or ServeSettings()
     settings.check()
     engine = model if isinstance(model, Engine) else Engine(
         model, name=name, max_batch_size=settings.max_batch_size,
         prefill_chunk=settings.prefill_chunk, prefix_cache_mb=settings.prefix_cache_mb,
-        draft=draft)
-    if draft is not None and engine is model:
-        raise GptkitError("create_app(engine, draft=...): give the draft to Engine(..., "
-                          "draft=) instead")
+        draft=draft, guard=guard)
+    if (draft is not None or guard is not None) and engine is model:
+        raise GptkitError("create_app(engine, draft=..., guard=...): give them to "
+                          "Engine(..., draft=, guard=) instead")
     scheduler = Scheduler(engine)
     gate = Gate(settings.max_concurrent)
     readiness = Readiness()
@@ -104,11 +108,15 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
         readiness.begin()
         executor.submit(warm_up, engine).add_done_callback(readiness.warmed_by)
         scheduler.start(executor)
+        if arena is not None:
+            arena.start()
         try:
             yield
         finally:
             readiness.stop()
             await scheduler.stop()
+            if arena is not None:
+                await arena.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptkit", summary=f"serving {engine.name}", lifespan=lifespan,
@@ -120,6 +128,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     # outermost: counts the answers Guard gives too (401, 413)
     app.add_middleware(RequestCounter, metrics=metrics, routes=lambda: app.routes)
     install_handlers(app)
+    if arena is not None:
+        app.include_router(arena.router(engine, scheduler, gate, settings, metrics))
 
     def check_model(requested: str | None, task: str) -> None:
         if requested is not None and requested != engine.name:
@@ -175,7 +185,11 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
             "context_length": engine.block_size, "in_progress": gate.active,
             "queued": scheduler.queued, "stats": asdict(engine.stats),
             "kv_pool": engine.pool_info(),
+            "arena": arena is not None,  # the playground's Compare tab (/v1/arena/*)
             "defaults": defaults if engine.task == "generate" else None,
+            "guard": None if engine.guard is None else {
+                "run": engine.guard.name, "label": engine.guard.label,
+                "threshold": engine.guard.threshold},
             "limits": {"max_tokens": settings.max_tokens,
                        "max_prompt_tokens": settings.max_prompt_tokens,
                        "max_concurrent": settings.max_concurrent,
@@ -257,38 +271,9 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                        echo_logprobs: bool = False) -> Response:
         """Queue the job for the scheduler; answer with its events streamed or collected.
         `logprobs`: how many top log-probabilities each token reports (None: none)."""
-        gate.enter()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-
-        def emit(event: Event) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        job = Job(prompts=prompts, settings=config, stream=body.stream, emit=emit,
-                  logprobs=logprobs, echo_logprobs=echo_logprobs, keep=body.n)
-        closed = False
-
-        def close() -> None:
-            nonlocal closed
-            if not closed:
-                closed = True
-                job.cancelled.set()  # generation stops at its next token if still running
-                gate.leave()
-
-        head = meta(shape, engine.name)
-        clock = metrics.clock(job)
-        try:
-            scheduler.submit(job)
-        except Exception:
-            close()
-            raise
-        if body.stream:
-            return EventStream(stream(queue, shape, head, body.include_usage, clock), close)
-        try:
-            return await collect(queue, shape, head, request, job, clock)
-        finally:
-            close()
+        return await answer(scheduler, gate, metrics, request, shape, engine.name, prompts,
+                            config, body.stream, include_usage=body.include_usage,
+                            logprobs=logprobs, echo_logprobs=echo_logprobs, keep=body.n)
 
     @app.post("/v1/completions", response_model=Completion, responses=ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Response:

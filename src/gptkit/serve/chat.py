@@ -149,7 +149,7 @@ class ChatLogprobs(Strict):
 class ChatChoice(Strict):
     index: int
     message: ReplyMessage
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
     logprobs: ChatLogprobs | None = None
 
 

@@ -14,14 +14,18 @@ carries those of the tokens whose text it carries, a Finish those of the whole c
 the text kept before a stop string), a Prompt those of an echoed prompt (the raw model's).
 `Job.keep` < n ranks the candidates (OpenAI's `best_of`) by mean token log-probability and
 returns the best.
+
+A guard (`gptkit.guard`, `gptkit serve --guard`) scores each finished choice, and a streamed
+one a sentence at a time as it completes, its text held back until then: a choice that
+crosses ends with finish_reason "content_filter", as OpenAI's, and keeps only the text
+already streamed (none, unstreamed).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,7 +35,6 @@ from torch import Tensor
 
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
-from gptkit.generation.config import GenerationConfig
 from gptkit.generation.logprobs import (
     TokenLogprob,
     Top,
@@ -41,8 +44,19 @@ from gptkit.generation.logprobs import (
 )
 from gptkit.generation.speculative import Speculative
 from gptkit.generation.text import first_stop, showable
+from gptkit.guard import OutputGuard, SentenceGate
 from gptkit.model import GPT
 from gptkit.run import Run
+from gptkit.serve.jobs import (
+    Delta,
+    End,
+    Failure,
+    Finish,
+    FirstToken,
+    Job,
+    Prompt,
+    Stats,
+)
 from gptkit.serve.prefix import PrefixStore
 from gptkit.serve.settings import DEFAULT_PREFIX_CACHE_MB
 from gptkit.serve.speculate import SpeculativeStepper
@@ -50,93 +64,6 @@ from gptkit.serve.stepper import Listener, Stepper
 from gptkit.tokenizers import Tokenizer
 
 log = logging.getLogger("gptkit.serve")
-
-
-# --- what a request hears back, in order: deltas, one finish per choice, then end -------------
-@dataclass
-class Prompt:
-    """An echoed prompt's tokens (first of all events; jobs with `echo_logprobs` only)."""
-
-    prompt: int  # which of the job's prompts
-    tokens: list[TokenLogprob]  # the first one's logprob and top are None
-
-
-@dataclass
-class FirstToken:
-    """A non-streamed job's first token has been drawn (once per job; a streamed job's first
-    Delta says it): what the time to first token is measured to (`serve.metrics`)."""
-
-
-@dataclass
-class Delta:
-    index: int  # choice
-    text: str  # new text of that choice (streaming requests only)
-    tokens: list[TokenLogprob] | None = None  # those whose text this delta carries
-
-
-@dataclass
-class Finish:
-    index: int
-    text: str  # the choice's whole text
-    reason: str  # "stop" (end-of-text or a stop string) or "length" (max_tokens reached)
-    tokens: list[TokenLogprob] | None = None  # every token of `text` (when logprobs asked)
-
-
-@dataclass
-class End:
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failure:
-    message: str
-    status: int = 500  # 422: the request asked for something impossible
-
-
-Event = Prompt | FirstToken | Delta | Finish | End | Failure
-
-
-@dataclass(eq=False)
-class Job:
-    """One completion request: `prompts` x `settings.num_samples` rows, generated until each
-    ends; its settings are the request's (`CompletionRequest.generation_config`)."""
-
-    prompts: list[list[int]]
-    settings: GenerationConfig
-    stream: bool
-    emit: Callable[[Event], None]  # called from the worker thread; must be thread-safe
-    logprobs: int | None = None  # report each token's log-probability and this many others
-    echo_logprobs: bool = False  # also the prompts' (Prompt events; needs `logprobs`)
-    keep: int | None = None  # best_of: return the best `keep` of the n rows of each prompt
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    arrived: float = field(default_factory=time.monotonic)
-
-    @property
-    def n(self) -> int:
-        return self.settings.num_samples
-
-    @property
-    def max_tokens(self) -> int:
-        return self.settings.max_new_tokens
-
-    @property
-    def stops(self) -> list[str]:
-        return self.settings.stop
-
-    @property
-    def rows(self) -> int:
-        return len(self.prompts) * self.n
-
-    @property
-    def ranks(self) -> bool:
-        """Whether this job returns only its best candidates (then it never streams)."""
-        return self.keep is not None and self.keep < self.n
-
-    @property
-    def scored(self) -> bool:
-        """Whether its tokens' log-probabilities are needed (reported or ranked)."""
-        return self.logprobs is not None or self.ranks
 
 
 @dataclass(eq=False)
@@ -153,6 +80,7 @@ class _Row:
     end_logprob: float | None = None  # of the end-of-text token that ended it
     sent: int = 0  # tokens whose records have been streamed
     finish: Finish | None = None  # held back while candidates are ranked
+    gate: SentenceGate | None = None  # the guard's, when there is one
 
     def score(self) -> float:
         """best_of's ranking: mean log-probability of the kept tokens (and of the
@@ -164,41 +92,19 @@ class _Row:
         return sum(values) / len(values) if values else 0.0
 
 
-@dataclass
-class Stats:
-    """Counters shown by GET /health (written by the worker thread; `queued_jobs` also by
-    `submit`)."""
-
-    steps: int = 0  # decoding steps run
-    jobs: int = 0  # requests that started generating
-    rows: int = 0  # their rows (prompts x n)
-    largest_batch: int = 0  # most requests running at one step
-    cancelled: int = 0  # requests whose generation stopped because the client left
-    tokens: int = 0  # completion tokens of finished requests
-    prompt_tokens_computed: int = 0  # prompt positions run through the model
-    prompt_tokens_reused: int = 0  # prompt positions whose KV was copied (prefix reuse, n > 1)
-    queued_jobs: int = 0  # waiting for room in the KV pool
-    running_jobs: int = 0
-    running_rows: int = 0  # = KV pool slots in use
-    prefix_cache_bytes: int = 0  # KV kept for prefix reuse (within --prefix-cache-mb)
-    prefix_cache_entries: int = 0
-    prefix_cache_evictions: int = 0
-    draft_tokens: int = 0  # tokens a draft model proposed (speculative decoding, --draft)
-    accepted_tokens: int = 0  # of those, kept by the model (each row's own count)
-
-
 class Engine:
     """One run's model behind the API: a language model (`run`) or a classifier."""
 
     def __init__(self, run: Run | Classifier, name: str | None = None, *,
                  max_batch_size: int = 16, prefill_chunk: int = 64,
-                 prefix_cache_mb: float | None = None, draft: Speculative | None = None
-                 ) -> None:
+                 prefix_cache_mb: float | None = None, draft: Speculative | None = None,
+                 guard: OutputGuard | None = None) -> None:
         """`max_batch_size`: rows (prompts x n) decoding together, the KV pool's slots;
         `prefill_chunk`: prompt tokens prefilled per step; `prefix_cache_mb`: the prefix
         store's budget (0: no prefix reuse; None: 256 MB, none with a draft); `draft`: decode
         speculatively with this draft model (`gptkit.serve.speculate`; it must share the
-        run's tokenizer, and there is no prefix reuse with it: a budget is then an error)."""
+        run's tokenizer, and there is no prefix reuse with it: a budget is then an error);
+        `guard`: withhold what crosses its threshold (`gptkit.guard`)."""
         if draft is not None and prefix_cache_mb:
             raise GptkitError("--prefix-cache-mb does nothing with --draft (speculative "
                               "decoding runs without prefix reuse): leave one of them out")
@@ -209,6 +115,7 @@ class Engine:
         weights = Path(run.weights) if isinstance(run, Run) else Path(run.path)
         self.created = int(weights.stat().st_mtime) if weights.exists() else int(time.time())
         self.stats = Stats()
+        self.guard = guard
         self._rows: dict[Job, list[_Row]] = {}
         self._stepper: Stepper | None = None
         if isinstance(run, Run):
@@ -225,9 +132,9 @@ class Engine:
                 self._stepper = Stepper(model, max_batch_size, eot_id=eot, stats=self.stats,
                                         prefill_chunk=prefill_chunk, listener=listener,
                                         store=store)
-        elif draft is not None:
-            raise GptkitError(f"{self.name} is a classifier run; a draft model speeds up "
-                              "generation only: leave out --draft")
+        elif draft is not None or guard is not None:
+            raise GptkitError(f"{self.name} is a classifier run; a draft model or a guard acts "
+                              "on generated text only: leave out --draft and --guard")
 
     @property
     def task(self) -> Literal["generate", "classify"]:
@@ -400,9 +307,22 @@ class Engine:
                 self._finish(row, "stop")
                 return
             if job.stream:
-                self._show(row, text[: showable(text, job.stops)])
+                shown = self._released(row, text[: showable(text, job.stops)])
+                if shown is None:
+                    self._finish(row, "content_filter")
+                    return
+                self._show(row, shown)
         if step >= job.max_tokens:
             self._finish(row, "length")
+
+    def _released(self, row: _Row, text: str) -> str | None:
+        """What of a streamed choice's `text` may be sent: all of it, or under a guard its
+        complete sentences that passed; None once one has crossed."""
+        if self.guard is None:
+            return text
+        row.gate = row.gate or self.guard.gate()
+        end = row.gate.release(text)
+        return None if end is None else text[:end]
 
     def _show(self, row: _Row, text: str, final: bool = False) -> None:
         """Stream `text` (the choice's text so far) and the records of the tokens it now
@@ -439,6 +359,10 @@ class Engine:
             at = first_stop(text, row.job.stops)
             row.text = text if at is None else text[:at]
         job = row.job
+        if self.guard is not None and (reason == "content_filter" or not (
+                row.gate or self.guard.gate()).finish(row.text)):
+            row.text, reason = row.shown, "content_filter"  # withheld: what was sent stays
+            self.stats.withheld += 1
         if job.stream and not job.ranks:
             self._show(row, row.text, final=True)
         row.reason = reason

@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 
-from gptkit.serve.engine import Delta, End, Event, FirstToken, Job
+from gptkit.serve.jobs import Delta, End, Event, FirstToken, Job
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -18,13 +18,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gptkit.generation.config import GenerationConfig
 from gptkit.generation.logprobs import TokenLogprob
-from gptkit.serve.engine import Delta, End, Event, Failure, Finish, Job, Prompt
 from gptkit.serve.errors import APIError, error_body
-from gptkit.serve.metrics import ReplyClock
+from gptkit.serve.jobs import Delta, End, Event, Failure, Finish, Job, Prompt
+from gptkit.serve.limits import Gate
+from gptkit.serve.metrics import Metrics, ReplyClock
+from gptkit.serve.scheduler import Scheduler
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting (non-streamed) request checks its client
 
@@ -233,6 +236,48 @@ async def collect(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any
                        for i in range(shape.choices)]
             return JSONResponse({**head, "object": shape.object, "choices": choices,
                                  "usage": usage(event)})
+
+
+async def answer(scheduler: Scheduler, gate: Gate, metrics: Metrics, request: Request,
+                 shape: Shape, model: str, prompts: list[list[int]], config: GenerationConfig,
+                 streamed: bool, *, include_usage: bool = False, logprobs: int | None = None,
+                 echo_logprobs: bool = False, keep: int | None = None) -> Response:
+    """Queue one job on `scheduler` and answer with its events, streamed or collected, named
+    `model`. The request holds a place in `gate` until its answer ends or its client leaves;
+    the job is then cancelled, so generation stops at its next token if still running. Every
+    generating endpoint (completions, chat, the arena's answers) answers through here."""
+    gate.enter()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def emit(event: Event) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    job = Job(prompts=prompts, settings=config, stream=streamed, emit=emit, logprobs=logprobs,
+              echo_logprobs=echo_logprobs, keep=keep)
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            job.cancelled.set()
+            gate.leave()
+
+    head = meta(shape, model)
+    clock = metrics.clock(job)
+    try:
+        scheduler.submit(job)
+    except Exception:
+        close()
+        raise
+    if streamed:
+        return EventStream(stream(queue, shape, head, include_usage, clock), close)
+    try:
+        return await collect(queue, shape, head, request, job, clock)
+    finally:
+        close()
 
 
 def usage(end: End) -> dict[str, int]:

@@ -12,7 +12,8 @@ import contextlib
 import logging
 from concurrent.futures import Executor
 
-from gptkit.serve.engine import Engine, Job
+from gptkit.serve.engine import Engine
+from gptkit.serve.jobs import Job
 
 log = logging.getLogger("gptkit.serve")
 

@@ -18,8 +18,10 @@ from typing import Any
 from gptkit.errors import GptkitError
 from gptkit.finetune.classifier import Classifier
 from gptkit.generation.speculative import Speculative
+from gptkit.guard import OutputGuard
 from gptkit.memory import human_bytes
 from gptkit.run import Run
+from gptkit.serve.arena import Arena
 from gptkit.serve.settings import ServeSettings
 
 
@@ -57,19 +59,24 @@ def base_url(sock: socket.socket) -> str:
 
 
 def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = "info",
-          draft: Speculative | None = None) -> None:
+          draft: Speculative | None = None, guard: OutputGuard | None = None,
+          arena: Arena | None = None) -> None:
     """Serve until Ctrl-C (uvicorn then lets open requests finish for up to 3 seconds);
-    `draft`: decode speculatively with it."""
+    `draft`: decode speculatively with it; `guard`: withhold what crosses its threshold;
+    `arena`: also serve a blind comparison."""
     from gptkit.serve.app import create_app
 
     settings.check()
-    app = create_app(model, settings, draft=draft)
+    app = create_app(model, settings, draft=draft, guard=guard, arena=arena)
     sock = bind(settings.host, settings.port)
     url = base_url(sock)
     engine = app.state.engine
     print(f"serving {engine.name} ({engine.task}) on {url}: playground {url}/, API "
           f"{url}/v1/{'classify' if engine.task == 'classify' else 'completions'}, "
           f"docs {url}/docs; Ctrl-C stops", flush=True)
+    if arena is not None:
+        print(f"arena: {', '.join(sorted(arena.seats))}; votes in {arena.store.file}; "
+              f"Compare tab {url}/", flush=True)
     pool = engine.pool_info()
     if pool is not None:
         cache = (f"prefix cache up to {human_bytes(pool['prefix_cache_bytes'])} "
@@ -80,6 +87,9 @@ def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = 
                      "tokens per step (--draft-tokens), prefix cache off with --draft")
         print(f"KV pool: {pool['rows']} rows x {pool['positions_per_row']} positions "
               f"({human_bytes(pool['bytes'])}, --max-batch-size), {cache}", flush=True)
+    if guard is not None:
+        print(f"guard: {guard.name} withholds answers with P({guard.label}) >= "
+              f"{guard.threshold:g} (finish_reason content_filter)", flush=True)
     if not settings.is_loopback and settings.api_key is None:
         print(f"gptkit: warning: {settings.host} may be reachable from other machines and no "
               "--api-key is set: anyone who can connect can use the model", file=sys.stderr)

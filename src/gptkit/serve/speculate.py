@@ -32,7 +32,7 @@ from gptkit.serve.kvpool import KVPool
 from gptkit.serve.stepper import Listener, Stepper, _Running, _Seat, run_on
 
 if TYPE_CHECKING:
-    from gptkit.serve.engine import Stats
+    from gptkit.serve.jobs import Stats
 
 
 class SpeculativeStepper(Stepper):

@@ -43,7 +43,7 @@ from gptkit.serve.kvpool import KVPool
 from gptkit.serve.prefix import PrefixStore
 
 if TYPE_CHECKING:
-    from gptkit.serve.engine import Job, Stats
+    from gptkit.serve.jobs import Job, Stats
 
 
 @dataclass(eq=False)

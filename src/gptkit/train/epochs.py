@@ -18,7 +18,6 @@ from gptkit.config.fields import epochs_in
 from gptkit.data.loader import EpochSize
 from gptkit.errors import GptkitError
 
-EPOCHS_FILE = "epochs.json"  # the conversion, in the run directory
 INTERVALS = ("eval_interval", "checkpoint_interval", "log_interval")
 
 

@@ -35,13 +35,13 @@ from gptkit.device import autocast, resolve_compile, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.finetune import freeze, lora
 from gptkit.run import Run
-from gptkit.rundir import RunDir
+from gptkit.rundir import EPOCHS_FILE, RunDir
 from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint, distributed
 from gptkit.train.checkpoint import BEST_DIR, CHECKPOINTS_DIR
 from gptkit.train.checkpointing import Checkpointer
 from gptkit.train.environment import environment_info
-from gptkit.train.epochs import EPOCHS_FILE, Budget, settle_epochs
+from gptkit.train.epochs import Budget, settle_epochs
 from gptkit.train.evaluation import Selection, diverged, not_finite
 from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
 from gptkit.train.objectives import Objective, Setup, objective_for

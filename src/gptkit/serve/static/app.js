@@ -1,6 +1,6 @@
 // The gptkit playground: plain JavaScript, no build step. It calls the same API as any client:
 // POST /v1/completions and /v1/chat/completions with stream=true (server-sent events),
-// POST /v1/attention, POST /v1/classify.
+// POST /v1/attention, POST /v1/classify, and the arena's /v1/arena/* (the Compare tab).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -63,6 +63,7 @@ async function init() {
     $("temperature").value = d.temperature;
     $("top_p").value = d.top_p;
     $("top_k").value = d.top_k;
+    if (health.arena) await initArena();
   }
   ["temperature", "top_p"].forEach((id) => {
     const sync = () => ($(id + "-value").textContent = Number($(id).value).toFixed(2));
@@ -416,5 +417,87 @@ async function classify() {
   }
 }
 $("classify").addEventListener("click", classify);
+
+// --- compare (the arena: gptkit serve --compare) ----------------------------------------------
+let battle = null;
+
+async function initArena() {
+  let response;
+  try {
+    response = await fetch("/v1/arena", { headers: headers() });
+  } catch (e) {
+    return;
+  }
+  $("tab-compare").classList.remove("hidden");
+  if (!response.ok) return; // 401: the key is asked for; battles will say what is wrong
+  const info = await response.json();
+  $("arena-models").textContent = `(${info.models.length} models)`;
+  $("arena-next").classList.toggle("hidden", !info.prompts);
+}
+
+function setArena(state) {
+  // idle -> streaming -> voting -> voted
+  $("arena-start").disabled = $("arena-next").disabled = state === "streaming";
+  document.querySelectorAll(".votes button").forEach((b) => (b.disabled = state !== "voting"));
+  $("panel-compare").classList.toggle("streaming", state === "streaming");
+  document.body.dataset.arena = state;
+}
+
+async function streamSide(id, side, maxTokens) {
+  const response = await fetch(`/v1/arena/battles/${id}/answers/${side}`, {
+    method: "POST", headers: headers(), body: JSON.stringify({ max_tokens: maxTokens, stream: true }),
+  });
+  if (!response.ok) throw new Error(await errorText(response));
+  await readEvents(response, (event) => {
+    for (const choice of event.choices) $("arena-text-" + side).textContent += choice.text;
+  });
+}
+
+async function startBattle(fromFile) {
+  show("arena-error", "");
+  $("arena-result").textContent = "";
+  for (const side of ["a", "b"]) {
+    $("arena-text-" + side).textContent = "";
+    $("arena-name-" + side).textContent = "";
+  }
+  setArena("streaming");
+  try {
+    const response = await fetch("/v1/arena/battles", {
+      method: "POST", headers: headers(),
+      body: JSON.stringify(fromFile ? {} : { prompt: $("arena-prompt").value }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    battle = await response.json();
+    $("arena-prompt").value = battle.prompt;
+    const maxTokens = parseInt($("arena-max-tokens").value || "100", 10);
+    await Promise.all(["a", "b"].map((side) => streamSide(battle.id, side, maxTokens)));
+    setArena("voting");
+  } catch (e) {
+    show("arena-error", e.message);
+    setArena("idle");
+  }
+}
+
+async function vote(winner) {
+  show("arena-error", "");
+  try {
+    const response = await fetch(`/v1/arena/battles/${battle.id}/vote`, {
+      method: "POST", headers: headers(), body: JSON.stringify({ winner }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    const result = await response.json();
+    $("arena-name-a").textContent = result.a;
+    $("arena-name-b").textContent = result.b;
+    const said = { a: `${result.a} won`, b: `${result.b} won`, tie: "a tie", both_bad: "both bad" };
+    $("arena-result").textContent = `Vote stored: ${said[winner]}.`;
+    setArena("voted");
+  } catch (e) {
+    show("arena-error", e.message);
+  }
+}
+
+$("arena-start").addEventListener("click", () => startBattle(false));
+$("arena-next").addEventListener("click", () => startBattle(true));
+document.querySelectorAll(".votes button").forEach((b) => b.addEventListener("click", () => vote(b.dataset.winner)));
 
 init();
