@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptkit.config import (
     SHAPE_KEYS,
@@ -25,6 +26,9 @@ from gptkit.errors import GptkitError
 from gptkit.run import Run, load_run
 from gptkit.rundir import CONFIG_FILE, LABELS_FILE, RunDir
 from gptkit.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from gptkit.train.objectives import Objective, Setup
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -171,3 +175,25 @@ def resolved_config(cfg: RunConfig, *, data: DataConfig | None = None,
     settings are frozen: this builds a validated copy.)"""
     model = cfg.model if vocab_size is None else cfg.model.updated(vocab_size=vocab_size)
     return cfg.updated(data=cfg.data if data is None else data, model=model)
+
+
+def settle_run(given: RunConfig, objective: Objective, setup: Setup
+               ) -> tuple[RunConfig, Tokenizer, Run | None]:
+    """Settle a run's settings once: the data protocol, where the tokenizer comes from (the
+    run's own on resume, the starting run's, a teacher's, or trained on the data), and the
+    vocabulary size. The settled config, its tokenizer, and the starting run (init_from)."""
+    data = objective.data_config(given, setup)
+    init = load_init_run(given, setup.run_dir) if given.train.init_from and not setup.resume \
+        else None
+    tokenizer: Tokenizer | None = None
+    donor = objective.tokenizer_donor(given)
+    if setup.resume:
+        tokenizer = Tokenizer.load(RunDir(setup.run_dir).tokenizer_file)
+    elif init is not None:
+        tokenizer, data = init.tokenizer, donor_data(data, init.path)
+    elif donor is not None:
+        tokenizer, data = Tokenizer.load(RunDir(donor).tokenizer_file), donor_data(data, donor)
+    with_data = resolved_config(given, data=data)
+    tokenizer = objective.prepare(with_data, tokenizer, setup)
+    return resolved_config(with_data, vocab_size=model_vocab_size(with_data, tokenizer, init)), \
+        tokenizer, init

@@ -17,14 +17,12 @@ from __future__ import annotations
 import gc
 import json
 import math
-import random
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -34,10 +32,9 @@ from gptkit.data.prepare import cache_dir
 from gptkit.device import autocast, resolve_compile, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.finetune import freeze, lora
-from gptkit.run import Run
 from gptkit.rundir import EPOCHS_FILE, RunDir
-from gptkit.tokenizers import Tokenizer
 from gptkit.train import checkpoint, distributed
+from gptkit.train.build import build_model
 from gptkit.train.checkpoint import BEST_DIR, CHECKPOINTS_DIR
 from gptkit.train.checkpointing import Checkpointer
 from gptkit.train.environment import environment_info
@@ -45,16 +42,12 @@ from gptkit.train.epochs import Budget, settle_epochs
 from gptkit.train.evaluation import Selection, diverged, not_finite
 from gptkit.train.metrics import LOG_OUTPUTS, PEAK_FLOPS_FILE, MetricsLogger, peak_flops
 from gptkit.train.objectives import Objective, Setup, objective_for
-from gptkit.train.optim import build_optimizer
 from gptkit.train.resolve import (
     accumulation_steps,
     check_run_dir,
     check_same_shape,
     clear_run_dir,
-    donor_data,
-    load_init_run,
-    model_vocab_size,
-    resolved_config,
+    settle_run,
 )
 from gptkit.train.schedule import Schedule
 
@@ -124,8 +117,8 @@ class Trainer:
         if self.resume:
             check_same_shape(RunDir(self.run_dir).config(), given)
         self.accum = accumulation_steps(given, env.world_size)
-        init = self._resolve(given, data_dir)
-        cfg = self.cfg  # settled: saved as config.yaml, never changed
+        setup = Setup(env, self.run_dir, data_dir, self.resume, self.progress)
+        cfg, self.tokenizer, init = settle_run(given, objective, setup)
         objective.attach(cfg, self.tokenizer, env)
         if cfg.finetune.unfreeze_every and env.world_size > 1:
             raise GptkitError(
@@ -134,7 +127,10 @@ class Trainer:
             )
         self.precision = resolve_precision(cfg.train.precision, env.device)
         self.compiled = resolve_compile(cfg.train.compile, env.device)
-        self._build_model(init)
+        built = build_model(cfg, env, self.objective, init, self.precision)
+        self.model, self.optimizer, self.scaler = built.model, built.optimizer, built.scaler
+        self.strategy, self.learnable = built.strategy, built.learnable
+        self.flops_per_token = built.flops_per_token
         self.loader = objective.batches(cfg, env, self.accum)
         # train.epochs and intervals in epochs become steps (saved so in config.yaml)
         self.cfg, self.epochs = settle_epochs(cfg, self.loader)
@@ -168,66 +164,6 @@ class Trainer:
         compiled: torch.nn.Module = torch.compile(self.model) if self.compiled else self.model  # type: ignore[assignment]
         self.train_model = (distributed.wrap_ddp(compiled, env) if self.strategy == "ddp"
                             else compiled)
-
-    def _resolve(self, given: RunConfig, data_dir: str | Path | None) -> Run | None:
-        """Settle the settings once: the data protocol, where the tokenizer comes from (this
-        run's own on resume, the starting run's, a teacher's, or trained on the data), and
-        the vocabulary size. Sets `self.cfg` and `self.tokenizer`; returns the starting run."""
-        setup = Setup(self.env, self.run_dir, data_dir, self.resume, self.progress)
-        data = self.objective.data_config(given, setup)
-        init = load_init_run(given, self.run_dir) if given.train.init_from and not self.resume \
-            else None
-        tokenizer: Tokenizer | None = None
-        donor = self.objective.tokenizer_donor(given)
-        if self.resume:
-            tokenizer = Tokenizer.load(RunDir(self.run_dir).tokenizer_file)
-        elif init is not None:
-            tokenizer, data = init.tokenizer, donor_data(data, init.path)
-        elif donor is not None:
-            tokenizer, data = Tokenizer.load(RunDir(donor).tokenizer_file), donor_data(data, donor)
-        with_data = resolved_config(given, data=data)
-        self.tokenizer = self.objective.prepare(with_data, tokenizer, setup)
-        self.cfg = resolved_config(
-            with_data, vocab_size=model_vocab_size(with_data, self.tokenizer, init))
-        return init
-
-    def _build_model(self, init: Run | None) -> None:
-        """The model on its device(s), sharded or not, with LoRA and freezing applied, and
-        its optimizer; the same initial weights on every rank."""
-        cfg, env = self.cfg, self.env
-        random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-        model, gpt = self.objective.build_model(cfg, init)
-        gpt.transformer.activation_checkpointing = cfg.train.activation_checkpointing
-        self.flops_per_token = gpt.flops_per_token(training=True)
-        torch.manual_seed(cfg.train.seed + env.rank)  # different dropout masks per rank
-        ft, n_layer = cfg.finetune, cfg.model.n_layer
-        self.strategy = distributed.resolve_strategy(
-            cfg.dist.strategy, env.world_size, gpt.num_params(), cfg.dist.fsdp_min_params)
-        if self.strategy == "fsdp":
-            if ft.lora_r:
-                raise GptkitError(
-                    "LoRA (finetune.lora_r) runs with dist.strategy=ddp: its trainable "
-                    "adapters are small, and the frozen weights gain little from sharding"
-                )
-            # sharding moves one block at a time to the device, never a whole copy; it comes
-            # before the optimizer and freezing see the parameters, since it replaces them
-            distributed.shard_fsdp(model, list(gpt.transformer.h), env, self.precision,
-                                   cfg.dist.cpu_offload)
-        else:
-            model.to(env.device)
-        self.model: torch.nn.Module = lora.add_lora(model, ft) if ft.lora_r else model  # type: ignore[arg-type]
-        self.learnable = freeze.ever_learnable(self.model, ft, n_layer)
-        freeze.apply_freezing(self.model, ft, n_layer, freeze.step_when_all_unfrozen(ft),
-                              learnable=self.learnable)
-        scale = None if ft.layer_lr_decay == 1 else (
-            lambda name: freeze.lr_scale(name, ft, n_layer))
-        self.optimizer = build_optimizer(self.model, cfg.train, env.device.type, scale)
-        freeze.apply_freezing(self.model, ft, n_layer, 0, learnable=self.learnable)
-        self.scaler = torch.amp.GradScaler(
-            env.device.type, enabled=self.precision == "fp16" and env.device.type == "cuda"
-        )
 
     def _start_records(self) -> None:
         """config.yaml, tokenizer.json, data.json, environment.json and the objective's own
