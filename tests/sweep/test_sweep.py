@@ -71,9 +71,11 @@ def test_a_tiny_sweep_makes_runs_a_study_a_recipe_and_pictures(data_dir, tmp_pat
     assert again.train.weight_decay == best["params"]["train.weight_decay"]
 
 
-def test_a_clearly_worse_trial_is_pruned(data_dir, tmp_path):
-    """Two good trials, then one whose learning rate barely moves the weights: the median
-    pruner stops it at its first evaluation after step 0 (where all trials agree)."""
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_a_clearly_worse_trial_is_pruned(data_dir, tmp_path, pruner):
+    """Two good trials, then one whose learning rate barely moves the weights: either pruner
+    stops it at its first evaluation after step 0 (where all trials agree): the median one as
+    worse than the median, successive halving as outside the top quarter of its rung."""
     out = tmp_path / "sweep"
     out.mkdir()
     study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name="sweep")
@@ -81,7 +83,7 @@ def test_a_clearly_worse_trial_is_pruned(data_dir, tmp_path):
         study.enqueue_trial({"train.lr": lr})
     space = write_space(tmp_path, "train.lr: {low: 1.0e-8, high: 1.0e-1, log: true}\n")
     result = run_sweep("shakespeare-char", space, 3, out=out,
-                       overrides=[*TINY, "train.max_steps=6"], pruner="median")
+                       overrides=[*TINY, "train.max_steps=6"], pruner=pruner)
     summary = json.loads((out / "sweep.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["complete", "complete", "pruned"]
     pruned = summary["trials"][2]
