@@ -41,6 +41,12 @@ def sentence_end(text: str) -> int:
     return ends[-1] if ends else 0
 
 
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise GptkitError(f"--threshold must be a probability in [0, 1] (got {threshold}); "
+                          "e.g. --threshold 0.5")
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A text's probability of the guard's label, and whether it reaches the threshold."""
@@ -55,9 +61,7 @@ class OutputGuard:
 
     def __init__(self, score: Callable[[str], float], label: str, threshold: float,
                  name: str = "the guard") -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise GptkitError(f"--threshold must be a probability in [0, 1] (got {threshold}); "
-                              "e.g. --threshold 0.5")
+        check_threshold(threshold)
         self._score = score
         self.label = label
         self.threshold = threshold
@@ -70,9 +74,7 @@ class OutputGuard:
         sequence classifier, an unknown label and a bad threshold are one-line errors)."""
         from gptkit.run import load_run
 
-        if not 0.0 <= threshold <= 1.0:  # before loading anything
-            raise GptkitError(f"--threshold must be a probability in [0, 1] (got {threshold}); "
-                              "e.g. --threshold 0.5")
+        check_threshold(threshold)  # before loading anything
         classifier = load_run(run, device=device).classifier
         if classifier is None:
             raise GptkitError(f"--guard {run} is not a classifier run (no labels.json); train "
