@@ -4,7 +4,7 @@ interruption or a killed worker, the grid, and --jobs."""
 from __future__ import annotations
 
 import json
-import time
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -135,12 +135,16 @@ def test_a_killed_workers_trial_is_failed_and_retried_after_its_heartbeat_stops(
     out.mkdir()
     spec = SweepSpec(recipe="shakespeare-char", space=str(space), trials=2, out=str(out),
                      storage=f"sqlite:///{out / 'study.db'}", study_name="sweep",
-                     overrides=TINY, heartbeat_s=1)
+                     overrides=TINY, heartbeat_s=5)
     study = load_study(spec, spec.load_space())
     dead = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
-    study._storage.record_heartbeat(dead._trial_id)  # then its process "dies"
-    time.sleep(3.5)  # the grace period: 3 heartbeats
-    run_sweep("shakespeare-char", space, 2, out=out, overrides=TINY, heartbeat_s=1)
+    study._storage.record_heartbeat(dead._trial_id)  # then its process "dies": its last
+    # heartbeat is made a minute old, past the 15 s grace period (3 heartbeats), rather than
+    # waited for, so that the live trials' own 15 s hold however slow the machine is
+    with sqlite3.connect(out / "study.db") as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-60 seconds') "
+                   "WHERE trial_id = ?", (dead._trial_id,))
+    run_sweep("shakespeare-char", space, 2, out=out, overrides=TINY, heartbeat_s=5)
     trials = json.loads((out / "sweep.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["fail", "complete", "complete"]
     assert trials[1]["retry_of"] == 0 and trials[1]["params"] == dead.params
