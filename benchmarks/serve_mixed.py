@@ -3,6 +3,7 @@ of mixed lengths, both engines at the same limits, in one run.
 
     python -m benchmarks.serve_mixed --baseline-src PATH/src [--run RUN]
         [--concurrency 8 32 64] [--requests 192] [--batch-size 16] [--rounds 2] [--threads N]
+        [--lengths uniform|log-uniform]
 
 `--baseline-src` is the `src/` folder of the revision to compare with (e.g. a `git worktree
 add --detach /tmp/static dcc3562`, the last commit with static batching); the other side is
@@ -10,9 +11,12 @@ this tree. Without --run, the default recipe's model, with a 512-token context s
 every request fits, is trained for `--train-steps` steps into a temporary folder.
 
 Each request streams (with the usage chunk) a prompt of 1 to 200 characters cut from Tiny
-Shakespeare (the char tokenizer: one token each) and asks for 8 to 256 new tokens, both
-drawn uniformly from a seeded generator, sampled at temperature 0.8, top-k 200, with its
-own seed. At each concurrency the requests are split into `--rounds` rounds that alternate
+Shakespeare (the char tokenizer: one token each) and asks for 8 to 256 new tokens, drawn
+from a seeded generator, sampled at temperature 0.8, top-k 200, with its own seed. Prompt
+lengths are uniform; new-token counts are uniform (`--lengths uniform`) or log-uniform
+(`--lengths log-uniform`: as many requests ask for 8-16 tokens as for 128-256, the long tail
+of real output lengths, where most replies are short and a few are long). At each
+concurrency the requests are split into `--rounds` rounds that alternate
 between the two servers (drift in this machine's speed hits both alike). Latency is the
 time to [DONE], time to first token the time to the first chunk with text. A request's
 text does not depend on what it shares the model with, so both engines must return the
@@ -20,7 +24,7 @@ same texts: that is checked and reported. Zero failed requests is the bar (exit 
 otherwise). "ideal" is the ratio of decoding steps the two schedulers need for these
 requests when a step costs the same whatever it holds (`ideal_steps`): the most continuous
 batching can gain on this workload without making a step cheaper. Results:
-benchmarks/results/serve_mixed.json.
+benchmarks/results/serve_mixed.json (uniform), serve_mixed_log_uniform.json (log-uniform).
 """
 
 from __future__ import annotations
@@ -40,16 +44,28 @@ from benchmarks.serve_load import one_request, server, summarize, train_default
 
 CONTEXT = 512  # the trained model's block_size: the longest request (200 + 256) fits
 SIDES = ("static", "continuous")
+LENGTHS = ("uniform", "log-uniform")
+NEW_TOKENS = (8, 256)
 
 
-def workload(text: str, requests: int, seed: int = 0) -> list[dict[str, Any]]:
+def new_tokens(rng: random.Random, lengths: str) -> int:
+    """A request's max_tokens in NEW_TOKENS, drawn uniformly or log-uniformly."""
+    low, high = NEW_TOKENS
+    if lengths == "uniform":
+        return rng.randint(low, high)
+    return min(high, int(low * (high / low) ** rng.random()))
+
+
+def workload(text: str, requests: int, seed: int = 0, lengths: str = "uniform"
+             ) -> list[dict[str, Any]]:
     """The request bodies: mixed prompt lengths and max_tokens, each with its own seed."""
     rng = random.Random(seed)
     bodies = []
     for i in range(requests):
         length = rng.randint(1, 200)
         start = rng.randrange(len(text) - length)
-        bodies.append({"prompt": text[start : start + length], "max_tokens": rng.randint(8, 256),
+        bodies.append({"prompt": text[start : start + length],
+                       "max_tokens": new_tokens(rng, lengths),
                        "temperature": 0.8, "top_k": 200, "seed": i, "stream": True,
                        "stream_options": {"include_usage": True}})
     return bodies
@@ -135,8 +151,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="--max-batch-size of both")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the servers")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/serve_mixed.json"))
+    parser.add_argument("--lengths", choices=LENGTHS, default="uniform",
+                        help="how max_tokens is drawn from 8-256 (default: uniform)")
+    parser.add_argument("--json", type=Path,
+                        help="default: benchmarks/results/serve_mixed[_log_uniform].json")
     args = parser.parse_args()
+    suffix = "" if args.lengths == "uniform" else "_" + args.lengths.replace("-", "_")
+    args.json = args.json or Path(f"benchmarks/results/serve_mixed{suffix}.json")
     if not (args.baseline_src / "gptkit").is_dir():
         parser.error(f"--baseline-src {args.baseline_src} holds no gptkit package")
     if args.requests < args.rounds or args.rounds < 1:
@@ -145,12 +166,13 @@ def main() -> None:
     from gptkit.data.sources import read_text, source_files
 
     text = read_text(source_files("tinyshakespeare", ["train"])["train"][0])
-    bodies = workload(text, args.requests)
+    bodies = workload(text, args.requests, lengths=args.lengths)
     top = max(args.concurrency)
     report: dict[str, Any] = {
         "requests": args.requests, "batch_size": args.batch_size, "rounds": args.rounds,
         "threads": args.threads, "baseline_src": str(args.baseline_src),
-        "prompt_chars": [1, 200], "max_tokens": [8, 256], "levels": {}}
+        "prompt_chars": [1, 200], "max_tokens": list(NEW_TOKENS), "lengths": args.lengths,
+        "levels": {}}
     with tempfile.TemporaryDirectory() as folder:
         run = args.run or train_default(Path(folder), args.train_steps,
                                         (f"model.block_size={CONTEXT}",))
@@ -172,7 +194,8 @@ def main() -> None:
                 report["levels"][str(concurrency)] = level
     failed = False
     print(f"\n{args.requests} streamed requests per level, prompts 1-200 tokens, 8-256 new "
-          f"tokens, --max-batch-size {args.batch_size} on both; run {report['run']}")
+          f"tokens ({args.lengths}), --max-batch-size {args.batch_size} on both; "
+          f"run {report['run']}")
     print(f"{'concurrency':<12}{'req/s static':>14}{'continuous':>12}{'ratio':>8}"
           f"{'ideal':>8}{'TTFT p99 static':>17}{'continuous':>12}{'same text':>11}"
           f"{'failed':>8}")
