@@ -60,6 +60,24 @@ def test_kv_cache_decoding_equals_full_forward(chunks):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full)
 
 
+def test_logits_to_keep_computes_only_the_last_positions():
+    model = tiny()
+    idx = random_ids(2, 12)
+    full, _ = model(idx)
+    for keep in (1, 3, 12):
+        logits, _ = model(idx, logits_to_keep=keep)
+        assert logits.shape == (2, keep, VOCAB)
+        torch.testing.assert_close(logits, full[:, -keep:])
+    cache = model.new_kv_cache(2)  # a prefill through the cache: only the last position's
+    model(idx[:, :7], kv_cache=cache, logits_to_keep=1)
+    logits, _ = model(idx[:, 7:], kv_cache=cache, logits_to_keep=2)
+    torch.testing.assert_close(logits, full[:, -2:])
+    with pytest.raises(GptkitError, match="logits_to_keep"):
+        model(idx, logits_to_keep=-1)
+    with pytest.raises(GptkitError, match="logits_to_keep"):
+        model(idx, targets=idx, logits_to_keep=1)
+
+
 def test_unembed_of_a_decoding_step_follows_the_weights():
     model = tiny(torch.float32)
     x = torch.randn(3, 1, 16)

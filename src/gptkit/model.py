@@ -403,8 +403,14 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab) for ids `idx` (B, T); the mean loss over targets != -100.
+
+        `logits_to_keep` > 0 (Hugging Face's argument of that name) computes the logits of
+        only the last that many positions, (B, logits_to_keep, vocab): a prompt's prefill
+        needs only its last position's, and the output layer is a large share of the
+        forward for a large vocabulary (GPT-2's 50k: 30% of a prompt's arithmetic).
 
         With `kv_cache`, `idx` continues the cached positions, and the cache is advanced.
         `attention_mask` and `position_ids` mean what they mean in Hugging Face's GPT-2:
@@ -426,8 +432,11 @@ class GPT(nn.Module):
                     f"batch of {batch} does not match the KV cache's batch of "
                     f"{kv_cache.batch_size}"
                 )
+        if logits_to_keep < 0 or (logits_to_keep and targets is not None):
+            raise GptkitError(f"logits_to_keep must be >= 0 and is for inference (no "
+                              f"targets), got {logits_to_keep}")
         x = self.transformer(idx, kv_cache, attention_mask, position_ids)
-        logits = self.unembed(x)
+        logits = self.unembed(x[:, -logits_to_keep:] if logits_to_keep else x)
         if kv_cache is not None:
             kv_cache.length += tokens
         loss = None

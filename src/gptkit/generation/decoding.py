@@ -148,9 +148,8 @@ class Decoder:
         if was_training:  # train()/eval() walk every module: a cost per token worth skipping
             self.model.eval()
         try:
-            logits, _ = self.model(
-                idx, kv_cache=self.cache, attention_mask=mask, position_ids=positions
-            )
+            logits, _ = self.model(idx, kv_cache=self.cache, attention_mask=mask,
+                                   position_ids=positions, logits_to_keep=1)
         finally:
             if was_training:
                 self.model.train()

@@ -190,7 +190,7 @@ class SpeculativeDecoder:
         """One prompt for every row: its ids but the last computed once in both caches."""
         if seq.size(1) > 1 and self.room(seq.size(1)) >= 0:  # else decoded plainly
             for model, cache in ((self.main, self.main_cache), (self.draft, self.draft_cache)):
-                self._forward(model, cache, seq[:1, :-1])
+                self._forward(model, cache, seq[:1, :-1], keep=1)
             self.stats.passes += 1
 
     def _mask(self, length: int) -> Tensor | None:
@@ -199,8 +199,9 @@ class SpeculativeDecoder:
         return torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), length - self.width)],
                          dim=1)
 
-    def _forward(self, model: GPT, cache: KVCache, seq: Tensor) -> Tensor:
-        """Logits (rows, new, vocab) of the positions of `seq` not yet in `cache`."""
+    def _forward(self, model: GPT, cache: KVCache, seq: Tensor, keep: int = 0) -> Tensor:
+        """Logits (rows, new, vocab) of the positions of `seq` not yet in `cache` (`keep` >
+        0: of the last `keep` of them)."""
         start = cache.length
         mask = self._mask(seq.size(1))
         positions = None if mask is None else positions_of(mask)[:, start:]
@@ -209,7 +210,7 @@ class SpeculativeDecoder:
             model.eval()
         try:
             logits, _ = model(seq[:, start:], kv_cache=cache, attention_mask=mask,
-                              position_ids=positions)
+                              position_ids=positions, logits_to_keep=keep)
         finally:
             if was_training:
                 model.train()
@@ -228,12 +229,12 @@ class SpeculativeDecoder:
         length = seq.size(1)
         grown, q_scores = seq, []
         for _ in range(k):
-            logits = on_vocab(self._forward(self.draft, self.draft_cache, grown)[:, -1],
+            logits = on_vocab(self._forward(self.draft, self.draft_cache, grown, keep=1)[:, -1],
                               self.vocab)
             scores = self.processors(grown, logits)
             q_scores.append(scores)
             grown = torch.cat([grown, self._sample(scores)[:, None]], dim=1)
-        logits = self._forward(self.main, self.main_cache, grown)[:, -(k + 1) :]
+        logits = self._forward(self.main, self.main_cache, grown, keep=k + 1)
         p_scores = torch.stack([self.processors(grown[:, : length + j], logits[:, j])
                                 for j in range(k + 1)], dim=1)
         drafted = grown[:, length:]

@@ -69,7 +69,7 @@ class SpeculativeStepper(Stepper):
     def _prefilled(self, seat: _Seat, start: int, ids: list[int]) -> None:
         if seat.drafted == start and start + len(ids) <= self.draft_block:
             with torch.no_grad():
-                run_on(self.draft, self.draft_pool, seat.slot, [start], [ids])
+                run_on(self.draft, self.draft_pool, seat.slot, [start], [ids], keep=1)
             seat.drafted = start + len(ids)
 
     def _copy(self, source: _Seat, target: _Seat) -> None:

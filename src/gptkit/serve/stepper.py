@@ -253,7 +253,7 @@ class Stepper:
     # --- computing scores ---------------------------------------------------------------------
     def _forward(self, first: int, positions: list[int], ids: list[list[int]]) -> Tensor:
         """fp32 scores (rows, vocab) after `ids` (rows, T) written from `positions` on."""
-        return run_on(self.model, self.pool, first, positions, ids)[:, -1].float()
+        return run_on(self.model, self.pool, first, positions, ids, keep=1)[:, -1].float()
 
     def _prefilled(self, seat: _Seat, start: int, ids: list[int]) -> None:
         """Prompt positions `ids` of `seat` from `start` on are in its slot (a hook: the
@@ -295,7 +295,7 @@ class Stepper:
         if sliding:  # their last block_size tokens, recomputed without a cache, together
             windows = torch.tensor([seat.tokens[-self.block_size :] for seat in sliding],
                                    device=self.pool.k.device)
-            logits = self.model(windows)[0][:, -1].float()
+            logits = self.model(windows, logits_to_keep=1)[0][:, -1].float()
             for i, seat in enumerate(sliding):
                 seat.cached = 0  # its slot is not read again
                 self._ready(seat, logits[i])
@@ -445,9 +445,11 @@ class Stepper:
 
 
 def run_on(model: GPT, pool: KVPool, first: int, positions: list[int],
-           ids: list[list[int]]) -> Tensor:
+           ids: list[list[int]], keep: int = 0) -> Tensor:
     """`model`'s logits (rows, T, vocab) after `ids` (rows, T), each row written into its
-    slot of `pool` (slots first, first + 1, ...) from its own position on."""
+    slot of `pool` (slots first, first + 1, ...) from its own position on; `keep` > 0: of
+    the last `keep` positions only."""
     idx = torch.tensor(ids, device=pool.k.device)
-    logits, _ = model(idx, kv_cache=pool.view(first, positions, idx.size(1)))
+    logits, _ = model(idx, kv_cache=pool.view(first, positions, idx.size(1)),
+                      logits_to_keep=keep)
     return logits
