@@ -3,7 +3,7 @@ and fp32 against bf16 weights, alternating in one run.
 
     python -m benchmarks.decode_step [--baseline-src /path/to/old/src] [--bf16]
         [--shapes shakespeare-char 6x384-50k gpt2-small] [--batches 1 8]
-        [--new-tokens 64] [--rounds 5] [--threads 1]
+        [--new-tokens 64] [--prompt-tokens 8] [--rounds 5] [--threads 1]
 
 Make the baseline tree with e.g. `git worktree add /tmp/base <rev>` (or `git archive <rev>
 src | tar -x -C /tmp/base`) and pass `--baseline-src /tmp/base/src`. Each side is a worker
@@ -12,11 +12,12 @@ interpreter: "before" (the baseline tree, fp32), "after" (this tree, fp32) and, 
 `--bf16`, "after_bf16" (this tree, weights cast to bf16, as `load_run` does when
 `inference_dtype` picks bf16). Every worker builds the same random weights per shape
 (`torch.manual_seed(0)`) and decodes greedily with `generate` from the same random 8-token
-prompts, with no end-of-text stop. After one short warm-up per side the sides alternate
-(A B C, C B A, ...); only one worker computes at a time. tokens/s is batch x new tokens
-over the median wall time (the prompt's prefill included), and the ratio of the fastest
-rounds is given too (on a shared machine, the least disturbed figure); "same ids" is the
-share of new tokens equal to the first side's.
+prompts (`--prompt-tokens`; with `--new-tokens 1` a long prompt measures the prefill: the
+time to a first token), with no end-of-text stop. After one short warm-up per side the
+sides alternate (A B C, C B A, ...); only one worker computes at a time. tokens/s is
+batch x new tokens over the median wall time (the prompt's prefill included), and the ratio
+of the fastest rounds is given too (on a shared machine, the least disturbed figure);
+"same ids" is the share of new tokens equal to the first side's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROMPT_TOKENS = 8
+PROMPT_TOKENS = 8  # the default
 # the shapes of benchmarks.decode_runtimes (the default recipe's model with its ~65
 # characters, a 6x384 model with GPT-2's vocabulary, GPT-2 small), and two between
 SHAPES: dict[str, dict[str, Any]] = {
@@ -68,13 +69,13 @@ def worker(threads: int) -> None:
             model = GPT(ModelConfig(**req["shape"], dropout=0.0)).eval()
             models[key] = model.to(torch.bfloat16) if req["dtype"] == "bf16" else model
         model = models[key]
-        prompts = torch.randint(0, req["shape"]["vocab_size"], (req["batch"], PROMPT_TOKENS),
+        prompts = torch.randint(0, req["shape"]["vocab_size"], (req["batch"], req["prompt"]),
                                 generator=torch.Generator().manual_seed(req["batch"]))
         greedy = GenerationConfig(max_new_tokens=req["new"], temperature=0.0, top_k=None)
         start = time.perf_counter()
         out = generate(model, prompts, greedy, eot_id=None)
         seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds, "tokens": out[:, PROMPT_TOKENS:].tolist(),
+        print(json.dumps({"seconds": seconds, "tokens": out[:, req["prompt"] :].tolist(),
                           "params": model.num_params()}), flush=True)
 
 
@@ -88,9 +89,11 @@ class Side:
             [sys.executable, "-u", __file__, "--worker", "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
-    def decode(self, shape: dict[str, Any], batch: int, new: int) -> dict[str, Any]:
+    def decode(self, shape: dict[str, Any], batch: int, new: int,
+               prompt: int = PROMPT_TOKENS) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        request = {"shape": shape, "batch": batch, "new": new, "dtype": self.dtype}
+        request = {"shape": shape, "batch": batch, "new": new, "dtype": self.dtype,
+                   "prompt": prompt}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
@@ -106,18 +109,18 @@ class Side:
 
 
 def bench(sides: dict[str, Side], shape: dict[str, Any], batches: list[int], new_tokens: int,
-          rounds: int) -> dict[str, Any]:
-    new = min(new_tokens, shape["block_size"] - PROMPT_TOKENS)
+          rounds: int, prompt: int = PROMPT_TOKENS) -> dict[str, Any]:
+    new = min(new_tokens, shape["block_size"] - prompt)
     results: dict[str, Any] = {"shape": shape, "new_tokens": new}
     first = next(iter(sides))
     for batch in batches:
         for side in sides.values():  # warm-up
-            results["parameters"] = side.decode(shape, batch, min(new, 4))["params"]
+            results["parameters"] = side.decode(shape, batch, min(new, 4), prompt)["params"]
         times: dict[str, list[float]] = {name: [] for name in sides}
         tokens: dict[str, list[list[int]]] = {}
         for i in range(rounds):
             for name in (list(sides) if i % 2 == 0 else list(reversed(sides))):
-                reply = sides[name].decode(shape, batch, new)
+                reply = sides[name].decode(shape, batch, new, prompt)
                 times[name].append(reply["seconds"])
                 tokens[name] = reply["tokens"]
         tok_s = {name: batch * new / statistics.median(t) for name, t in times.items()}
@@ -165,6 +168,7 @@ def main() -> None:
                         default=["shakespeare-char", "6x384-50k", "gpt2-small"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/decode_step.json"))
@@ -182,13 +186,13 @@ def main() -> None:
         sides["after_bf16"] = Side(REPO / "src", "bf16", args.threads)
     print(f"{args.threads} threads; sides: {', '.join(sides)}", flush=True)
     results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds,
-                               "prompt_tokens": PROMPT_TOKENS, "sides": list(sides),
+                               "prompt_tokens": args.prompt_tokens, "sides": list(sides),
                                "baseline_src": str(args.baseline_src or ""),
                                "baseline_label": args.baseline_label, "shapes": {}}
     try:
         for name in args.shapes:
             results["shapes"][name] = bench(sides, SHAPES[name], args.batches,
-                                            args.new_tokens, args.rounds)
+                                            args.new_tokens, args.rounds, args.prompt_tokens)
             report(name, results["shapes"][name])
     finally:
         for side in sides.values():

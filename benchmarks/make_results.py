@@ -45,6 +45,7 @@ TITLES = {
     "decode_runtimes_1thread": "Decode speed against llama.cpp and ONNX Runtime, one thread",
     "decode_step": "Decode speed before and after a change",
     "decode_step_bf16": "Decode speed with bf16 weights against fp32",
+    "decode_step_prefill": "The first token after a long prompt, before and after a change",
     "distill_shakespeare": "Distillation into a small student",
     "fast_vs_default": "The fast recipe against the default one",
     "generate_vs_transformers": "Generation speed against transformers",
@@ -55,6 +56,8 @@ TITLES = {
     "serve_chat": "Prefix reuse on a multi-turn chat load",
     "serve_load": "Serving under load, batching off and on",
     "serve_mixed": "Continuous batching against static batching, mixed lengths",
+    "serve_mixed_log_uniform": "Continuous batching against static batching, long-tailed "
+                               "lengths",
     "serve_speculative": "Speculative decoding in the server's engine, batch 1 and 4",
     "speculative": "Speculative decoding with a distilled draft, batch 1",
     "suite": "The speed suite",
@@ -381,7 +384,8 @@ def render_serve_speculative(r: dict[str, Any]) -> list[str]:
 def render_serve_mixed(r: dict[str, Any]) -> list[str]:
     out = [f"{r['requests']} streamed requests per level (prompts of {r['prompt_chars'][0]} "
            f"to {r['prompt_chars'][1]} tokens, {r['max_tokens'][0]} to {r['max_tokens'][1]} "
-           f"new tokens, sampled), `--max-batch-size {r['batch_size']}` on both, "
+           f"new tokens drawn {r.get('lengths', 'uniform')}, sampled), "
+           f"`--max-batch-size {r['batch_size']}` on both, "
            f"{r['rounds']} alternating rounds; the model's thread count: "
            f"{r['threads'] or 'default'}; run: {Path(str(r['run'])).name}"
            f"{made(r.get('run_made_by'))}. Static batching is the last revision that had it "
@@ -423,6 +427,7 @@ RENDERERS: dict[str, Renderer] = {
     "decode_runtimes_1thread": render_decode_runtimes,
     "decode_step": render_decode_step,
     "decode_step_bf16": render_decode_step,
+    "decode_step_prefill": render_decode_step,
     "distill_shakespeare": render_distill,
     "fast_vs_default": render_fast,
     "generate_vs_transformers": render_generation,
@@ -432,6 +437,7 @@ RENDERERS: dict[str, Renderer] = {
     "serve_chat": render_serve_chat,
     "serve_load": render_serve,
     "serve_mixed": render_serve_mixed,
+    "serve_mixed_log_uniform": render_serve_mixed,
     "serve_speculative": render_serve_speculative,
     "speculative": render_speculative,
     "train_speed": render_train_speed,

@@ -74,6 +74,7 @@ def test_decode_runtimes_measures_every_runtime_on_the_same_weights(tmp_path):
     shape = bench_shape(tiny, batches=[1, 2], new_tokens=4, rounds=1, threads=1,
                         folder=tmp_path)
     sides = {"gptkit_fp32", "llama.cpp_f32", "llama.cpp_f16", "llama.cpp_q8_0", "onnxruntime"}
+    assert shape["new_tokens"] == 4
     for batch in (1, 2):
         entry = shape[f"batch_{batch}"]
         assert sides <= set(entry["tokens_per_s"])
@@ -114,10 +115,11 @@ def test_decode_step_compares_two_trees_on_the_same_weights():
     sides = {"before": Side(REPO / "src", "fp32", 1), "after": Side(REPO / "src", "fp32", 1),
              "after_bf16": Side(REPO / "src", "bf16", 1)}
     try:
-        shape = bench(sides, tiny, batches=[1, 2], new_tokens=4, rounds=2)
+        shape = bench(sides, tiny, batches=[1, 2], new_tokens=4, rounds=2, prompt=10)
     finally:
         for side in sides.values():
             side.close()
+    assert shape["new_tokens"] == 4
     for batch in (1, 2):
         entry = shape[f"batch_{batch}"]
         assert set(entry["tokens_per_s"]) == set(sides)
@@ -185,6 +187,22 @@ def test_ideal_steps_count_static_and_continuous_scheduling_by_hand():
     # continuous refills the short row's place at once: [4, 1] -> [3, 1] -> [2, 1] -> [1, 1]
     assert ideal_steps([4, 1, 1, 1, 1], 2, 2) == {"static": 6, "continuous": 4}
     assert ideal_steps([3, 3, 3], 1, 4) == {"static": 9, "continuous": 9}  # nothing to share
+
+
+def test_log_uniform_lengths_give_each_doubling_of_max_tokens_a_fifth_of_the_requests():
+    import random
+
+    from benchmarks.serve_mixed import new_tokens
+
+    rng = random.Random(0)
+    for lengths, top_share in (("log-uniform", 0.2), ("uniform", 129 / 249)):
+        draws = [new_tokens(rng, lengths) for _ in range(5000)]
+        assert min(draws) >= 8 and max(draws) <= 256
+        octaves = [sum(8 * 2**i <= n < 8 * 2 ** (i + 1) for n in draws) / 5000 for i in range(4)]
+        top = sum(n >= 128 for n in draws) / 5000
+        assert abs(top - top_share) < 0.03, (lengths, top)
+        if lengths == "log-uniform":
+            assert all(abs(share - 0.2) < 0.03 for share in octaves), octaves
 
 
 def test_serving_renderers_show_every_level_and_both_sides():
