@@ -52,6 +52,7 @@ TITLES = {
     "generate_vs_transformers_char": "Generation speed against transformers, the default "
                                      "recipe's model",
     "lora_vs_full": "LoRA against full fine-tuning",
+    "pool_attention": "A serving step at mixed lengths: attention row by row or in one call",
     "prepare": "Tokenising speed of prepare",
     "serve_chat": "Prefix reuse on a multi-turn chat load",
     "serve_load": "Serving under load, batching off and on",
@@ -405,6 +406,24 @@ def render_serve_mixed(r: dict[str, Any]) -> list[str]:
                         "continuous TTFT p99 (s)", "same text", "failed"], rows)
 
 
+def render_pool_attention(r: dict[str, Any]) -> list[str]:
+    out = ["One decoding step of the server's KV pool (one new token per row, random weights "
+           "and keys, rows at positions drawn uniformly over the context), "
+           f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}, the two sides "
+           f"alternating over {r['rounds']} rounds, median ms per step. \"one call\": every "
+           "row reads the longest row's keys, masked; \"chosen\": what the pool picks (row by "
+           "row where the keys it saves outweigh a call per row).", ""]
+    rows = []
+    for name, s in r["shapes"].items():
+        for count, x in s["by_rows"].items():
+            rows.append([name, count, f"{x['positions_mean']:.0f} / {x['positions_max']}",
+                         "yes" if x["row_by_row"] else "no",
+                         num(x["ms_per_step"]["one call"], 2), num(x["ms_per_step"]["chosen"], 2),
+                         f"{x['speedup']:.2f}x", f"{x['max_logit_difference']:.1e}"])
+    return out + table(["shape", "rows", "mean / longest position", "row by row",
+                        "one call (ms)", "chosen (ms)", "speedup", "logits differ by"], rows)
+
+
 def render_serve_chat(r: dict[str, Any]) -> list[str]:
     off, on = r["cache off"], r["cache on"]
     keys = [("prompt tokens computed", "prompt_tokens_computed"),
@@ -433,6 +452,7 @@ RENDERERS: dict[str, Renderer] = {
     "generate_vs_transformers": render_generation,
     "generate_vs_transformers_char": render_generation,
     "lora_vs_full": render_lora,
+    "pool_attention": render_pool_attention,
     "prepare": render_prepare,
     "serve_chat": render_serve_chat,
     "serve_load": render_serve,

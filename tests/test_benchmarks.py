@@ -205,6 +205,20 @@ def test_log_uniform_lengths_give_each_doubling_of_max_tokens_a_fifth_of_the_req
             assert all(abs(share - 0.2) < 0.03 for share in octaves), octaves
 
 
+def test_pool_attention_times_both_sides_on_the_same_step():
+    from benchmarks.make_results import render_pool_attention
+    from benchmarks.pool_attention import bench
+
+    tiny = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 32, "vocab_size": 23}
+    r = bench(tiny, rows=3, rounds=2)
+    assert set(r["ms_per_step"]) == {"one call", "chosen"} and r["ms_per_step"]["chosen"] > 0
+    assert r["row_by_row"] is False  # 2 heads of 8: a call per row never pays
+    assert r["max_logit_difference"] == 0.0  # the same call on both sides
+    lines = render_pool_attention({"threads": 1, "rounds": 2,
+                                   "shapes": {"tiny": {"shape": tiny, "by_rows": {"3": r}}}})
+    assert sum(line.startswith("| tiny | 3 |") for line in lines) == 1
+
+
 def test_serving_renderers_show_every_level_and_both_sides():
     from benchmarks.make_results import render_serve_chat, render_serve_mixed
 

@@ -91,6 +91,12 @@ class KVCache:
         `length` on); None: the caller's."""
         return None
 
+    def row_keys(self, tokens: int) -> list[int] | None:
+        """How many keys each row's one new position sees, when the rows attend row by row
+        instead of in one masked call over the longest row's keys (a cache whose rows sit at
+        positions of their own, where that reads enough fewer keys); None: one call."""
+        return None
+
     def reorder(self, rows: Tensor) -> None:
         """Row i takes over what row `rows[i]` held: beam search follows surviving beams."""
         filled = slice(0, self.length)
@@ -146,6 +152,8 @@ class AttentionContext:
     kv_cache: KVCache | None = None  # positions cached so far; the new ones are written in
     mask: Tensor | None = None  # bool, True = may attend (`attention_rule`); None: causal
     rope: tuple[Tensor, Tensor] | None = None  # rotary angles of the new positions
+    # one new position per row, row i attending to its first row_keys[i] keys (no mask)
+    row_keys: list[int] | None = None
 
     @property
     def start(self) -> int:
@@ -186,11 +194,16 @@ class CausalSelfAttention(nn.Module):
             cached_k, cached_v = ctx.kv_cache.update(self.layer, k, v)
             if start > 0:
                 k, v = cached_k.to(q.dtype), cached_v.to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, dropout_p=self.dropout if self.training else 0.0,
-            # without a mask: causal from position 0; one new token after a cache sees all
-            is_causal=ctx.mask is None and start == 0,
-        )
+        if ctx.row_keys is not None:  # each row reads its own keys only (KVCache.row_keys)
+            y = torch.cat([F.scaled_dot_product_attention(q[i : i + 1], k[i : i + 1, :, :n],
+                                                          v[i : i + 1, :, :n])
+                           for i, n in enumerate(ctx.row_keys)])
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=ctx.mask, dropout_p=self.dropout if self.training else 0.0,
+                # without a mask: causal from position 0; one new token after a cache sees all
+                is_causal=ctx.mask is None and start == 0,
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         y = self.c_proj(y)
         return self.resid_dropout(y) if self.training else y  # eval: not even the call
@@ -341,7 +354,8 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(start, start + idx.size(1), device=idx.device)[None]
             rope = rotary_angles(position_ids, self.head_dim, *self.rope)
         x = self.drop(x) if self.training else x
-        ctx = AttentionContext(kv_cache, mask, rope)
+        row_keys = None if kv_cache is None else kv_cache.row_keys(idx.size(1))
+        ctx = AttentionContext(kv_cache, mask, rope, row_keys)
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         for block in self.h:
             # recomputed: the block's RNG state is replayed, so dropout masks are the same

@@ -221,10 +221,38 @@ def test_the_pool_is_allocated_at_start_and_sized_per_row(run):
     assert info["bytes"] == 3 * per_row == 3 * 2 * c.n_layer * c.block_size * c.n_embd * 4
 
 
+def row_by_row(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
+    """Decoding steps of the pool attend row by row (`on`) or in one masked call, whatever
+    the sizes (`kvpool.ROW_CALL_BYTES`: what a call per row must save)."""
+    monkeypatch.setattr("gptkit.serve.kvpool.ROW_CALL_BYTES", 0 if on else 10**12)
+
+
+def test_a_decoding_step_attends_row_by_row_where_that_reads_fewer_bytes():
+    """With GPT-2 small's 12 heads of 64, rows far apart read much fewer keys each on their
+    own than the longest row's, which pays for a call per row; rows close together do not,
+    nor do the default recipe's model's 4 heads of 32, nor rows at one position or several
+    tokens per row."""
+    torch.manual_seed(0)
+    wide = GPT(ModelConfig(n_layer=1, n_head=12, n_embd=768, block_size=1024, vocab_size=50,
+                           dropout=0.0)).eval()
+    pool = KVPool(wide, 4)
+    assert pool.view(0, [10, 1000, 20, 30], 1).row_keys(1) == [11, 1001, 21, 31]
+    assert pool.view(0, [990, 1000, 995, 1000], 1).row_keys(1) is None
+    assert pool.view(0, [500] * 4, 1).row_keys(1) is None
+    assert pool.view(0, [10, 900, 20, 30], 3).row_keys(3) is None
+    small = GPT(ModelConfig(n_layer=1, n_head=4, n_embd=128, block_size=512, vocab_size=50,
+                            dropout=0.0)).eval()
+    assert KVPool(small, 16).view(0, [10 + 30 * i for i in range(16)], 1).row_keys(1) is None
+
+
+@pytest.mark.parametrize("rowwise", [False, True])
 @pytest.mark.parametrize("pos_embedding", ["learned", "rope"])
-def test_rows_at_their_own_positions_get_a_full_forwards_scores(pos_embedding):
+def test_rows_at_their_own_positions_get_a_full_forwards_scores(pos_embedding, rowwise,
+                                                                monkeypatch):
     """The pool's rows decode together, each at its own position (learned positions and
-    rotary angles alike), and score as the whole sequence does in one plain forward."""
+    rotary angles alike; in one masked call or row by row), and score as the whole sequence
+    does in one plain forward."""
+    row_by_row(monkeypatch, rowwise)
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50,
                             dropout=0.0, pos_embedding=pos_embedding)).eval()
@@ -237,14 +265,18 @@ def test_rows_at_their_own_positions_get_a_full_forwards_scores(pos_embedding):
             rest = ids[half:-1]
             model(torch.tensor([rest]), kv_cache=pool.view(slot, [half], len(rest)))
         last = torch.tensor([[ids[-1]] for ids in rows])
-        together, _ = model(last, kv_cache=pool.view(0, [len(ids) - 1 for ids in rows], 1))
+        view = pool.view(0, [len(ids) - 1 for ids in rows], 1)
+        assert (view.row_keys(1) is not None) == rowwise
+        together, _ = model(last, kv_cache=view)
         for slot, ids in enumerate(rows):
             whole, _ = model(torch.tensor([ids]))
             torch.testing.assert_close(together[slot, -1], whole[0, -1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rowwise", [False, True])
 @pytest.mark.parametrize("pos_embedding", ["learned", "rope"])
-def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding):
+def test_the_stepper_draws_what_generate_steps_draws_alone(pos_embedding, rowwise, monkeypatch):
+    row_by_row(monkeypatch, rowwise)
     torch.manual_seed(1)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50,
                             dropout=0.0, pos_embedding=pos_embedding)).eval()

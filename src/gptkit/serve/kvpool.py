@@ -15,6 +15,14 @@ from torch import Tensor
 
 from gptkit.model import GPT, KVCache, attention_rule
 
+# What one more attention call costs, in key and value bytes read in the same time: about
+# 20 us of dispatch against ~20 GB/s of reading on this project's CPU. A decoding step
+# attends row by row when the keys it saves (each row reading its own instead of the
+# longest row's) outweigh a call per row: on the default recipe's model one masked call
+# stays faster; GPT-2 small's step of 16 rows at mixed lengths took 1.33x less time row by
+# row (`benchmarks.pool_attention`, docs/results.md).
+ROW_CALL_BYTES = 400_000
+
 
 class KVPool:
     """Keys and values of `rows` slots of up to block_size positions each (the model's
@@ -58,6 +66,9 @@ class SlotView(KVCache):
     position in its row) and the position ids itself, and writes the new keys and values
     at each row's positions; keys are cut to the furthest row's.
 
+    A decoding step (one token per row) of rows at positions of their own attends row by
+    row, each over its own keys, where that reads enough fewer bytes (`ROW_CALL_BYTES`).
+
     Rows at different positions may take several tokens each (speculative decoding checks
     K + 1 per row): row i writes positions positions[i], positions[i] + 1, ..., cut at the
     last position of the slot. A row that only waits beside the others writes such a
@@ -78,16 +89,28 @@ class SlotView(KVCache):
         self.device = device
         self.slots: Tensor | None = None
         self.starts: Tensor | None = None
+        self.own_keys: list[int] | None = None
         if any(p != self.length for p in positions):  # rows at positions of their own
             self.slots = torch.arange(first, first + len(positions), device=device)
             self.starts = torch.tensor(positions, device=device)
+            if tokens == 1:
+                own = [min(p, pool.positions - 1) + 1 for p in positions]
+                saved = len(own) * self.keys - sum(own)  # keys of other rows' lengths
+                row_bytes = 2 * pool.k.size(2) * pool.k.size(4) * pool.k.element_size()
+                if saved * row_bytes > len(own) * ROW_CALL_BYTES:
+                    self.own_keys = own
 
     def context(self, tokens: int) -> tuple[Tensor | None, Tensor | None]:
         if self.starts is None:  # one start for all rows: the plain causal rule from it
             return attention_rule(tokens, self.length, None, self.device), None
         pos = self._positions(tokens)
+        if self.own_keys is not None:  # row by row (`row_keys`): no mask
+            return None, pos
         keys = torch.arange(self.keys, device=self.starts.device)
         return (keys[None, None, :] <= pos[:, :, None])[:, None], pos
+
+    def row_keys(self, tokens: int) -> list[int] | None:
+        return self.own_keys
 
     def _positions(self, tokens: int) -> Tensor:
         """(B, T) positions of the new tokens, cut at the slot's last position."""
