@@ -19,7 +19,7 @@ from gptkit.model import GPT, KVCache, attention_rule
 # 20 us of dispatch against ~20 GB/s of reading on this project's CPU. A decoding step
 # attends row by row when the keys it saves (each row reading its own instead of the
 # longest row's) outweigh a call per row: on the default recipe's model one masked call
-# stays faster; GPT-2 small's step of 16 rows at mixed lengths took 1.33x less time row by
+# stays faster; GPT-2 small's step of 16 rows at mixed lengths ran 1.35x as fast row by
 # row (`benchmarks.pool_attention`, docs/results.md).
 ROW_CALL_BYTES = 400_000
 
