@@ -271,7 +271,7 @@ def test_the_api_with_a_draft_gives_the_same_greedy_texts_and_counts_the_draft(s
         stats = app.state.engine.stats
         pool = health(url)["kv_pool"]
         assert pool["draft_tokens"] == 3 and pool["draft_bytes"] > 0
-        assert pool["prefix_cache_bytes"] == 0  # prefix reuse is off with a draft
+        assert pool["prefix_cache_bytes"] == 256 * 2**20  # prefix reuse with a draft too
         assert health(url)["stats"]["accepted_tokens"] == stats.accepted_tokens
         from fastapi.testclient import TestClient
 
@@ -285,14 +285,49 @@ def test_an_engine_passed_to_create_app_takes_its_draft_itself(sharp, draft):
         create_app(Engine(sharp), draft=draft)
 
 
-def test_a_prefix_cache_budget_with_a_draft_is_refused_and_none_is_kept(sharp, draft):
-    with pytest.raises(GptkitError, match="--prefix-cache-mb does nothing with --draft"):
-        Engine(sharp, draft=draft, prefix_cache_mb=64)
-    for engine in (Engine(sharp, draft=draft, prefix_cache_mb=0), Engine(sharp, draft=draft)):
-        info = engine.pool_info()
-        assert info is not None and info["prefix_cache_bytes"] == 0
-    info = Engine(sharp).pool_info()
-    assert info is not None and info["prefix_cache_bytes"] == 256 * 2**20
+def test_a_prefix_cache_budget_with_a_draft_is_kept(sharp, draft):
+    for budget, kept in ((64, 64 * 2**20), (0, 0), (None, 256 * 2**20)):
+        info = Engine(sharp, draft=draft, prefix_cache_mb=budget).pool_info()
+        assert info is not None and info["prefix_cache_bytes"] == kept
+
+
+def converse(engine: Engine, run: Run, turns: int = 3, **settings: Any) -> list[str]:
+    """A chat resent each turn: each prompt is the last one, its reply and a new line. The
+    KV pools are wiped between turns, so what a turn reuses comes from the prefix store."""
+    prompt, replies = "RO", []
+    for _ in range(turns):
+        events = submit(engine, run, prompt, max_new_tokens=6, **settings)
+        engine.run_batch([])
+        replies.append(finishes(events)[0].text)
+        prompt += replies[-1] + "\nJ"
+        stepper = engine.stepper
+        for pool in (stepper.pool, getattr(stepper, "draft_pool", stepper.pool)):
+            pool.k.normal_()
+            pool.v.normal_()
+    return replies
+
+
+def test_prefix_reuse_with_a_draft_restores_both_models_kv(sharp):
+    """A history resent each turn is computed once by the model and the draft alike: greedy
+    replies are the model's own, and seeded sampled ones (where the draft's proposals decide
+    the random path) are exactly those of a draft that computes every prompt itself, with
+    the same acceptance: its restored KV is the one it computes. (Weights noisy enough that
+    the next token depends on the context, not only on the last token.)"""
+    model = noisy(sharp.model, 1.0, 7)
+    run = dataclasses.replace(sharp, lm=model)
+    draft = Speculative(noisy(model, 0.1, 2), tokens=3)
+    plain = converse(Engine(run, prefix_cache_mb=0), run)
+    assert len(set("".join(plain))) > 5
+    for settings in ({}, {"temperature": 1.0, "seed": 3}):
+        fresh = Engine(run, draft=draft, prefix_cache_mb=0)
+        reused = Engine(run, draft=draft, prefix_cache_mb=64)
+        replies = converse(fresh, run, **settings)
+        assert converse(reused, run, **settings) == replies
+        assert replies == plain or settings
+        assert reused.stats.prompt_tokens_reused > 0 == fresh.stats.prompt_tokens_reused
+        assert reused.stats.prompt_tokens_computed < fresh.stats.prompt_tokens_computed
+        assert reused.stats.draft_tokens == fresh.stats.draft_tokens > 0
+        assert reused.stats.accepted_tokens == fresh.stats.accepted_tokens
 
 
 def test_serve_takes_draft_flags_and_refuses_a_draft_of_another_tokenizer(
@@ -303,8 +338,6 @@ def test_serve_takes_draft_flags_and_refuses_a_draft_of_another_tokenizer(
     expect_error(capsys, "serve", str(tiny_run), "--draft-tokens", "3", match="--draft RUN")
     expect_error(capsys, "serve", str(tiny_run), "--draft", str(tiny_run), "--draft-tokens",
                  "0", match="--draft-tokens must be >= 1")
-    expect_error(capsys, "serve", str(tiny_run), "--draft", str(tiny_run),
-                 "--prefix-cache-mb", "64", match="--prefix-cache-mb does nothing with --draft")
     with serve_cli(tiny_run, tmp_path / "log.txt", "--draft", str(tiny_run),
                    "--draft-tokens", "2") as url:
         import httpx

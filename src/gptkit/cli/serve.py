@@ -46,7 +46,8 @@ def register(commands: Any) -> None:
     p.add_argument("--prefix-cache-mb", type=float, metavar="MB",
                    help="memory for the KV of recent prompts and texts, reused by requests "
                    "that start the same way, least recently used evicted (default "
-                   f"{DEFAULT_PREFIX_CACHE_MB}; 0 = off; none with --draft)")
+                   f"{DEFAULT_PREFIX_CACHE_MB}; 0 = off; with --draft it holds the draft's "
+                   "KV too)")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, metavar="N",
                    help="longest prompt accepted, in tokens (default 2048; longer: 413)")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N",

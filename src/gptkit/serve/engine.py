@@ -101,13 +101,10 @@ class Engine:
                  guard: OutputGuard | None = None) -> None:
         """`max_batch_size`: rows (prompts x n) decoding together, the KV pool's slots;
         `prefill_chunk`: prompt tokens prefilled per step; `prefix_cache_mb`: the prefix
-        store's budget (0: no prefix reuse; None: 256 MB, none with a draft); `draft`: decode
-        speculatively with this draft model (`gptkit.serve.speculate`; it must share the
-        run's tokenizer, and there is no prefix reuse with it: a budget is then an error);
-        `guard`: withhold what crosses its threshold (`gptkit.guard`)."""
-        if draft is not None and prefix_cache_mb:
-            raise GptkitError("--prefix-cache-mb does nothing with --draft (speculative "
-                              "decoding runs without prefix reuse): leave one of them out")
+        store's budget (0: no prefix reuse; None: 256 MB; with a draft it holds the draft's
+        KV too); `draft`: decode speculatively with this draft model
+        (`gptkit.serve.speculate`; it must share the run's tokenizer); `guard`: withhold what
+        crosses its threshold (`gptkit.guard`)."""
         self.run = run
         self.name = name or Path(run.path).resolve().name
         self.tokenizer: Tokenizer = run.tokenizer
@@ -122,13 +119,14 @@ class Engine:
             listener = Listener(self._started, self._took, self._failed, self._cancelled,
                                 self._empty)
             eot, model = self.tokenizer.eot_id, run.model
+            budget = DEFAULT_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
+            store = PrefixStore(int(budget * 2**20)) if budget else None
             if draft is not None:
                 self._stepper = SpeculativeStepper(model, max_batch_size, draft, eot_id=eot,
                                                    prefill_chunk=prefill_chunk,
-                                                   stats=self.stats, listener=listener)
+                                                   stats=self.stats, listener=listener,
+                                                   store=store)
             else:
-                budget = DEFAULT_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
-                store = PrefixStore(int(budget * 2**20)) if budget else None
                 self._stepper = Stepper(model, max_batch_size, eot_id=eot, stats=self.stats,
                                         prefill_chunk=prefill_chunk, listener=listener,
                                         store=store)

@@ -5,6 +5,8 @@ Keys and values at a position depend only on the tokens up to it, so the first L
 any stored sequence serve every prompt that shares its first L tokens. The store holds
 prompts once prefilled and rows once ended (prompt and generated tokens), within a budget of
 bytes; the least recently used go first. A sequence another one extends is dropped for it.
+An entry holds any number of such tensors of one length: a model's keys and values, and with
+speculative decoding its draft's too.
 """
 
 from __future__ import annotations
@@ -30,20 +32,20 @@ def _common(a: tuple[int, ...], b: list[int]) -> int:
 
 
 class PrefixStore:
-    """Sequences' keys and values (n_layer, n_head, length, head_dim), at most `budget`
-    bytes, least recently used evicted first."""
+    """Sequences' keys and values (each tensor (n_layer, n_head, length, head_dim)), at most
+    `budget` bytes, least recently used evicted first."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.used = 0
-        self.entries: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], tuple[Tensor, ...]] = OrderedDict()
         self.evicted = 0
 
     @staticmethod
-    def _size(k: Tensor, v: Tensor) -> int:
-        return k.numel() * k.element_size() + v.numel() * v.element_size()
+    def _size(kv: tuple[Tensor, ...]) -> int:
+        return sum(t.numel() * t.element_size() for t in kv)
 
-    def lookup(self, tokens: list[int]) -> tuple[Tensor, Tensor] | None:
+    def lookup(self, tokens: list[int]) -> tuple[Tensor, ...] | None:
         """Keys and values of the longest stored prefix of `tokens` (None: none)."""
         best, length = None, 0
         for key in self.entries:
@@ -53,13 +55,12 @@ class PrefixStore:
         if best is None:
             return None
         self.entries.move_to_end(best)
-        k, v = self.entries[best]
-        return k[:, :, :length], v[:, :, :length]
+        return tuple(t[:, :, :length] for t in self.entries[best])
 
-    def add(self, tokens: list[int], k: Tensor, v: Tensor) -> None:
-        """Keep the KV of `tokens` (their first k.size(2) positions)."""
-        key = tuple(tokens[: k.size(2)])
-        size = self._size(k, v)
+    def add(self, tokens: list[int], *kv: Tensor) -> None:
+        """Keep the KV of `tokens` (their first `length` positions, the tensors' dim 2)."""
+        key = tuple(tokens[: kv[0].size(2)])
+        size = self._size(kv)
         if not key or size > self.budget:
             return
         for other in list(self.entries):
@@ -68,12 +69,11 @@ class PrefixStore:
                 return
             if key[: len(other)] == other:  # this one extends it
                 self._remove(other)
-        self.entries[key] = (k, v)
+        self.entries[key] = kv
         self.used += size
         while self.used > self.budget:
             self._remove(next(iter(self.entries)))
             self.evicted += 1
 
     def _remove(self, key: tuple[int, ...]) -> None:
-        k, v = self.entries.pop(key)
-        self.used -= self._size(k, v)
+        self.used -= self._size(self.entries.pop(key))

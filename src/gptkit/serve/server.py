@@ -84,7 +84,7 @@ def serve(model: Run | Classifier, settings: ServeSettings, *, log_level: str = 
         if "draft_bytes" in pool:
             cache = (f"draft's KV pool {pool['draft_positions_per_row']} positions per row "
                      f"({human_bytes(pool['draft_bytes'])}), {pool['draft_tokens']} draft "
-                     "tokens per step (--draft-tokens), prefix cache off with --draft")
+                     f"tokens per step (--draft-tokens), {cache} with the draft's KV")
         print(f"KV pool: {pool['rows']} rows x {pool['positions_per_row']} positions "
               f"({human_bytes(pool['bytes'])}, --max-batch-size), {cache}", flush=True)
     if guard is not None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gptkit.errors import check_all
 
-DEFAULT_PREFIX_CACHE_MB = 256  # the prefix store's budget unless told (none with a draft)
+DEFAULT_PREFIX_CACHE_MB = 256  # the prefix store's budget unless told
 
 
 @dataclass
@@ -27,8 +27,8 @@ class ServeSettings:
     # positions each, allocated at start (also the most rows one request may ask for)
     max_batch_size: int = 16
     prefill_chunk: int = 64  # prompt tokens prefilled per step beside the decoding rows
-    # KV of recent prompts and texts kept for reuse; 0 = off; None: the default, off with a
-    # draft (a budget with a draft is an error: speculative decoding has no prefix reuse)
+    # KV of recent prompts and texts kept for reuse (with a draft, the draft's KV too);
+    # 0 = off; None: the default
     prefix_cache_mb: float | None = None
     max_prompt_tokens: int = 2048  # longer prompts: 413 (the model sees its last block_size)
     max_tokens: int = 1024  # the largest max_tokens a request may ask for

@@ -16,7 +16,8 @@ past it) decode plainly in the same step.
 
 Greedy text is token for token the text without a draft; sampled text follows the model's
 distribution but not its random stream (a seeded request's text differs from the one it gets
-without a draft). Prefix reuse is off with a draft (the store keeps one model's KV).
+without a draft). With prefix reuse, the store keeps the draft's KV beside the model's (as far
+as the draft's pool holds the row), so a reused prefix is computed by neither.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import Tensor
 from gptkit.generation.speculative import Speculative, accept, in_step, on_vocab
 from gptkit.model import GPT
 from gptkit.serve.kvpool import KVPool
+from gptkit.serve.prefix import PrefixStore
 from gptkit.serve.stepper import Listener, Stepper, _Running, _Seat, run_on
 
 if TYPE_CHECKING:
@@ -41,9 +43,10 @@ class SpeculativeStepper(Stepper):
     the model kept (each row's own count)."""
 
     def __init__(self, model: GPT, rows: int, draft: Speculative, *, eot_id: int | None,
-                 prefill_chunk: int, stats: Stats, listener: Listener) -> None:
+                 prefill_chunk: int, stats: Stats, listener: Listener,
+                 store: PrefixStore | None = None) -> None:
         super().__init__(model, rows, eot_id=eot_id, prefill_chunk=prefill_chunk, stats=stats,
-                         listener=listener, store=None)
+                         listener=listener, store=store)
         self.draft = draft.draft
         self.k = draft.tokens
         self.draft_pool = KVPool(self.draft, rows)
@@ -71,6 +74,16 @@ class SpeculativeStepper(Stepper):
             with torch.no_grad():
                 run_on(self.draft, self.draft_pool, seat.slot, [start], [ids], keep=1)
             seat.drafted = start + len(ids)
+
+    def _kept(self, seat: _Seat, length: int) -> tuple[Tensor, ...]:
+        length = min(length, seat.drafted)  # positions both pools hold
+        return (*self.pool.read(seat.slot, length), *self.draft_pool.read(seat.slot, length))
+
+    def _restore(self, seat: _Seat, kv: tuple[Tensor, ...]) -> None:
+        k, v, draft_k, draft_v = kv
+        self.pool.write(seat.slot, k, v)
+        self.draft_pool.write(seat.slot, draft_k, draft_v)
+        seat.cached = seat.drafted = k.size(2)
 
     def _copy(self, source: _Seat, target: _Seat) -> None:
         super()._copy(source, target)

@@ -245,10 +245,19 @@ class Stepper:
             return
         found = self.store.lookup(seat.tokens[:-1])
         if found is not None:
-            k, v = found
-            self.pool.write(seat.slot, k, v)
-            seat.cached = k.size(2)
+            self._restore(seat, found)
             self.stats.prompt_tokens_reused += seat.cached
+
+    def _kept(self, seat: _Seat, length: int) -> tuple[Tensor, ...]:
+        """What the prefix store keeps of `seat`'s first `length` positions: its keys and
+        values (a hook: the speculative stepper keeps its draft's too, as far as they go)."""
+        return self.pool.read(seat.slot, length)
+
+    def _restore(self, seat: _Seat, kv: tuple[Tensor, ...]) -> None:
+        """`seat` starts from a stored prefix (`_kept`'s tensors)."""
+        k, v = kv
+        self.pool.write(seat.slot, k, v)
+        seat.cached = k.size(2)
 
     # --- computing scores ---------------------------------------------------------------------
     def _forward(self, first: int, positions: list[int], ids: list[list[int]]) -> Tensor:
@@ -332,7 +341,7 @@ class Stepper:
         if seat.job.step > 0:
             return
         if self.store is not None:  # a prompt just prefilled: later ones may share it
-            self.store.add(seat.tokens, *self.pool.read(seat.slot, seat.cached))
+            self.store.add(seat.tokens, *self._kept(seat, seat.cached))
         for other in seat.job.seats:
             if other.leader is seat:
                 self._copy(seat, other)
@@ -431,7 +440,7 @@ class Stepper:
         if keep and self.store is not None and len(seat.tokens) <= self.block_size:
             length = min(seat.cached, self.block_size - 1)  # the last may be a throwaway
             if length > 0:
-                self.store.add(seat.tokens[:length], *self.pool.read(seat.slot, length))
+                self.store.add(seat.tokens[:length], *self._kept(seat, length))
         last = self.slots.pop()
         if last is not seat:
             self._relocate(last, seat.slot)
