@@ -55,6 +55,7 @@ TITLES = {
     "pool_attention": "A serving step at mixed lengths: attention row by row or in one call",
     "prepare": "Tokenising speed of prepare",
     "serve_chat": "Prefix reuse on a multi-turn chat load",
+    "serve_chat_draft": "Prefix reuse on a multi-turn chat load, with a draft",
     "serve_load": "Serving under load, batching off and on",
     "serve_mixed": "Continuous batching against static batching, mixed lengths",
     "serve_mixed_log_uniform": "Continuous batching against static batching, long-tailed "
@@ -430,8 +431,14 @@ def render_serve_chat(r: dict[str, Any]) -> list[str]:
             ("prompt tokens reused", "prompt_tokens_reused"),
             ("first token p50 (s)", "ttft_p50_s"), ("first token p99 (s)", "ttft_p99_s"),
             ("wall (s)", "wall_s"), ("failed requests", "failed")]
+    drafted = ""
+    if r.get("draft"):
+        keys[2:2] = [("draft tokens proposed", "draft_tokens"),
+                     ("draft tokens accepted", "accepted_tokens")]
+        drafted = (f", decoded speculatively with the draft {Path(str(r['draft'])).name} "
+                   f"({r['draft_tokens_per_step']} tokens a step) on both sides")
     return ([f"{r['conversations']} conversations of {r['turns']} turns, each turn resending "
-             f"the whole history, {r['reply_tokens']}-token greedy replies, "
+             f"the whole history, {r['reply_tokens']}-token greedy replies{drafted}, "
              f"`--max-batch-size {r['batch_size']}`, {r['rounds']} alternating rounds; run: "
              f"{Path(str(r['run'])).name}{made(r.get('run_made_by'))}; the same replies with "
              f"and without the cache for {r['same_text']} of {off['requests']}.", ""]
@@ -455,6 +462,7 @@ RENDERERS: dict[str, Renderer] = {
     "pool_attention": render_pool_attention,
     "prepare": render_prepare,
     "serve_chat": render_serve_chat,
+    "serve_chat_draft": render_serve_chat,
     "serve_load": render_serve,
     "serve_mixed": render_serve_mixed,
     "serve_mixed_log_uniform": render_serve_mixed,

@@ -2,6 +2,7 @@
 
     python -m benchmarks.serve_chat [--run RUN] [--conversations 32] [--turns 8]
         [--reply-tokens 24] [--batch-size 16] [--rounds 2] [--threads N]
+        [--draft DRAFT_RUN [--draft-tokens K]]
 
 Each conversation resends its whole history every turn, as chat clients do: turn t's
 prompt is turn t-1's prompt, the reply it got and a new user line (a Tiny Shakespeare line
@@ -11,8 +12,10 @@ two servers run the same code, one with `--prefix-cache-mb 0`; the conversations
 into `--rounds` rounds that alternate between them. Reported per side: prompt tokens the
 model actually computed and those reused from the cache (the server's /health counters),
 time to first token (p50, p99) and wall time. Without --run, the default recipe's model
-with a 512-token context is trained for `--train-steps` steps first. Results:
-benchmarks/results/serve_chat.json.
+with a 512-token context is trained for `--train-steps` steps first. With `--draft`, both
+servers decode speculatively with that draft (the cache then holds its KV too), and the
+draft's proposed and accepted tokens are reported. Results:
+benchmarks/results/serve_chat.json (serve_chat_draft.json with --draft).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from benchmarks.serve_load import one_request, percentile, server, train_default
 
 CONTEXT = 512
 SIDES = ("cache off", "cache on")
-COUNTERS = ("prompt_tokens_computed", "prompt_tokens_reused")  # in /health's "stats"
+COUNTERS = ("prompt_tokens_computed", "prompt_tokens_reused",  # in /health's "stats"
+            "draft_tokens", "accepted_tokens")
 
 
 def user_lines(text: str, count: int, seed: int) -> list[str]:
@@ -85,8 +89,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="--max-batch-size of both")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the servers")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/serve_chat.json"))
+    parser.add_argument("--draft", type=Path, help="a draft run for both servers")
+    parser.add_argument("--draft-tokens", type=int, default=4)
+    parser.add_argument("--json", type=Path,
+                        help="default: benchmarks/results/serve_chat[_draft].json")
     args = parser.parse_args()
+    args.json = args.json or Path(
+        f"benchmarks/results/serve_chat{'_draft' if args.draft else ''}.json")
+    draft = (("--draft", str(args.draft), "--draft-tokens", str(args.draft_tokens))
+             if args.draft else ())
     if args.conversations < args.rounds or args.rounds < 1:
         parser.error("--conversations must be at least --rounds (>= 1)")
 
@@ -101,9 +112,9 @@ def main() -> None:
         run = args.run or train_default(Path(folder), args.train_steps,
                                         (f"model.block_size={CONTEXT}",))
         with server(run, args.batch_size, args.reply_tokens, args.conversations, args.threads,
-                    extra=("--prefix-cache-mb", "0")) as off_url, \
+                    extra=("--prefix-cache-mb", "0", *draft)) as off_url, \
                 server(run, args.batch_size, args.reply_tokens, args.conversations,
-                       args.threads) as on_url:
+                       args.threads, extra=draft) as on_url:
             urls = {"cache off": off_url, "cache on": on_url}
             for url in urls.values():  # warm-up, untimed, on other lines
                 asyncio.run(chat_load(url, {0: ["Hello there.", "And again."]}, 4))
@@ -126,7 +137,9 @@ def main() -> None:
         "threads": args.threads,
         "run": str(args.run) if args.run else (
             f"shakespeare-char, block_size {CONTEXT}, {args.train_steps} steps"),
-        "run_made_by": made_by(args.run) if args.run else None}
+        "run_made_by": made_by(args.run) if args.run else None,
+        "draft": str(args.draft) if args.draft else None,
+        "draft_tokens_per_step": args.draft_tokens if args.draft else None}
     failed = 0
     for side in SIDES:
         turns = [t for talk in results[side].values() for t in talk]
@@ -145,6 +158,8 @@ def main() -> None:
           f"greedy replies; run {report['run']}")
     for label, key, fmt in (("prompt tokens computed", "prompt_tokens_computed", "{:,}"),
                             ("prompt tokens reused", "prompt_tokens_reused", "{:,}"),
+                            ("draft tokens proposed", "draft_tokens", "{:,}"),
+                            ("draft tokens accepted", "accepted_tokens", "{:,}"),
                             ("first token p50 (s)", "ttft_p50_s", "{:.3f}"),
                             ("first token p99 (s)", "ttft_p99_s", "{:.3f}"),
                             ("wall (s)", "wall_s", "{:.2f}"), ("failed", "failed", "{}")):

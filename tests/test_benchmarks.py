@@ -238,3 +238,11 @@ def test_serving_renderers_show_every_level_and_both_sides():
                                "cache off": chat, "cache on": {**chat,
                                                               "prompt_tokens_reused": 7}})
     assert "| prompt tokens reused | 0 | 7 |" in lines
+    assert not any("draft" in line for line in lines)
+    chat |= {"draft_tokens": 8, "accepted_tokens": 6}
+    drafted = render_serve_chat({"conversations": 2, "turns": 2, "reply_tokens": 4,
+                                 "batch_size": 16, "rounds": 2, "run": "x", "same_text": 4,
+                                 "draft": "runs/d", "draft_tokens_per_step": 4,
+                                 "cache off": chat, "cache on": chat})
+    assert "| draft tokens accepted | 6 | 6 |" in drafted
+    assert "with the draft d (4 tokens a step)" in drafted[0]
