@@ -93,6 +93,31 @@ def test_a_battle_hides_the_models_until_the_vote(client):
     assert revealed["winner"] == "b"
 
 
+def test_each_contestant_has_its_own_series_in_metrics(tiny_run, step10, tmp_path):
+    """An arena answer is counted under the model that gave it, and each contestant's engine
+    (queue, rows, KV use) is read on its own."""
+    from tests.serve.test_metrics import scrape, value
+
+    with arena_client(tiny_run, tmp_path / "votes", step10) as test_client:
+        battle = test_client.post("/v1/arena/battles", json={"prompt": "ROMEO:"}).json()
+        tokens = {"a": 5, "b": 7}
+        for side, count in tokens.items():
+            answer = test_client.post(f"/v1/arena/battles/{battle['id']}/answers/{side}",
+                                      json={"max_tokens": count, "stream": False})
+            assert answer.json()["usage"]["completion_tokens"] == count
+        names = test_client.post(f"/v1/arena/battles/{battle['id']}/vote",
+                                 json={"winner": "tie"}).json()
+        samples = scrape(test_client)
+    for side, count in tokens.items():
+        name = names[side]
+        assert value(samples, "gptkit_completion_tokens_total", model=name) == count
+        assert value(samples, "gptkit_time_to_first_token_seconds_count", model=name) == 1
+        for gauge in ("gptkit_rows_running", "gptkit_requests_waiting"):
+            assert (gauge, (("model", name),)) in samples
+    answers = "/v1/arena/battles/{battle_id}/answers/{side}"  # by route, as every endpoint
+    assert value(samples, "gptkit_requests_total", endpoint=answers, status="200") == 2
+
+
 def test_pairs_and_sides_are_drawn_at_random(client):
     """20 battles without a prompt: each takes one of the --prompts file's, and both side
     orders occur (each has probability 2**-20 of never occurring)."""

@@ -36,7 +36,7 @@ from gptkit.serve.engine import Engine
 from gptkit.serve.errors import APIError, install_handlers
 from gptkit.serve.health import Readiness, warm_up
 from gptkit.serve.limits import Gate, Guard
-from gptkit.serve.metrics import EngineReadings, Metrics, RequestCounter
+from gptkit.serve.metrics import Metrics, RequestCounter, readings_of
 from gptkit.serve.replies import ChatShape, Shape, answer
 from gptkit.serve.scheduler import Scheduler
 from gptkit.serve.schemas import (
@@ -84,15 +84,8 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
     scheduler = Scheduler(engine)
     gate = Gate(settings.max_concurrent)
     readiness = Readiness()
-    # what /metrics reads from the engine's counters at each scrape (running rows are the KV
-    # pool's slots in use)
-    stats = engine.stats
-    metrics = Metrics(engine.name, EngineReadings(
-        waiting=lambda: scheduler.queued, running_rows=lambda: stats.running_rows,
-        kv_cache_usage=lambda: stats.running_rows / settings.max_batch_size,
-        prompt_tokens_computed=lambda: stats.prompt_tokens_computed,
-        prompt_tokens_reused=lambda: stats.prompt_tokens_reused,
-        draft_tokens=lambda: stats.draft_tokens, accepted_tokens=lambda: stats.accepted_tokens))
+    metrics = Metrics(engine.name, readings_of(engine.stats, lambda: scheduler.queued,
+                                               settings.max_batch_size))
     sample = engine.run.config.sample
     default_tokens = min(sample.max_new_tokens, settings.max_tokens)
     defaults: dict[str, Any] = {
@@ -271,7 +264,7 @@ def create_app(model: Run | Classifier | Engine, settings: ServeSettings | None 
                        echo_logprobs: bool = False) -> Response:
         """Queue the job for the scheduler; answer with its events streamed or collected.
         `logprobs`: how many top log-probabilities each token reports (None: none)."""
-        return await answer(scheduler, gate, metrics, request, shape, engine.name, prompts,
+        return await answer(scheduler, gate, metrics.main, request, shape, engine.name, prompts,
                             config, body.stream, include_usage=body.include_usage,
                             logprobs=logprobs, echo_logprobs=echo_logprobs, keep=body.n)
 

@@ -39,7 +39,7 @@ from gptkit.rundir import RunDir
 from gptkit.serve.engine import Engine
 from gptkit.serve.errors import APIError
 from gptkit.serve.limits import Gate
-from gptkit.serve.metrics import Metrics
+from gptkit.serve.metrics import Metrics, ModelMetrics, readings_of
 from gptkit.serve.replies import Shape, answer
 from gptkit.serve.scheduler import Scheduler
 from gptkit.serve.schemas import SEED_MAX, SEED_MIN, Strict
@@ -137,6 +137,7 @@ class _Seat:
     engine: Engine
     scheduler: Scheduler
     executor: ThreadPoolExecutor | None = None  # its own worker; None: the server's
+    metrics: ModelMetrics | None = None  # its series in /metrics, once the routes are made
 
 
 class Arena:
@@ -188,6 +189,12 @@ class Arena:
     def router(self, main: Engine, scheduler: Scheduler, gate: Gate, settings: ServeSettings,
                metrics: Metrics) -> APIRouter:
         self.seat(main, scheduler)
+        for name, seat in self.seats.items():  # each contestant's own series in /metrics
+            def waiting(queue: Scheduler = seat.scheduler) -> float:
+                return queue.queued
+
+            seat.metrics = metrics.main if seat.engine is main else metrics.for_model(
+                name, readings_of(seat.engine.stats, waiting, settings.max_batch_size))
         sample = main.run.config.sample
         router = APIRouter(prefix="/v1/arena", tags=["arena"])
 
@@ -247,8 +254,7 @@ class Arena:
                 else body.temperature,
                 top_k=top_k or None, top_p=sample.top_p if body.top_p is None else body.top_p,
                 seed=body.seed)
-            return await self._generate(seat, ids, config, body.stream, side, gate, metrics,
-                                        request)
+            return await self._generate(seat, ids, config, body.stream, side, gate, request)
 
         @router.post("/battles/{battle_id}/vote", response_model=VoteResult)
         async def vote(battle_id: str, body: VoteRequest) -> VoteResult:
@@ -265,8 +271,8 @@ class Arena:
         return router
 
     async def _generate(self, seat: _Seat, ids: list[int], config: GenerationConfig,
-                        streamed: bool, side: str, gate: Gate, metrics: Metrics,
-                        request: Request) -> Response:
+                        streamed: bool, side: str, gate: Gate, request: Request) -> Response:
         """Queue the answer on the contestant's scheduler; stream or collect its events."""
-        return await answer(seat.scheduler, gate, metrics, request, Shape([""]),
+        assert seat.metrics is not None  # set with the routes
+        return await answer(seat.scheduler, gate, seat.metrics, request, Shape([""]),
                             f"arena-{side}", [ids], config, streamed)

@@ -13,7 +13,11 @@ values end up there:
 - what the scheduler knows (waiting requests, running rows, KV-cache use, prompt tokens
   computed or reused, speculative tokens), read at scrape time through `EngineReadings`:
   callables, so that whichever object holds a value (the engine's `Stats`, the scheduler's
-  queue) is named in one place, `create_app`.
+  queue) is named in one place, `readings_of`.
+
+Every series but the requests counter is per model (label `model`): the served run's, and
+with `--compare` each arena contestant's (`Metrics.for_model`), whose answers decode on an
+engine of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 
-from gptkit.serve.jobs import Delta, End, Event, FirstToken, Job
+from gptkit.serve.jobs import Delta, End, Event, FirstToken, Job, Stats
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,44 +71,73 @@ class EngineReadings:
     accepted_tokens: Callable[[], float] = _zero  # of those, accepted by the model
 
 
-class EngineCollector(Collector):
-    """The scheduler's gauges and counters, read from `EngineReadings` at each scrape."""
+def readings_of(stats: Stats, waiting: Callable[[], float], rows: int) -> EngineReadings:
+    """What a scrape reads of one engine: its `Stats`, its scheduler's queue (`waiting`) and
+    its KV pool of `rows` rows (running rows are the pool's slots in use)."""
+    return EngineReadings(
+        waiting=waiting, running_rows=lambda: stats.running_rows,
+        kv_cache_usage=lambda: stats.running_rows / rows,
+        prompt_tokens_computed=lambda: stats.prompt_tokens_computed,
+        prompt_tokens_reused=lambda: stats.prompt_tokens_reused,
+        draft_tokens=lambda: stats.draft_tokens, accepted_tokens=lambda: stats.accepted_tokens)
 
-    def __init__(self, model: str, readings: EngineReadings) -> None:
-        self.model = model
-        self.readings = readings
+
+# the engines' gauges and counters: (name, help, which reading)
+GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("gptkit_requests_waiting", "Requests queued, not yet generating.", "waiting"),
+    ("gptkit_rows_running", "Rows (prompts x n) being generated now.", "running_rows"),
+    ("gptkit_kv_cache_usage_ratio", "Share of the KV-cache rows in use (0 to 1).",
+     "kv_cache_usage"),
+)
+COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("gptkit_prompt_tokens_computed", "Prompt tokens run through the model.",
+     "prompt_tokens_computed"),
+    ("gptkit_prompt_tokens_reused",
+     "Prompt tokens whose KV cache was reused from an earlier request's prefix.",
+     "prompt_tokens_reused"),
+    ("gptkit_spec_draft_tokens", "Tokens proposed by the speculative draft model.",
+     "draft_tokens"),
+    ("gptkit_spec_accepted_tokens", "Draft tokens the model accepted (speculative decoding).",
+     "accepted_tokens"),
+)
+
+
+class EngineCollector(Collector):
+    """The engines' gauges and counters, read from each model's `EngineReadings` at each
+    scrape: one family per value, a sample per model."""
+
+    def __init__(self) -> None:
+        self.readings: dict[str, EngineReadings] = {}
 
     def collect(self) -> Iterable[Metric]:
-        r = self.readings
-        gauges = (
-            ("gptkit_requests_waiting", "Requests queued, not yet generating.", r.waiting),
-            ("gptkit_rows_running", "Rows (prompts x n) being generated now.", r.running_rows),
-            ("gptkit_kv_cache_usage_ratio", "Share of the KV-cache rows in use (0 to 1).",
-             r.kv_cache_usage),
-        )
-        for name, doc, read in gauges:
-            gauge = GaugeMetricFamily(name, doc, labels=["model"])
-            gauge.add_metric([self.model], float(read()))
-            yield gauge
-        counters = (
-            ("gptkit_prompt_tokens_computed", "Prompt tokens run through the model.",
-             r.prompt_tokens_computed),
-            ("gptkit_prompt_tokens_reused",
-             "Prompt tokens whose KV cache was reused from an earlier request's prefix.",
-             r.prompt_tokens_reused),
-            ("gptkit_spec_draft_tokens", "Tokens proposed by the speculative draft model.",
-             r.draft_tokens),
-            ("gptkit_spec_accepted_tokens",
-             "Draft tokens the model accepted (speculative decoding).", r.accepted_tokens),
-        )
-        for name, doc, read in counters:
-            counter = CounterMetricFamily(name, doc, labels=["model"])
-            counter.add_metric([self.model], float(read()))
-            yield counter
+        for kind, table in ((GaugeMetricFamily, GAUGES), (CounterMetricFamily, COUNTERS)):
+            for name, doc, field in table:
+                family = kind(name, doc, labels=["model"])
+                for model, readings in self.readings.items():
+                    family.add_metric([model], float(getattr(readings, field)()))
+                yield family
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's series of the generation requests it answered (label model=its name)."""
+
+    name: str
+    prompt_tokens: Any  # prometheus-client's labelled children
+    completion_tokens: Any
+    ttft: Any
+    per_token: Any
+    duration: Any
+
+    def clock(self, job: Job) -> ReplyClock:
+        """The timer of one generation request (`job.rows`: prompts x n, best_of's
+        candidates included, which all count in its completion tokens)."""
+        return ReplyClock(self, job.arrived, job.rows)
 
 
 class Metrics:
-    """One app's metrics: its registry, the HTTP-side counters and the latency histograms."""
+    """One app's metrics: its registry, the HTTP-side counters, and per model the latency
+    histograms and the engine's readings (`main`: the served run's)."""
 
     def __init__(self, model: str, readings: EngineReadings) -> None:
         self.model = model
@@ -114,31 +147,36 @@ class Metrics:
             ["model", "endpoint", "status"], registry=self.registry)
         self.prompt_tokens = Counter(
             "gptkit_prompt_tokens", "Prompt tokens of finished generation requests.",
-            ["model"], registry=self.registry).labels(model)
+            ["model"], registry=self.registry)
         self.completion_tokens = Counter(
             "gptkit_completion_tokens", "Tokens generated for finished requests.",
-            ["model"], registry=self.registry).labels(model)
+            ["model"], registry=self.registry)
         self.ttft = Histogram(
             "gptkit_time_to_first_token_seconds",
             "From a generation request's arrival to its first generated token.",
-            ["model"], buckets=TTFT_BUCKETS, registry=self.registry).labels(model)
+            ["model"], buckets=TTFT_BUCKETS, registry=self.registry)
         self.per_token = Histogram(
             "gptkit_time_per_output_token_seconds",
             "A request's mean time per generated token after its first.",
-            ["model"], buckets=TOKEN_BUCKETS, registry=self.registry).labels(model)
+            ["model"], buckets=TOKEN_BUCKETS, registry=self.registry)
         self.duration = Histogram(
             "gptkit_request_duration_seconds",
             "From a generation request's arrival to its last token (finished requests).",
-            ["model"], buckets=REQUEST_BUCKETS, registry=self.registry).labels(model)
-        self.registry.register(EngineCollector(model, readings))
+            ["model"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        self.engines = EngineCollector()
+        self.registry.register(self.engines)
+        self.main = self.for_model(model, readings)
+
+    def for_model(self, name: str, readings: EngineReadings) -> ModelMetrics:
+        """The series of model `name` (an arena contestant, or the served run), whose engine
+        `readings` are read at each scrape."""
+        self.engines.readings[name] = readings
+        return ModelMetrics(name, self.prompt_tokens.labels(name),
+                            self.completion_tokens.labels(name), self.ttft.labels(name),
+                            self.per_token.labels(name), self.duration.labels(name))
 
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(self.model, endpoint, str(status)).inc()
-
-    def clock(self, job: Job) -> ReplyClock:
-        """The timer of one generation request (`job.rows`: prompts x n, best_of's
-        candidates included, which all count in its completion tokens)."""
-        return ReplyClock(self, job.arrived, job.rows)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (Prometheus' text format, or OpenMetrics if `accept` asks for it)
@@ -152,7 +190,7 @@ class ReplyClock:
     its first token (`FirstToken`, or a streamed job's first `Delta`, the first text its
     client sees), then its `End`."""
 
-    def __init__(self, metrics: Metrics, arrived: float, rows: int) -> None:
+    def __init__(self, metrics: ModelMetrics, arrived: float, rows: int) -> None:
         self.metrics = metrics
         self.arrived = arrived  # time.monotonic() when the job was made
         self.rows = rows
@@ -189,6 +227,12 @@ class RequestCounter:
         self.routes = routes  # the app's routes (read when a request comes: all are added)
 
     def endpoint(self, scope: Scope) -> str:
+        """The path template of the route that answered (routing leaves it in the scope: a
+        route of an included router too), else of the route that would have (an answer
+        given before routing: 401, 413), else OTHER."""
+        routed = getattr(scope.get("route"), "path", None)
+        if routed is not None:
+            return str(routed)
         for route in self.routes():
             match, _ = route.matches(scope)
             if match == Match.FULL:

@@ -26,7 +26,7 @@ from gptkit.generation.logprobs import TokenLogprob
 from gptkit.serve.errors import APIError, error_body
 from gptkit.serve.jobs import Delta, End, Event, Failure, Finish, Job, Prompt
 from gptkit.serve.limits import Gate
-from gptkit.serve.metrics import Metrics, ReplyClock
+from gptkit.serve.metrics import ModelMetrics, ReplyClock
 from gptkit.serve.scheduler import Scheduler
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting (non-streamed) request checks its client
@@ -238,7 +238,7 @@ async def collect(queue: asyncio.Queue[Event], shape: Shape, head: dict[str, Any
                                  "usage": usage(event)})
 
 
-async def answer(scheduler: Scheduler, gate: Gate, metrics: Metrics, request: Request,
+async def answer(scheduler: Scheduler, gate: Gate, metrics: ModelMetrics, request: Request,
                  shape: Shape, model: str, prompts: list[list[int]], config: GenerationConfig,
                  streamed: bool, *, include_usage: bool = False, logprobs: int | None = None,
                  echo_logprobs: bool = False, keep: int | None = None) -> Response:
