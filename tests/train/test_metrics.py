@@ -176,6 +176,19 @@ def test_wandb_gets_the_same_scalars_offline(data_dir, tmp_path, monkeypatch):
     assert any("samples" in d for d, _ in fake.logged) and fake.finished
 
 
+def test_the_real_wandb_keeps_the_run_offline(data_dir, tmp_path, monkeypatch):
+    """The wandb package itself (the `wandb` extra) takes gptkit's calls, offline as
+    GPTKIT_OFFLINE=1 makes it: its run, under our run's W&B id, lands in the run folder (the
+    scalars it is given: the test above)."""
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config("shakespeare-char", [*TINY, "train.max_steps=10", "log.wandb=true"])
+    train(cfg, tmp_path / "run", progress=False)
+    run_id = (tmp_path / "run" / "wandb-id.txt").read_text().strip()
+    written = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(written) == 1 and written[0].stat().st_size > 0, written
+
+
 def test_wandb_missing_is_a_clear_error(data_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     cfg = load_config("shakespeare-char", [*TINY, "log.wandb=true"])
